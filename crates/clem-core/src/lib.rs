@@ -1,0 +1,24 @@
+//! clem-core: the ground every clemrs backend stands on.
+//!
+//! - [`registry`] and [`schema`]: model entries, where they come from, and their strict check;
+//! - [`spec`]: `ModelSpec`, selectors and unification;
+//! - [`keys`]: credentials from key.json and the environment;
+//! - [`message`] and [`model`]: messages, generation arguments, the `Model` trait and `LoadedModel`;
+//! - [`template`]: Hugging Face chat templates; [`cleaning`] and [`pyregex`]: output cleaning.
+//!
+//! Nothing here does network or inference: backends live in `clem-backends` and heavier crates.
+
+pub mod cleaning;
+pub mod keys;
+pub mod message;
+pub mod model;
+pub mod pyliteral;
+pub mod pyregex;
+pub mod registry;
+pub mod schema;
+pub mod spec;
+pub mod template;
+
+pub use message::{GenArgs, Message, Role};
+pub use model::{BatchMode, ContextExceeded, Generation, LoadedModel, Model, ModelError};
+pub use spec::ModelSpec;

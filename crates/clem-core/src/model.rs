@@ -1,0 +1,243 @@
+//! The `Model` interface every backend implements, its result and error types, and `LoadedModel`, the one
+//! wrapper through which callers generate (message normalisation and the `clem_player` record live there).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::message::{normalize_messages, GenArgs, Message};
+use crate::spec::ModelSpec;
+
+/// What one generation returns: the exact object sent, the exact object returned, and the cleaned reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    pub prompt: Value,
+    pub response: Value,
+    pub response_text: String,
+}
+
+/// The prompt did not fit: prompt tokens plus `max_tokens` exceed the context size.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "context limit of {model} exceeded{}: {tokens_used} tokens needed (prompt + max_tokens), {context_size} available ({tokens_left} left)",
+    batch_index.map(|i| format!(" at batch index {i}")).unwrap_or_default()
+)]
+pub struct ContextExceeded {
+    pub model: String,
+    pub tokens_used: u64,
+    pub tokens_left: i64,
+    pub context_size: u64,
+    pub batch_index: Option<usize>,
+}
+
+impl ContextExceeded {
+    /// clemcore's check: `used = prompt + max_new_tokens`, fits when `used <= size`.
+    pub fn check(model: &str, context_size: u64, prompt_tokens: u64, max_tokens: u32) -> Result<(), ContextExceeded> {
+        let tokens_used = prompt_tokens + u64::from(max_tokens);
+        if tokens_used <= context_size {
+            return Ok(());
+        }
+        Err(ContextExceeded {
+            model: model.into(),
+            tokens_used,
+            tokens_left: context_size as i64 - tokens_used as i64,
+            context_size,
+            batch_index: None,
+        })
+    }
+}
+
+/// Why generating or loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    ContextExceeded(#[from] ContextExceeded),
+    /// The registry entry cannot be used; the message lists its problems.
+    #[error("model {model}: {message}")]
+    Config { model: String, message: String },
+    /// Anything the backend reports (network, provider, inference); carries the backend's own error.
+    #[error("model {model}: {source}")]
+    Backend {
+        model: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ModelError {
+    pub fn config(model: &str, message: impl Into<String>) -> Self {
+        ModelError::Config { model: model.into(), message: message.into() }
+    }
+    pub fn backend(model: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ModelError::Backend { model: model.into(), source: source.into() }
+    }
+}
+
+/// How a model runs a batch; the runner uses it to decide whether batching helps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchMode {
+    /// One request after another (the default).
+    Sequential,
+    /// Requests in flight together (remote APIs).
+    Concurrent,
+    /// One padded forward pass (local inference).
+    ForwardPass,
+}
+
+/// A loaded model, ready to generate. Backends implement this; callers use [`LoadedModel`].
+///
+/// Synchronous by design: a remote backend runs a batch's requests concurrently on its own executor, and a
+/// local backend runs a batch as one forward pass, so callers need no async runtime.
+pub trait Model: Send + Sync {
+    fn spec(&self) -> &ModelSpec;
+
+    /// Generates one reply. `messages` are already normalised when [`Model::normalizes_messages`] is true.
+    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError>;
+
+    /// Generates one reply per message list, in input order; one failure does not fail the others.
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+    ) -> Vec<Result<Generation, ModelError>> {
+        batch.iter().map(|m| self.generate_response(m, args)).collect()
+    }
+
+    fn batch_mode(&self) -> BatchMode {
+        BatchMode::Sequential
+    }
+
+    /// Whether messages go through clemcore's normalisation first (every model backend: yes; players: no).
+    fn normalizes_messages(&self) -> bool {
+        true
+    }
+}
+
+/// The one way to call a model: normalises messages as clemcore does and records `clem_player`
+/// (`call_start`, `call_duration`, `response`, `model_name`) in every response object.
+pub struct LoadedModel {
+    inner: Box<dyn Model>,
+}
+
+impl LoadedModel {
+    pub fn new(inner: Box<dyn Model>) -> Self {
+        LoadedModel { inner }
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    pub fn name(&self) -> &str {
+        self.inner.spec().model_name().unwrap_or("?")
+    }
+
+    pub fn batch_mode(&self) -> BatchMode {
+        self.inner.batch_mode()
+    }
+
+    pub fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
+        let start = chrono::Local::now();
+        let clock = Instant::now();
+        let messages = self.prepare(messages);
+        let mut generation = self.inner.generate_response(&messages, args)?;
+        stamp(&mut generation, self.name(), start, clock.elapsed());
+        Ok(generation)
+    }
+
+    pub fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+    ) -> Vec<Result<Generation, ModelError>> {
+        let start = chrono::Local::now();
+        let clock = Instant::now();
+        let batch: Vec<Vec<Message>> = batch.iter().map(|m| self.prepare(m)).collect();
+        let mut results = self.inner.generate_batch_response(&batch, args);
+        let elapsed = clock.elapsed();
+        for generation in results.iter_mut().flatten() {
+            stamp(generation, self.name(), start, elapsed);
+        }
+        results
+    }
+
+    fn prepare(&self, messages: &[Message]) -> Vec<Message> {
+        if self.inner.normalizes_messages() {
+            normalize_messages(messages)
+        } else {
+            messages.to_vec()
+        }
+    }
+}
+
+/// Adds `clem_player` to the response object, keeping what the backend already put there (e.g. `attempts`).
+fn stamp(generation: &mut Generation, model_name: &str, start: chrono::DateTime<chrono::Local>, took: Duration) {
+    if !generation.response.is_object() {
+        generation.response = json!({ "response": generation.response.take() });
+    }
+    let record = json!({
+        "call_start": python_datetime(&start),
+        "call_duration": python_timedelta(took),
+        "response": generation.response_text,
+        "model_name": model_name,
+    });
+    if let Value::Object(resp) = &mut generation.response {
+        match resp.get_mut("clem_player") {
+            Some(Value::Object(existing)) => {
+                if let Value::Object(rec) = record {
+                    existing.extend(rec);
+                }
+            }
+            _ => {
+                resp.insert("clem_player".into(), record);
+            }
+        }
+    }
+}
+
+/// `str(datetime.now())` in Python: `2024-05-01 12:00:00.123456` (no fraction when it is zero).
+pub fn python_datetime(t: &chrono::DateTime<chrono::Local>) -> String {
+    let micros = t.timestamp_subsec_micros();
+    if micros == 0 {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
+    } else {
+        format!("{}.{micros:06}", t.format("%Y-%m-%d %H:%M:%S"))
+    }
+}
+
+/// `str(timedelta)` in Python: `0:00:01.250000` (no fraction when it is zero; days as `N day(s), `).
+pub fn python_timedelta(d: Duration) -> String {
+    let total = d.as_secs();
+    let micros = d.subsec_micros();
+    let (days, rem) = (total / 86_400, total % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let mut out = String::new();
+    if days > 0 {
+        out.push_str(&format!("{days} day{}, ", if days == 1 { "" } else { "s" }));
+    }
+    out.push_str(&format!("{h}:{m:02}:{s:02}"));
+    if micros > 0 {
+        out.push_str(&format!(".{micros:06}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_time_formats() {
+        assert_eq!(python_timedelta(Duration::from_micros(1_250_000)), "0:00:01.250000");
+        assert_eq!(python_timedelta(Duration::from_secs(3725)), "1:02:05");
+        assert_eq!(python_timedelta(Duration::from_secs(90_000)), "1 day, 1:00:00");
+    }
+
+    #[test]
+    fn context_check_matches_clemcore() {
+        assert!(ContextExceeded::check("m", 100, 50, 50).is_ok());
+        let e = ContextExceeded::check("m", 100, 51, 50).expect_err("exceeds");
+        assert_eq!((e.tokens_used, e.tokens_left, e.context_size), (101, -1, 100));
+        assert!(e.to_string().contains("101 tokens needed"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The model registry: entries from `--registry` files, `./model_registry.json` and the packaged registry,
+//! in that priority order; selection of the first entry that unifies with a selector; the strict check.
+//!
+//! Loading is lenient (a bad entry is kept and reported, never dropped silently); checking is strict.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::schema::{check_entry, BackendSchema, Problem, Severity};
+use crate::spec::ModelSpec;
+
+/// The registry that ships inside the binary.
+pub const PACKAGED_REGISTRY: &str = include_str!("../data/model_registry.json");
+/// How the packaged registry is named in messages.
+pub const PACKAGED_NAME: &str = "<packaged model_registry.json>";
+/// The registry file looked up in the working directory.
+pub const LOCAL_REGISTRY: &str = "model_registry.json";
+
+/// One entry as it stands in its file.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The entry's JSON, whatever it is (a non-object entry is kept to be reported).
+    pub value: Value,
+    pub file: Arc<str>,
+    pub index: usize,
+}
+
+impl Entry {
+    /// The entry as a spec; `None` when it is not an object.
+    pub fn spec(&self) -> Option<ModelSpec> {
+        match &self.value {
+            Value::Object(m) => Some(ModelSpec::new(m.clone())),
+            _ => None,
+        }
+    }
+
+    pub fn model_name(&self) -> Option<&str> {
+        self.value.get("model_name").and_then(Value::as_str)
+    }
+
+    pub fn backend(&self) -> Option<&str> {
+        self.value.get("backend").and_then(Value::as_str)
+    }
+
+    /// Every problem of this entry.
+    pub fn check(&self, schemas: &[BackendSchema]) -> Vec<Problem> {
+        check_entry(&self.value, &self.file, self.index, schemas)
+    }
+
+    /// `file: entry N (name)`, for messages.
+    pub fn location(&self) -> String {
+        match self.model_name() {
+            Some(n) => format!("{}: entry {} ({n})", self.file, self.index),
+            None => format!("{}: entry {}", self.file, self.index),
+        }
+    }
+}
+
+/// A registry file that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{file}: invalid JSON at line {line}, column {column}: {message}")]
+    Json { file: String, line: usize, column: usize, message: String },
+    #[error("{file}: a registry must be a list of entries or a single entry object, not {kind}")]
+    NotAList { file: String, kind: &'static str },
+}
+
+/// No entry unifies with the selector.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("no model entry unifies with {selector} (searched {searched} entries in: {sources})")]
+pub struct NoMatch {
+    pub selector: String,
+    pub searched: usize,
+    pub sources: String,
+}
+
+/// The entries of all sources, highest priority first.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    entries: Vec<Entry>,
+    sources: Vec<String>,
+}
+
+/// Which registries to read.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// `--registry` files, in command-line order.
+    pub files: Vec<PathBuf>,
+    /// `--no-default-registries`: neither `./model_registry.json` nor the packaged one.
+    pub no_defaults: bool,
+}
+
+impl Registry {
+    /// Reads the sources in priority order.
+    pub fn load(sources: &Sources) -> Result<Registry, RegistryError> {
+        let mut reg = Registry::default();
+        for f in &sources.files {
+            reg.add_file(f)?;
+        }
+        if !sources.no_defaults {
+            let local = Path::new(LOCAL_REGISTRY);
+            if local.is_file() {
+                reg.add_file(local)?;
+            }
+            reg.add_str(PACKAGED_REGISTRY, PACKAGED_NAME)?;
+        }
+        Ok(reg)
+    }
+
+    /// Only the packaged registry.
+    pub fn packaged() -> Result<Registry, RegistryError> {
+        let mut reg = Registry::default();
+        reg.add_str(PACKAGED_REGISTRY, PACKAGED_NAME)?;
+        Ok(reg)
+    }
+
+    pub fn add_file(&mut self, path: &Path) -> Result<(), RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
+        self.add_str(&text, &path.display().to_string())
+    }
+
+    /// Adds the entries of one registry text (a list, or a single entry object).
+    pub fn add_str(&mut self, text: &str, name: &str) -> Result<(), RegistryError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| RegistryError::Json {
+            file: name.into(),
+            line: e.line(),
+            column: e.column(),
+            message: crate::keys::strip_position(&e.to_string()),
+        })?;
+        let file: Arc<str> = Arc::from(name);
+        let items = match value {
+            Value::Array(items) => items,
+            obj @ Value::Object(_) => vec![obj],
+            other => return Err(RegistryError::NotAList { file: name.into(), kind: crate::spec::json_kind(&other) }),
+        };
+        self.entries
+            .extend(items.into_iter().enumerate().map(|(index, value)| Entry { value, file: file.clone(), index }));
+        self.sources.push(name.into());
+        Ok(())
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// The first entry, in order, that unifies with the selector, and the unified spec.
+    pub fn select(&self, selector: &ModelSpec) -> Result<(ModelSpec, &Entry), NoMatch> {
+        for entry in &self.entries {
+            let Value::Object(map) = &entry.value else { continue };
+            let entry_spec = ModelSpec::new(map.clone());
+            if let Some(unified) = entry_spec.unify(selector) {
+                return Ok((unified, entry));
+            }
+        }
+        Err(NoMatch {
+            selector: selector.to_string(),
+            searched: self.entries.len(),
+            sources: self.sources.join(", "),
+        })
+    }
+
+    /// Every problem of every entry, in registry order.
+    pub fn check(&self, schemas: &[BackendSchema]) -> Vec<Problem> {
+        self.entries.iter().flat_map(|e| e.check(schemas)).collect()
+    }
+}
+
+/// Whether any problem is an error.
+pub fn has_errors(problems: &[Problem]) -> bool {
+    problems.iter().any(|p| p.severity == Severity::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reg(text: &str) -> Registry {
+        let mut r = Registry::default();
+        r.add_str(text, "test.json").expect("loads");
+        r
+    }
+
+    #[test]
+    fn first_unifying_entry_wins() {
+        let r = reg(r#"[
+            {"model_name": "a", "backend": "openai", "model_config": {"x": 1}},
+            {"model_name": "b", "backend": "llamacpp"},
+            {"model_name": "a", "backend": "anthropic"},
+            7
+        ]"#);
+        let pick = |sel: &str| {
+            r.select(&ModelSpec::parse_selector(sel).expect("selector")).map(|(_, e)| e.index).map_err(|e| e.to_string())
+        };
+        assert_eq!(pick("a"), Ok(0));
+        assert_eq!(pick(r#"{"backend": "llamacpp"}"#), Ok(1));
+        assert_eq!(pick(r#"{"model_name": "a", "backend": "anthropic"}"#), Ok(2));
+        assert_eq!(pick(r#"{"model_name": "a", "model_config": {"x": 2}}"#), Ok(2));
+        let err = pick("zzz").expect_err("no match");
+        assert!(err.contains(r#"{"model_name":"zzz"}"#) && err.contains("test.json"), "{err}");
+        let (spec, _) = r.select(&ModelSpec::parse_selector(r#"{"model_name": "a", "extra": 5}"#).expect("sel")).expect("found");
+        assert_eq!(spec.get("extra"), Some(&json!(5)));
+    }
+
+    #[test]
+    fn single_object_and_json_errors() {
+        assert_eq!(reg(r#"{"model_name": "solo", "backend": "openai"}"#).entries().len(), 1);
+        let mut r = Registry::default();
+        let e = r.add_str("[\n{\"model_name\": }\n]", "bad.json").expect_err("invalid");
+        assert_eq!(e.to_string(), "bad.json: invalid JSON at line 2, column 16: expected value");
+        let e = r.add_str("3", "n.json").expect_err("not a list");
+        assert!(e.to_string().contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn packaged_registry_parses() {
+        let r = Registry::packaged().expect("packaged registry is valid JSON");
+        assert!(!r.entries().is_empty());
+    }
+}

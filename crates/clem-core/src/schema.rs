@@ -1,0 +1,369 @@
+//! What a registry entry may contain, and the strict check that reports every problem of an entry.
+//!
+//! Common keys are checked here; each backend describes its own keys with a [`BackendSchema`] (the backends
+//! crate owns those, so adding a backend never touches this file).
+
+use serde_json::{Map, Value};
+
+use crate::pyregex::PyRegex;
+use crate::spec::json_kind;
+
+/// The type a key's value must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    Str,
+    /// A string from a fixed set.
+    OneOf(&'static [&'static str]),
+    Bool,
+    /// A non-negative integer.
+    Count,
+    /// Any number.
+    Number,
+    StrList,
+    Object,
+    /// A Python regular expression.
+    Regex,
+    /// A Jinja chat template.
+    Template,
+    /// Any JSON value.
+    Any,
+}
+
+/// A key and its type.
+pub type KeySpec = (&'static str, KeyType);
+
+/// The keys a backend reads from an entry.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendSchema {
+    pub name: &'static str,
+    /// Other names of the same backend.
+    pub aliases: &'static [&'static str],
+    /// Top-level keys the backend needs (`model_id`, `huggingface_id`).
+    pub entry_required: &'static [KeySpec],
+    /// Top-level keys the backend reads when present.
+    pub entry_optional: &'static [KeySpec],
+    pub config_required: &'static [KeySpec],
+    pub config_optional: &'static [KeySpec],
+}
+
+impl BackendSchema {
+    pub fn answers_to(&self, backend: &str) -> bool {
+        self.name == backend || self.aliases.contains(&backend)
+    }
+}
+
+/// How bad a problem is: an error stops the entry from being used, a warning does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem of one entry, with everything needed to find it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    pub file: String,
+    /// Index of the entry in its file (0-based), `None` for file-level problems.
+    pub index: Option<usize>,
+    pub model_name: Option<String>,
+    /// Dotted key path, e.g. `model_config.eos_to_cull`.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: {}", self.file)?;
+        if let Some(i) = self.index {
+            write!(f, ": entry {i}")?;
+        }
+        if let Some(name) = &self.model_name {
+            write!(f, " ({name})")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Metadata every entry should have (readme: mandatory); missing ones are warnings since nothing breaks.
+const METADATA: &[KeySpec] = &[
+    ("release_date", KeyType::Str),
+    ("open_weight", KeyType::Bool),
+    ("parameters", KeyType::Str),
+    ("languages", KeyType::StrList),
+    ("context_size", KeyType::Str),
+    ("license", KeyType::Object),
+];
+
+/// Checks one entry; `schemas` are the backends this build knows.
+pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSchema]) -> Vec<Problem> {
+    let model_name = entry.get("model_name").and_then(Value::as_str).map(String::from);
+    let mut out = Vec::new();
+    let mut report = |severity: Severity, key: &str, message: String| {
+        out.push(Problem {
+            severity,
+            file: file.into(),
+            index: Some(index),
+            model_name: model_name.clone(),
+            key: key.into(),
+            message,
+        })
+    };
+    let Value::Object(obj) = entry else {
+        report(Severity::Error, "", format!("an entry must be an object, not {}", json_kind(entry)));
+        return out;
+    };
+
+    match obj.get("model_name") {
+        None => report(Severity::Error, "model_name", "missing (required)".into()),
+        Some(Value::String(s)) if s.trim().is_empty() => report(Severity::Error, "model_name", "is empty".into()),
+        Some(Value::String(_)) => {}
+        Some(v) => report(Severity::Error, "model_name", format!("must be a string, not {}", json_kind(v))),
+    }
+
+    for (key, ty) in METADATA {
+        match obj.get(*key) {
+            None => report(Severity::Warning, key, "missing (documented as mandatory metadata)".into()),
+            Some(v) => {
+                if let Err(m) = check_type(v, *ty) {
+                    report(Severity::Error, key, m);
+                }
+            }
+        }
+    }
+    if let Some(Value::String(d)) = obj.get("release_date") {
+        if chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err() || d.len() != 10 {
+            report(Severity::Error, "release_date", format!("{d:?} is not a date in YYYY-MM-DD form"));
+        }
+    }
+    if let Some(Value::String(c)) = obj.get("context_size") {
+        if !c.is_empty() && parse_count(c).is_none() {
+            report(Severity::Error, "context_size", format!("{c:?} is not a token count like \"128k\" or \"4096\""));
+        }
+    }
+    if let Some(Value::String(p)) = obj.get("parameters") {
+        if !p.is_empty() && parse_count(p).is_none() {
+            report(Severity::Error, "parameters", format!("{p:?} is not a parameter count like \"7B\" or \"135M\""));
+        }
+    }
+    if let Some(Value::Object(lic)) = obj.get("license") {
+        for k in ["name", "url"] {
+            match lic.get(k) {
+                None => report(Severity::Warning, &format!("license.{k}"), "missing".into()),
+                Some(Value::String(_)) => {}
+                Some(v) => report(Severity::Error, &format!("license.{k}"), format!("must be a string, not {}", json_kind(v))),
+            }
+        }
+    }
+    let config = match obj.get("model_config") {
+        None => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(v) => {
+            report(Severity::Error, "model_config", format!("must be an object, not {}", json_kind(v)));
+            None
+        }
+    };
+
+    let backend = match obj.get("backend") {
+        None => {
+            report(Severity::Error, "backend", "missing (required)".into());
+            return out;
+        }
+        Some(Value::String(s)) => s.as_str(),
+        Some(v) => {
+            report(Severity::Error, "backend", format!("must be a string, not {}", json_kind(v)));
+            return out;
+        }
+    };
+    let Some(schema) = schemas.iter().find(|s| s.answers_to(backend)) else {
+        let known: Vec<&str> = schemas.iter().map(|s| s.name).collect();
+        report(
+            Severity::Error,
+            "backend",
+            format!("backend {backend:?} does not exist (known backends: {})", known.join(", ")),
+        );
+        return out;
+    };
+
+    for (key, ty) in schema.entry_required {
+        match obj.get(*key) {
+            None => report(Severity::Error, key, format!("missing (required by the {} backend)", schema.name)),
+            Some(v) => {
+                if let Err(m) = check_value(v, *ty) {
+                    report(Severity::Error, key, m)
+                }
+            }
+        }
+    }
+    for (key, ty) in schema.entry_optional {
+        if let Some(v) = obj.get(*key) {
+            if let Err(m) = check_value(v, *ty) {
+                report(Severity::Error, key, m)
+            }
+        }
+    }
+    let empty = Map::new();
+    let config = config.unwrap_or(&empty);
+    if obj.get("model_config").is_none() && !schema.config_required.is_empty() {
+        report(Severity::Error, "model_config", format!("missing (the {} backend needs it)", schema.name));
+    }
+    for (key, ty) in schema.config_required {
+        let path = format!("model_config.{key}");
+        match config.get(*key) {
+            None => report(Severity::Error, &path, format!("missing (required by the {} backend)", schema.name)),
+            Some(v) => {
+                if let Err(m) = check_value(v, *ty) {
+                    report(Severity::Error, &path, m)
+                }
+            }
+        }
+    }
+    for (key, ty) in schema.config_optional {
+        if let Some(v) = config.get(*key) {
+            if let Err(m) = check_value(v, *ty) {
+                report(Severity::Error, &format!("model_config.{key}"), m)
+            }
+        }
+    }
+    // Relations between keys, as the registry readme states them.
+    let flag = |k: &str| config.get(k).is_some_and(crate::spec::py_truthy);
+    if flag("cot_output") && !config.contains_key("cot_end_tag") {
+        report(Severity::Error, "model_config.cot_end_tag", "missing, but cot_output is true".into());
+    }
+    if config.get("premade_chat_template") == Some(&Value::Bool(false)) && !config.contains_key("custom_chat_template") {
+        report(
+            Severity::Warning,
+            "model_config.custom_chat_template",
+            "missing while premade_chat_template is false: a generic template will be used".into(),
+        );
+    }
+    out
+}
+
+fn check_type(v: &Value, ty: KeyType) -> Result<(), String> {
+    let ok = match ty {
+        KeyType::Str | KeyType::OneOf(_) | KeyType::Regex | KeyType::Template => v.is_string(),
+        KeyType::Bool => v.is_boolean(),
+        KeyType::Count => v.as_u64().is_some(),
+        KeyType::Number => v.is_number(),
+        KeyType::StrList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        KeyType::Object => v.is_object(),
+        KeyType::Any => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    let want = match ty {
+        KeyType::Str | KeyType::OneOf(_) => "a string",
+        KeyType::Regex => "a string holding a Python regular expression",
+        KeyType::Template => "a string holding a Jinja template",
+        KeyType::Bool => "true or false",
+        KeyType::Count => "a non-negative integer",
+        KeyType::Number => "a number",
+        KeyType::StrList => "a list of strings",
+        KeyType::Object => "an object",
+        KeyType::Any => "anything",
+    };
+    Err(format!("must be {want}, not {}", describe(v)))
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::Bool(b) => format!("{b}"),
+        other => json_kind(other).to_string(),
+    }
+}
+
+/// Type check plus content check (regex compiles, template parses, value in its set).
+pub fn check_value(v: &Value, ty: KeyType) -> Result<(), String> {
+    check_type(v, ty)?;
+    let s = v.as_str().unwrap_or_default();
+    match ty {
+        KeyType::OneOf(allowed) if !allowed.contains(&s) => {
+            Err(format!("{s:?} is not one of {}", allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")))
+        }
+        KeyType::Regex => PyRegex::new(s).map(|_| ()).map_err(|e| format!("does not compile: {}", e.reason)),
+        KeyType::Template => crate::template::ChatTemplate::new(s, "custom_chat_template").map(|_| ()).map_err(|e| e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// Reads counts like `"128k"`, `"7B"`, `"1.5M"`, `"4096"`; `None` when it is not one.
+pub fn parse_count(s: &str) -> Option<f64> {
+    let t = s.trim().trim_start_matches('~');
+    let (num, mult) = match t.chars().last()? {
+        'k' | 'K' => (&t[..t.len() - 1], 1e3),
+        'm' | 'M' => (&t[..t.len() - 1], 1e6),
+        'b' | 'B' => (&t[..t.len() - 1], 1e9),
+        't' | 'T' => (&t[..t.len() - 1], 1e12),
+        _ => (t, 1.0),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TEST_SCHEMA: BackendSchema = BackendSchema {
+        name: "local",
+        aliases: &[],
+        entry_required: &[("huggingface_id", KeyType::Str)],
+        entry_optional: &[],
+        config_required: &[("eos_to_cull", KeyType::Regex), ("premade_chat_template", KeyType::Bool)],
+        config_optional: &[("padding_side", KeyType::OneOf(&["left", "right"])), ("cot_output", KeyType::Bool)],
+    };
+
+    fn keys(problems: &[Problem]) -> Vec<(Severity, String)> {
+        problems.iter().map(|p| (p.severity, p.key.clone())).collect()
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let entry = json!({
+            "model_name": "m", "backend": "local", "release_date": "2024-13-01",
+            "model_config": {"eos_to_cull": "(", "padding_side": "middle", "cot_output": true}
+        });
+        let p = check_entry(&entry, "r.json", 3, &[TEST_SCHEMA]);
+        let k = keys(&p);
+        assert!(k.contains(&(Severity::Error, "release_date".into())));
+        assert!(k.contains(&(Severity::Error, "huggingface_id".into())));
+        assert!(k.contains(&(Severity::Error, "model_config.eos_to_cull".into())));
+        assert!(k.contains(&(Severity::Error, "model_config.premade_chat_template".into())));
+        assert!(k.contains(&(Severity::Error, "model_config.padding_side".into())));
+        assert!(k.contains(&(Severity::Error, "model_config.cot_end_tag".into())));
+        assert!(k.contains(&(Severity::Warning, "languages".into())));
+        let line = p.iter().find(|p| p.key == "model_config.eos_to_cull").map(ToString::to_string).unwrap_or_default();
+        assert!(line.starts_with("error: r.json: entry 3 (m): model_config.eos_to_cull: does not compile"), "{line}");
+    }
+
+    #[test]
+    fn unknown_backend_and_non_objects() {
+        let p = check_entry(&json!({"model_name": "x", "backend": "alephalpha"}), "f", 0, &[TEST_SCHEMA]);
+        assert!(p.iter().any(|p| p.key == "backend" && p.message.contains("\"alephalpha\" does not exist")));
+        let p = check_entry(&json!([1]), "f", 1, &[TEST_SCHEMA]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].severity, Severity::Error);
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("128k"), Some(128_000.0));
+        assert_eq!(parse_count("7B"), Some(7e9));
+        assert_eq!(parse_count("1.5M"), Some(1.5e6));
+        assert_eq!(parse_count("4096"), Some(4096.0));
+        assert_eq!(parse_count("lots"), None);
+    }
+}
