@@ -9,6 +9,7 @@
 //! Nothing here does network or inference: backends live in `clem-backends` and heavier crates.
 
 pub mod cleaning;
+pub mod hf;
 pub mod keys;
 pub mod message;
 pub mod model;

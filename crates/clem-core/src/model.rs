@@ -95,11 +95,7 @@ pub trait Model: Send + Sync {
     fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError>;
 
     /// Generates one reply per message list, in input order; one failure does not fail the others.
-    fn generate_batch_response(
-        &self,
-        batch: &[Vec<Message>],
-        args: &GenArgs,
-    ) -> Vec<Result<Generation, ModelError>> {
+    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
         batch.iter().map(|m| self.generate_response(m, args)).collect()
     }
 

@@ -137,8 +137,11 @@ impl Registry {
             obj @ Value::Object(_) => vec![obj],
             other => return Err(RegistryError::NotAList { file: name.into(), kind: crate::spec::json_kind(&other) }),
         };
-        self.entries
-            .extend(items.into_iter().enumerate().map(|(index, value)| Entry { value, file: file.clone(), index }));
+        self.entries.extend(items.into_iter().enumerate().map(|(index, value)| Entry {
+            value,
+            file: file.clone(),
+            index,
+        }));
         self.sources.push(name.into());
         Ok(())
     }
@@ -155,16 +158,11 @@ impl Registry {
     pub fn select(&self, selector: &ModelSpec) -> Result<(ModelSpec, &Entry), NoMatch> {
         for entry in &self.entries {
             let Value::Object(map) = &entry.value else { continue };
-            let entry_spec = ModelSpec::new(map.clone());
-            if let Some(unified) = entry_spec.unify(selector) {
+            if let Some(unified) = selector.unify_with_entry(map) {
                 return Ok((unified, entry));
             }
         }
-        Err(NoMatch {
-            selector: selector.to_string(),
-            searched: self.entries.len(),
-            sources: self.sources.join(", "),
-        })
+        Err(NoMatch { selector: selector.to_string(), searched: self.entries.len(), sources: self.sources.join(", ") })
     }
 
     /// Every problem of every entry, in registry order.
@@ -198,7 +196,9 @@ mod tests {
             7
         ]"#);
         let pick = |sel: &str| {
-            r.select(&ModelSpec::parse_selector(sel).expect("selector")).map(|(_, e)| e.index).map_err(|e| e.to_string())
+            r.select(&ModelSpec::parse_selector(sel).expect("selector"))
+                .map(|(_, e)| e.index)
+                .map_err(|e| e.to_string())
         };
         assert_eq!(pick("a"), Ok(0));
         assert_eq!(pick(r#"{"backend": "llamacpp"}"#), Ok(1));
@@ -206,7 +206,8 @@ mod tests {
         assert_eq!(pick(r#"{"model_name": "a", "model_config": {"x": 2}}"#), Ok(2));
         let err = pick("zzz").expect_err("no match");
         assert!(err.contains(r#"{"model_name":"zzz"}"#) && err.contains("test.json"), "{err}");
-        let (spec, _) = r.select(&ModelSpec::parse_selector(r#"{"model_name": "a", "extra": 5}"#).expect("sel")).expect("found");
+        let (spec, _) =
+            r.select(&ModelSpec::parse_selector(r#"{"model_name": "a", "extra": 5}"#).expect("sel")).expect("found");
         assert_eq!(spec.get("extra"), Some(&json!(5)));
     }
 

@@ -159,7 +159,9 @@ pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSc
             match lic.get(k) {
                 None => report(Severity::Warning, &format!("license.{k}"), "missing".into()),
                 Some(Value::String(_)) => {}
-                Some(v) => report(Severity::Error, &format!("license.{k}"), format!("must be a string, not {}", json_kind(v))),
+                Some(v) => {
+                    report(Severity::Error, &format!("license.{k}"), format!("must be a string, not {}", json_kind(v)))
+                }
             }
         }
     }
@@ -238,7 +240,8 @@ pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSc
     if flag("cot_output") && !config.contains_key("cot_end_tag") {
         report(Severity::Error, "model_config.cot_end_tag", "missing, but cot_output is true".into());
     }
-    if config.get("premade_chat_template") == Some(&Value::Bool(false)) && !config.contains_key("custom_chat_template") {
+    if config.get("premade_chat_template") == Some(&Value::Bool(false)) && !config.contains_key("custom_chat_template")
+    {
         report(
             Severity::Warning,
             "model_config.custom_chat_template",
@@ -289,11 +292,14 @@ pub fn check_value(v: &Value, ty: KeyType) -> Result<(), String> {
     check_type(v, ty)?;
     let s = v.as_str().unwrap_or_default();
     match ty {
-        KeyType::OneOf(allowed) if !allowed.contains(&s) => {
-            Err(format!("{s:?} is not one of {}", allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")))
-        }
+        KeyType::OneOf(allowed) if !allowed.contains(&s) => Err(format!(
+            "{s:?} is not one of {}",
+            allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+        )),
         KeyType::Regex => PyRegex::new(s).map(|_| ()).map_err(|e| format!("does not compile: {}", e.reason)),
-        KeyType::Template => crate::template::ChatTemplate::new(s, "custom_chat_template").map(|_| ()).map_err(|e| e.to_string()),
+        KeyType::Template => {
+            crate::template::ChatTemplate::new(s, "custom_chat_template").map(|_| ()).map_err(|e| e.to_string())
+        }
         _ => Ok(()),
     }
 }

@@ -137,6 +137,14 @@ impl ModelSpec {
     pub fn unifies_with(&self, other: &ModelSpec) -> bool {
         maps_unify(&self.0, &other.0)
     }
+
+    /// Unifies a registry entry's object with this selector without copying entries that do not unify.
+    pub fn unify_with_entry(&self, entry: &Map<String, Value>) -> Option<ModelSpec> {
+        if !maps_unify(entry, &self.0) {
+            return None;
+        }
+        unify_maps(entry, &self.0).map(ModelSpec)
+    }
 }
 
 impl fmt::Display for ModelSpec {

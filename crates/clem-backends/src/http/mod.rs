@@ -1,0 +1,124 @@
+//! The shared HTTP layer of every remote backend: what an adapter is, and the one executor that sends.
+//!
+//! A provider backend is an [`Adapter`]: pure functions from (messages, generation arguments) to an
+//! [`ApiRequest`] and from a successful JSON body to the reply text. Everything that touches the network lives
+//! here, once for all providers: the shared tokio runtime and reqwest client ([`executor`]), timeouts, retries
+//! with backoff and the providers' rate-limit headers ([`retry`]), concurrency and requests-per-minute limits,
+//! and the synchronous [`remote::RemoteModel`] that implements `clem_core::Model` on top of it.
+//!
+//! The API key lives in a [`Secret`] inside [`Auth`] and is only ever written into one request header; errors
+//! that carry provider bodies are scrubbed of it.
+
+pub mod error;
+pub mod executor;
+pub mod images;
+pub mod remote;
+pub mod retry;
+
+use clem_core::keys::Secret;
+use clem_core::schema::{BackendSchema, KeySpec, KeyType as T};
+use clem_core::{GenArgs, Message};
+use serde_json::{Map, Value};
+
+pub use error::RemoteError;
+pub use remote::RemoteModel;
+
+/// `model_config` keys every remote API backend reads.
+pub const REMOTE_CONFIG: &[KeySpec] = &[
+    ("multimodality", T::Object),
+    ("extra_body", T::Object),
+    ("reasoning_model", T::Bool),
+    ("thinking_mode", T::Bool),
+    ("thinking_budget", T::Count),
+    ("max_concurrency", T::Count),
+    ("requests_per_minute", T::Count),
+    ("timeout", T::Number),
+    ("connect_timeout", T::Number),
+    ("max_attempts", T::Count),
+    ("retry_base_delay", T::Number),
+    ("retry_max_delay", T::Number),
+    ("base_url", T::Str),
+    ("danger_accept_invalid_certs", T::Bool),
+    // azure only: the classic deployment URL with this api-version.
+    ("api_version", T::Str),
+];
+
+/// The registry schema of a remote backend: entries need `model_id`, `model_config` takes [`REMOTE_CONFIG`].
+pub const fn remote_schema(name: &'static str) -> BackendSchema {
+    BackendSchema {
+        name,
+        aliases: &[],
+        entry_required: &[("model_id", T::Str)],
+        entry_optional: &[],
+        config_required: &[],
+        config_optional: REMOTE_CONFIG,
+    }
+}
+
+/// How the API key is sent: `{header}: {prefix}{key}`.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub header: &'static str,
+    pub prefix: &'static str,
+    pub key: Secret,
+}
+
+impl Auth {
+    pub fn bearer(key: Secret) -> Self {
+        Auth { header: "authorization", prefix: "Bearer ", key }
+    }
+    pub fn header(header: &'static str, key: Secret) -> Self {
+        Auth { header, prefix: "", key }
+    }
+}
+
+/// One request as an adapter built it. Only [`Auth`] holds the credential; `body` is the exact JSON sent.
+#[derive(Clone, Debug)]
+pub struct ApiRequest {
+    pub url: String,
+    /// Non-secret headers (`content-type` is always added by the executor).
+    pub headers: Vec<(String, String)>,
+    pub auth: Option<Auth>,
+    pub body: Value,
+}
+
+/// A provider's wire format, as pure functions (no I/O besides reading local image files).
+pub trait Adapter: Send + Sync + 'static {
+    /// The provider's name, for messages (`openai`, `anthropic`, ...).
+    fn provider(&self) -> &'static str;
+
+    /// The request for one generation.
+    fn build(&self, messages: &[Message], args: &GenArgs) -> Result<ApiRequest, RemoteError>;
+
+    /// The reply text of a successful response body; `Err` says why there is none.
+    fn reply_text(&self, body: &Value) -> Result<String, String>;
+}
+
+/// Merges `extra` into `body` at the top level (later keys win), as the OpenAI SDK does with `extra_body`.
+pub fn merge_top_level(body: &mut Map<String, Value>, extra: &Map<String, Value>) {
+    for (k, v) in extra {
+        body.insert(k.clone(), v.clone());
+    }
+}
+
+/// Joins a base URL and a path with exactly one slash between them.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_join_with_one_slash() {
+        assert_eq!(join_url("http://x/v1/", "/chat/completions"), "http://x/v1/chat/completions");
+        assert_eq!(join_url("http://x/v1", "chat/completions"), "http://x/v1/chat/completions");
+    }
+
+    #[test]
+    fn auth_debug_masks_the_key() {
+        let auth = Auth::bearer(Secret::new("sk-very-secret-key-123456"));
+        assert!(!format!("{auth:?}").contains("very-secret"));
+    }
+}

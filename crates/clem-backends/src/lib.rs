@@ -1,0 +1,136 @@
+//! clem-backends: every backend clemrs knows, one folder each, and the one table that registers them.
+//!
+//! A backend is a [`Backend`] value: its registry schema (what its entries must hold), the key.json
+//! section it reads, and a loader. Adding one is a folder and a line in [`BACKENDS`].
+
+pub mod anthropic;
+pub mod azure;
+pub mod cohere;
+pub mod google;
+pub mod http;
+pub mod human;
+#[cfg(feature = "llamacpp")]
+pub mod llamacpp;
+pub mod mistral;
+pub mod mock;
+pub mod openai;
+pub mod openai_compatible;
+pub mod openrouter;
+mod planned;
+
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+
+use clem_core::keys::Keys;
+use clem_core::registry::{has_errors, Registry};
+use clem_core::schema::{BackendSchema, Severity};
+use clem_core::{LoadedModel, Message, Model, ModelError, ModelSpec};
+
+/// Builds a loaded model from its unified spec.
+pub type Loader = fn(&ModelSpec, &LoadContext) -> Result<Box<dyn Model>, ModelError>;
+
+/// One backend: its schema, its credentials section, and how to load its models.
+#[derive(Clone, Copy)]
+pub struct Backend {
+    pub schema: BackendSchema,
+    /// The key.json section it reads, if it needs credentials.
+    pub key_section: Option<&'static str>,
+    /// `None` when this build does not include the backend; `unavailable` says why.
+    pub loader: Option<Loader>,
+    pub unavailable: &'static str,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        self.schema.name
+    }
+}
+
+#[cfg(feature = "llamacpp")]
+use llamacpp::BACKEND as LLAMACPP;
+#[cfg(not(feature = "llamacpp"))]
+use planned::LLAMACPP;
+
+/// The registration table: one line per backend.
+pub static BACKENDS: &[Backend] = &[
+    mock::BACKEND,
+    human::BACKEND,
+    openai::BACKEND,
+    openai_compatible::BACKEND,
+    openrouter::BACKEND,
+    azure::BACKEND,
+    anthropic::BACKEND,
+    google::BACKEND,
+    mistral::BACKEND,
+    cohere::BACKEND,
+    planned::HUGGINGFACE_LOCAL,
+    LLAMACPP,
+    planned::VLLM,
+];
+
+/// The schemas of every registered backend, for `Registry::check`.
+pub fn schemas() -> Vec<BackendSchema> {
+    BACKENDS.iter().map(|b| b.schema).collect()
+}
+
+/// The backend that answers to a name.
+pub fn backend(name: &str) -> Option<&'static Backend> {
+    BACKENDS.iter().find(|b| b.schema.answers_to(name))
+}
+
+/// A function that answers for a scripted player (the game's own replies, as clemcore's `_custom_response`).
+pub type Responder = Arc<dyn Fn(&[Message]) -> String + Send + Sync>;
+
+/// What a loader may use besides the spec.
+#[derive(Clone, Default)]
+pub struct LoadContext {
+    pub keys: Keys,
+    /// Replies for `mock`/`programmatic` when the selector has no `replies` list.
+    pub responder: Option<Responder>,
+    /// Where a `human` player reads; standard input when `None`.
+    pub human_input: Option<Arc<Mutex<dyn BufRead + Send>>>,
+    /// Threads for local inference (`None`: the backend's default).
+    pub threads: Option<usize>,
+}
+
+/// Resolves a selector and loads its model: reserved names first, then the first unifying registry entry,
+/// whose problems (if any are errors) make loading fail with every problem listed.
+pub fn load_model(registry: &Registry, selector: &ModelSpec, ctx: &LoadContext) -> Result<LoadedModel, ModelError> {
+    let spec = resolve(registry, selector)?;
+    load_spec(&spec, ctx)
+}
+
+/// The spec a selector stands for: reserved names as they are, else the unified registry entry; entry errors
+/// are reported here.
+pub fn resolve(registry: &Registry, selector: &ModelSpec) -> Result<ModelSpec, ModelError> {
+    if selector.is_mock() || selector.is_human() {
+        let mut spec = selector.clone().into_map();
+        let backend = if selector.is_mock() { "mock" } else { "human" };
+        spec.entry("backend").or_insert_with(|| backend.into());
+        return Ok(ModelSpec::new(spec));
+    }
+    let name = selector.model_name().unwrap_or("?").to_string();
+    let (spec, entry) = registry.select(selector).map_err(|e| ModelError::config(&name, e.to_string()))?;
+    let problems = entry.check(&schemas());
+    if has_errors(&problems) {
+        let lines: Vec<String> =
+            problems.iter().filter(|p| p.severity == Severity::Error).map(ToString::to_string).collect();
+        return Err(ModelError::config(
+            spec.model_name().unwrap_or(&name),
+            format!("its registry entry cannot be used:\n  {}", lines.join("\n  ")),
+        ));
+    }
+    Ok(spec)
+}
+
+/// Loads an already resolved spec.
+pub fn load_spec(spec: &ModelSpec, ctx: &LoadContext) -> Result<LoadedModel, ModelError> {
+    let name = spec.model_name().unwrap_or("?");
+    let backend_name = spec.backend().ok_or_else(|| ModelError::config(name, "the entry names no backend"))?;
+    let backend = backend(backend_name)
+        .ok_or_else(|| ModelError::config(name, format!("backend {backend_name:?} does not exist")))?;
+    let loader = backend
+        .loader
+        .ok_or_else(|| ModelError::config(name, format!("backend {backend_name:?}: {}", backend.unavailable)))?;
+    Ok(LoadedModel::new(loader(spec, ctx)?))
+}

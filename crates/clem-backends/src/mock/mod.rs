@@ -1,0 +1,122 @@
+//! The `mock`/`programmatic` player: scripted replies, no model. Batchable.
+//!
+//! Replies come from the selector's `replies` list (cycled, one per call, e.g.
+//! `-m '{"model_name": "mock", "replies": ["GREET: hello"]}'`), else from the game's responder
+//! ([`crate::LoadContext::responder`]), else the last user message is echoed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clem_core::message::messages_to_json;
+use clem_core::schema::BackendSchema;
+use clem_core::{BatchMode, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Role};
+use serde_json::{json, Value};
+
+use crate::{Backend, LoadContext, Responder};
+
+pub const BACKEND: Backend = Backend {
+    schema: BackendSchema {
+        name: "mock",
+        aliases: &["programmatic"],
+        entry_required: &[],
+        entry_optional: &[],
+        config_required: &[],
+        config_optional: &[],
+    },
+    key_section: None,
+    loader: Some(load),
+    unavailable: "",
+};
+
+fn load(spec: &ModelSpec, ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
+    let name = spec.model_name().unwrap_or("mock");
+    let replies = match spec.get("replies") {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| ModelError::config(name, "replies: must be a non-empty list of strings"))?,
+        ),
+        Some(_) => return Err(ModelError::config(name, "replies: must be a non-empty list of strings")),
+    };
+    Ok(Box::new(MockModel { spec: spec.clone(), replies, responder: ctx.responder.clone(), next: AtomicUsize::new(0) }))
+}
+
+/// A scripted player.
+pub struct MockModel {
+    spec: ModelSpec,
+    replies: Option<Vec<String>>,
+    responder: Option<Responder>,
+    next: AtomicUsize,
+}
+
+impl MockModel {
+    fn reply(&self, messages: &[Message]) -> String {
+        if let Some(replies) = &self.replies {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            return replies[i % replies.len()].clone();
+        }
+        if let Some(responder) = &self.responder {
+            return responder(messages);
+        }
+        messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.clone()).unwrap_or_default()
+    }
+}
+
+impl Model for MockModel {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn generate_response(&self, messages: &[Message], _args: &GenArgs) -> Result<Generation, ModelError> {
+        let text = self.reply(messages);
+        Ok(Generation {
+            prompt: json!({ "messages": messages_to_json(messages) }),
+            response: json!({ "response": text }),
+            response_text: text,
+        })
+    }
+
+    fn batch_mode(&self) -> BatchMode {
+        BatchMode::ForwardPass
+    }
+
+    fn normalizes_messages(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn scripted_replies_cycle_and_batch_in_order() {
+        let spec = ModelSpec::parse_selector(r#"{"model_name": "mock", "replies": ["a", "b"]}"#).expect("selector");
+        let model = load(&spec, &LoadContext::default()).expect("loads");
+        let batch = vec![vec![Message::user("x")]; 3];
+        let out: Vec<String> = model
+            .generate_batch_response(&batch, &GenArgs::default())
+            .into_iter()
+            .map(|r| r.map(|g| g.response_text).unwrap_or_default())
+            .collect();
+        assert_eq!(out, vec!["a", "b", "a"]);
+    }
+
+    #[test]
+    fn responder_and_echo() {
+        let spec = ModelSpec::from_name("mock");
+        let echo = load(&spec, &LoadContext::default()).expect("loads");
+        let g = echo.generate_response(&[Message::user("hi")], &GenArgs::default()).expect("generates");
+        assert_eq!(g.response_text, "hi");
+        let ctx = LoadContext { responder: Some(Arc::new(|m: &[Message]| format!("{} msgs", m.len()))), ..Default::default() };
+        let scripted = load(&spec, &ctx).expect("loads");
+        let g = scripted.generate_response(&[Message::user("a"), Message::user("b")], &GenArgs::default()).expect("ok");
+        assert_eq!(g.response_text, "2 msgs");
+        let bad = ModelSpec::parse_selector(r#"{"model_name": "mock", "replies": []}"#).expect("selector");
+        assert!(load(&bad, &LoadContext::default()).is_err());
+    }
+}

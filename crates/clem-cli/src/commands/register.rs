@@ -1,0 +1,158 @@
+//! `clem register key|model`: create or update `./key.json` (mode 0600) and `./model_registry.json`.
+//!
+//! `--set KEY=VALUE` values are read as JSON when they parse (`true`, `3`, `{"a": 1}`), else as strings;
+//! dotted keys (`model_config.eos_to_cull=...`) write into nested objects. Files are rewritten atomically.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use clem_core::keys::mask;
+use clem_core::registry::LOCAL_REGISTRY;
+use serde_json::{Map, Value};
+
+use crate::context::Ctx;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Set values of a key.json section (e.g. `clem register key openai --set api_key=sk-...`).
+    Key {
+        section: String,
+        #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+        set: Vec<String>,
+    },
+    /// Add or update a model entry in ./model_registry.json.
+    Model {
+        name: String,
+        #[arg(long)]
+        backend: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    match args.what {
+        What::Key { section, set } => register_key(&section, &set, ctx),
+        What::Model { name, backend, set } => register_model(&name, &backend, &set),
+    }
+}
+
+fn parse_assignment(s: &str) -> anyhow::Result<(Vec<String>, Value)> {
+    let Some((key, raw)) = s.split_once('=') else { bail!("--set {s:?}: expected KEY=VALUE") };
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        bail!("--set {s:?}: empty key");
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+    Ok((key.split('.').map(String::from).collect(), value))
+}
+
+fn set_path(obj: &mut Map<String, Value>, path: &[String], value: Value) -> anyhow::Result<()> {
+    let (last, parents) = path.split_last().context("empty key")?;
+    let mut cur = obj;
+    for p in parents {
+        let slot = cur.entry(p.clone()).or_insert_with(|| Value::Object(Map::new()));
+        cur = match slot {
+            Value::Object(m) => m,
+            _ => bail!("{} is not an object", p),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+fn read_json_or(path: &Path, default: Value) -> anyhow::Result<Value> {
+    if !path.exists() {
+        return Ok(default);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+fn write_atomic(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).with_context(|| format!("{}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    Ok(())
+}
+
+fn register_key(section: &str, set: &[String], ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let path = ctx.keys_file.clone().unwrap_or_else(|| "key.json".into());
+    let mut root = match read_json_or(&path, Value::Object(Map::new()))? {
+        Value::Object(m) => m,
+        _ => bail!("{}: must hold an object of sections", path.display()),
+    };
+    let entry = root.entry(section.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(sec) = entry else { bail!("{}: section {section:?} is not an object", path.display()) };
+    let mut shown = Vec::new();
+    for s in set {
+        let (key, value) = parse_assignment(s)?;
+        let secret = key.last().is_some_and(|k| k.to_ascii_lowercase().contains("key"));
+        shown.push(match (&value, secret) {
+            (Value::String(v), true) => format!("{}={}", key.join("."), mask(v)),
+            (v, false) => format!("{}={v}", key.join(".")),
+            (_, true) => format!("{}=****", key.join(".")),
+        });
+        set_path(sec, &key, value)?;
+    }
+    write_atomic(&path, &(serde_json::to_string_pretty(&Value::Object(root))? + "\n"), true)?;
+    println!("{}: section {section}: {}", path.display(), shown.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn register_model(name: &str, backend: &str, set: &[String]) -> anyhow::Result<ExitCode> {
+    let path = Path::new(LOCAL_REGISTRY);
+    let mut list = match read_json_or(path, Value::Array(Vec::new()))? {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => bail!("{}: must hold a list of entries", path.display()),
+    };
+    let pos = list.iter().position(|e| e.get("model_name").and_then(Value::as_str) == Some(name));
+    let (index, action) = match pos {
+        Some(i) => (i, "updated"),
+        None => {
+            let mut m = Map::new();
+            m.insert("model_name".into(), Value::String(name.into()));
+            list.push(Value::Object(m));
+            (list.len() - 1, "added")
+        }
+    };
+    let Some(Value::Object(entry)) = list.get_mut(index) else { bail!("{}: entry {index} is not an object", path.display()) };
+    entry.insert("backend".into(), Value::String(backend.into()));
+    for s in set {
+        let (key, value) = parse_assignment(s)?;
+        set_path(entry, &key, value)?;
+    }
+    let checked = Value::Object(entry.clone());
+    write_atomic(path, &(serde_json::to_string_pretty(&Value::Array(list))? + "\n"), false)?;
+    println!("{}: entry {index} ({name}) {action}", path.display());
+    for p in clem_core::schema::check_entry(&checked, &path.display().to_string(), index, &clem_backends::schemas()) {
+        eprintln!("clem: {p}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,63 @@
+//! `clem registry check [FILE...]`: every problem of every entry, one per line on stdout, then a summary on
+//! stderr; exit 1 when any problem is an error. Without FILEs, the active registries are checked.
+//!
+//! Line format: `error|warning: FILE: entry N (MODEL): KEY: MESSAGE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use clem_core::registry::{has_errors, Registry};
+use clem_core::schema::Severity;
+
+use crate::context::Ctx;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Check registry files (default: the active registries).
+    Check {
+        files: Vec<PathBuf>,
+        /// Print problems as a JSON list instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let What::Check { files, json } = args.what;
+    let mut registry = if files.is_empty() { ctx.registry()? } else { Registry::default() };
+    let mut unreadable = 0;
+    for f in &files {
+        if let Err(e) = registry.add_file(f) {
+            println!("error: {e}");
+            unreadable += 1;
+        }
+    }
+    let problems = registry.check(&clem_backends::schemas());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&problems)?);
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+    }
+    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    let warnings = problems.len() - errors;
+    let n_files = registry.sources().len();
+    eprintln!(
+        "{} entries in {n_files} file{}: {} error{}, {warnings} warning{}{}",
+        registry.entries().len(),
+        if n_files == 1 { "" } else { "s" },
+        errors + unreadable,
+        if errors + unreadable == 1 { "" } else { "s" },
+        if warnings == 1 { "" } else { "s" },
+        if unreadable > 0 { format!(" ({unreadable} file(s) unreadable)") } else { String::new() },
+    );
+    Ok(if has_errors(&problems) || unreadable > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,199 @@
+//! `clem run -g GAME -m MODEL...`: plays a game's instances and writes clemcore 3.7's results layout.
+//!
+//! A progress bar goes to stderr when it is a terminal; at the end a summary table goes to stdout, one row per
+//! experiment plus a total:
+//! `experiment  instances  completed  skipped  errors  success  aborted  main_score`.
+//! Exit status 1 when any instance ended in an error (error.json); a model that plays badly is no error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clem_backends::{load_model, LoadContext};
+use clem_core::registry::Registry;
+use clem_core::{GenArgs, ModelSpec};
+use clem_run::game::{find_game, GAMES};
+use clem_run::runner::{self, InstanceResult, Progress, RunOptions, Status};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::context::Ctx;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The game to play (built in: hellogame).
+    #[arg(short, long)]
+    game: String,
+    /// Model selectors (names or JSON objects): one per player, or one for every player.
+    #[arg(short, long = "models", num_args = 1.., required = true, value_name = "MODEL")]
+    models: Vec<String>,
+    /// Sampling temperature.
+    #[arg(short, long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Maximum tokens per reply.
+    #[arg(short = 'l', long = "max-tokens", alias = "max_tokens", default_value_t = 300)]
+    max_tokens: u32,
+    /// Instances played side by side; their requests go to a model as one batch.
+    #[arg(short, long = "batch-size", alias = "batch_size", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// The results root folder.
+    #[arg(short, long = "results-dir", alias = "results_dir", default_value = "results")]
+    results_dir: PathBuf,
+    /// Only this experiment.
+    #[arg(short, long = "experiment-name", alias = "experiment_name", value_name = "EXPERIMENT")]
+    experiment: Option<String>,
+    /// An instances file instead of the game's own (".json" is added when the path has no such file).
+    #[arg(short, long = "instances", alias = "instances_filename", value_name = "FILE")]
+    instances: Option<PathBuf>,
+    /// Skip instances that have completed.json; redo the others.
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let Some(game) = find_game(&args.game) else {
+        bail!("unknown game {:?}; built-in games: {}", args.game, GAMES.join(", "));
+    };
+    let experiments = match &args.instances {
+        None => clem_run::instances::parse(game.default_instances(), &format!("{} (built in)", game.name()))?,
+        Some(path) => {
+            let with_ext = path.with_extension("json");
+            let path = if !path.is_file() && with_ext.is_file() { with_ext } else { path.clone() };
+            clem_run::instances::load(&path)?
+        }
+    };
+
+    let selectors = args
+        .models
+        .iter()
+        .map(|s| ModelSpec::parse_selector(s).with_context(|| format!("model selector {s:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Scripted and human players need neither registry nor keys: do not fail on a broken key.json for them.
+    let needs_registry = selectors.iter().any(|s| !s.is_mock() && !s.is_human());
+    let registry = if needs_registry { ctx.registry()? } else { Registry::default() };
+    let keys = if needs_registry { ctx.keys()? } else { Default::default() };
+    let load_ctx = LoadContext { keys, responder: Some(game.responder()), ..Default::default() };
+    let mut models = Vec::with_capacity(selectors.len());
+    for s in &selectors {
+        models.push(load_model(&registry, s, &load_ctx)?);
+    }
+
+    let opts = RunOptions {
+        results_dir: args.results_dir.clone(),
+        experiment: args.experiment.clone(),
+        experiments,
+        batch_size: args.batch_size as usize,
+        resume: args.resume,
+        gen_args: GenArgs::new(args.temperature, args.max_tokens),
+    };
+    let mut bar = Bar::new();
+    let summary = runner::run(game.as_ref(), &models, &opts, &mut bar)?;
+
+    print_table(&summary.results);
+    println!("results: {}", summary.run_path.display());
+    for r in summary.results.iter().filter(|r| r.status == Status::Error) {
+        eprintln!(
+            "clem: error: {}/{}: {}",
+            r.experiment,
+            clem_run::recorder::instance_dir(r.game_id),
+            r.error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(if summary.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The progress bar: instances done, errors, elapsed, rate; hidden when stderr is not a terminal.
+struct Bar {
+    bar: Option<ProgressBar>,
+    errors: usize,
+}
+
+impl Bar {
+    fn new() -> Self {
+        Bar { bar: None, errors: 0 }
+    }
+}
+
+impl Progress for Bar {
+    fn begin(&mut self, to_run: usize, skipped: usize) {
+        if skipped > 0 {
+            eprintln!("clem: resuming: {skipped} instance(s) already completed, {to_run} to run");
+        }
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(to_run as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} instances, {msg}, {per_sec}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("0 errors");
+        self.bar = Some(bar);
+    }
+
+    fn instance_done(&mut self, result: &InstanceResult) {
+        if result.status == Status::Error {
+            self.errors += 1;
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{} error{}", self.errors, if self.errors == 1 { "" } else { "s" }));
+            bar.inc(1);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+}
+
+fn print_table(results: &[InstanceResult]) {
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        if !names.contains(&r.experiment.as_str()) {
+            names.push(&r.experiment);
+        }
+    }
+    let header = ["experiment", "instances", "completed", "skipped", "errors", "success", "aborted", "main_score"];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let row = |label: &str, rs: Vec<&InstanceResult>| {
+        let scores: Vec<f64> = rs.iter().filter_map(|r| r.main_score()).collect();
+        let mean = if scores.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.1}", scores.iter().sum::<f64>() / scores.len() as f64)
+        };
+        vec![
+            label.to_string(),
+            rs.len().to_string(),
+            rs.iter().filter(|r| r.status == Status::Completed).count().to_string(),
+            rs.iter().filter(|r| r.status == Status::Skipped).count().to_string(),
+            rs.iter().filter(|r| r.status == Status::Error).count().to_string(),
+            rs.iter().filter(|r| r.success()).count().to_string(),
+            rs.iter().filter(|r| r.aborted()).count().to_string(),
+            mean,
+        ]
+    };
+    for name in &names {
+        rows.push(row(name, results.iter().filter(|r| r.experiment == *name).collect()));
+    }
+    rows.push(row("total", results.iter().collect()));
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .collect();
+        println!("{}", parts.join("  "));
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
