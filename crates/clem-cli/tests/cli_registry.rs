@@ -116,7 +116,10 @@ fn filters_on_metadata() {
 fn register_key_and_model_and_list_keys_masked() {
     let dir = scratch();
     let secret = "sk-test-0123456789abcdefSECRET";
-    let out = clem(dir.path(), &["register", "key", "openai", "--set", &format!("api_key={secret}"), "--set", "organisation=org-x"]);
+    let out = clem(
+        dir.path(),
+        &["register", "key", "openai", "--set", &format!("api_key={secret}"), "--set", "organisation=org-x"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains(secret) && !stderr(&out).contains(secret));
     let key_file = dir.path().join("key.json");
@@ -136,7 +139,17 @@ fn register_key_and_model_and_list_keys_masked() {
 
     let out = clem(
         dir.path(),
-        &["register", "model", "my-model", "--backend", "openai", "--set", "model_id=gpt-x", "--set", "model_config.max_concurrency=4"],
+        &[
+            "register",
+            "model",
+            "my-model",
+            "--backend",
+            "openai",
+            "--set",
+            "model_id=gpt-x",
+            "--set",
+            "model_config.max_concurrency=4",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = clem(dir.path(), &["resolve", "-m", "my-model"]);

@@ -23,7 +23,8 @@ fn clem(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn custom_template_with_flags_and_fixed_clock() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let template = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n{% endfor %}\
+    let template =
+        "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n{% endfor %}\
                     {% if add_generation_prompt %}<assistant>{% endif %}[{{ strftime_now('%d %b %Y') }}]";
     let registry = serde_json::json!([{"model_name": "t", "backend": "huggingface_local", "huggingface_id": "none/none",
         "model_config": {"premade_chat_template": false, "custom_chat_template": template, "eos_to_cull": "</s>"}}]);
@@ -31,12 +32,27 @@ fn custom_template_with_flags_and_fixed_clock() {
     std::fs::write(dir.path().join("m.json"), MESSAGES).expect("write");
     let out = clem(
         dir.path(),
-        &["template", "-m", "t", "--messages", "m.json", "--bos-token", "<s>", "--eos-token", "</s>", "--now", "2024-05-01T10:00:00"],
+        &[
+            "template",
+            "-m",
+            "t",
+            "--messages",
+            "m.json",
+            "--bos-token",
+            "<s>",
+            "--eos-token",
+            "</s>",
+            "--now",
+            "2024-05-01T10:00:00",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     // Empty leading system message dropped, consecutive user messages merged, no trailing newline added.
     assert_eq!(stdout(&out), "<s><user>Hi\n\nthere</s>\n<assistant>Hello</s>\n<user>Bye</s>\n<assistant>[01 May 2024]");
-    let out = clem(dir.path(), &["template", "-m", "t", "--messages", "m.json", "--no-generation-prompt", "--now", "2024-05-01"]);
+    let out = clem(
+        dir.path(),
+        &["template", "-m", "t", "--messages", "m.json", "--no-generation-prompt", "--now", "2024-05-01"],
+    );
     assert!(stdout(&out).ends_with("<user>Bye\n[01 May 2024]"), "{}", stdout(&out));
 }
 
@@ -62,8 +78,11 @@ fn premade_template_from_the_hf_cache_and_template_files() {
     assert_eq!(stdout(&out), "<|bos|>user: Q<|eos|>");
     assert!(stderr(&out).contains("--bos-token ignored"), "{}", stderr(&out));
 
-    std::fs::write(dir.path().join("t.jinja"), "{% for m in messages %}{{ raise_exception('no ' + m.role) }}{% endfor %}")
-        .expect("write");
+    std::fs::write(
+        dir.path().join("t.jinja"),
+        "{% for m in messages %}{{ raise_exception('no ' + m.role) }}{% endfor %}",
+    )
+    .expect("write");
     let out = clem(dir.path(), &["template", "--template", "t.jinja", "--messages", "m.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no user"), "{}", stderr(&out));

@@ -115,7 +115,8 @@ impl TokenizerFiles {
         }
         let jinja = dir.join("chat_template.jinja");
         if jinja.is_file() {
-            let source = std::fs::read_to_string(&jinja).map_err(|source| HfError::Read { path: jinja.clone(), source })?;
+            let source =
+                std::fs::read_to_string(&jinja).map_err(|source| HfError::Read { path: jinja.clone(), source })?;
             tf.chat_templates.retain(|(n, _)| n != "default");
             tf.chat_templates.insert(0, ("default".into(), source));
             tf.template_file = Some(jinja);

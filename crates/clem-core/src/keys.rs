@@ -84,8 +84,11 @@ impl KeySection {
     }
 }
 
-/// Environment fallbacks per key.json section: `(section, api_key variable, [(extra, variable)])`.
-pub const ENV_FALLBACK: &[(&str, &str, &[(&str, &str)])] = &[
+/// One environment fallback: `(key.json section, api_key variable, [(extra, variable)])`.
+pub type EnvFallback = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+/// Environment fallbacks per key.json section.
+pub const ENV_FALLBACK: &[EnvFallback] = &[
     ("openai", "OPENAI_API_KEY", &[("organisation", "OPENAI_ORG_ID")]),
     ("anthropic", "ANTHROPIC_API_KEY", &[]),
     ("google", "GEMINI_API_KEY", &[]),

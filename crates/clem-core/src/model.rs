@@ -55,13 +55,10 @@ pub enum ModelError {
     /// The registry entry cannot be used; the message lists its problems.
     #[error("model {model}: {message}")]
     Config { model: String, message: String },
-    /// Anything the backend reports (network, provider, inference); carries the backend's own error.
-    #[error("model {model}: {source}")]
-    Backend {
-        model: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// Anything the backend reports (network, provider, inference). The backend's own error is part of the
+    /// message and not exposed as `source()`, so error chains do not print it twice.
+    #[error("model {model}: {error}")]
+    Backend { model: String, error: Box<dyn std::error::Error + Send + Sync> },
 }
 
 impl ModelError {
@@ -69,7 +66,7 @@ impl ModelError {
         ModelError::Config { model: model.into(), message: message.into() }
     }
     pub fn backend(model: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        ModelError::Backend { model: model.into(), source: source.into() }
+        ModelError::Backend { model: model.into(), error: source.into() }
     }
 }
 

@@ -254,7 +254,7 @@ fn py_num(v: &Value) -> Option<PyNum> {
 
 /// Python's `==` between an int and a float: exact, as CPython compares them.
 fn int_eq_float(i: i128, f: f64) -> bool {
-    f.is_finite() && f.fract() == 0.0 && f >= -1.7e38 && f <= 1.7e38 && (f as i128) == i
+    f.is_finite() && f.fract() == 0.0 && (-1.7e38..=1.7e38).contains(&f) && (f as i128) == i
 }
 
 /// Python `==` on two scalar JSON values (`None` for non-scalars).

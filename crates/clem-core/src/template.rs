@@ -10,7 +10,8 @@
 //!
 //! - values print as Python's `str()` does: `True`, `None`, `1.0`, `1e+20`, `['a', None]`, `{'a': 1}`;
 //! - `tojson` follows `json.dumps` (`ensure_ascii`, `indent`, `separators`, `sort_keys`);
-//! - `trim`, `string`, `join`, `escape`/`e` and the tests `sequence`/`iterable` follow jinja2; the
+//! - the filters `trim`, `string`, `join`, `int`, `float`, `escape`/`e`, `center`, `truncate`,
+//!   `wordcount` and the tests `sequence`/`iterable` follow jinja2 where minijinja differs; the
 //!   str methods `strip`, `lstrip`, `rstrip`, `split`, `rsplit`, `splitlines` and `title` follow
 //!   Python exactly, the other Python methods come from `minijinja_contrib::pycompat`;
 //! - `{% generation %}`/`{% endgeneration %}` (transformers' assistant-mask tag, a call block that
@@ -19,11 +20,17 @@
 //! - errors name the model and the template line; `raise_exception('...')` keeps the template's own
 //!   message.
 //!
-//! Known differences from jinja2 (none matter for the chat templates we know of): an unknown filter
-//! fails at render time rather than at compile time; `~` and the `format` filter print huge or tiny
-//! floats as minijinja does (`100000000000000000000.0` where Python prints `1e+20`); `dict.items`
-//! named like a key (`x.items` on a dict with an `items` key) gives the key, not the method;
-//! `round` rounds halves away from zero where Python rounds to even.
+//! Known differences from jinja2 (none shows in the chat templates we know of; the goldens in
+//! `tests/goldens` pin everything else byte for byte):
+//! - `~` (and `%s` in `format`) print floats below 1e-4 or from 1e16 on as minijinja does
+//!   (`100000000000000000000.0` where Python prints `1e+20`); `{{ }}`, `string`, `join` are exact;
+//! - a dict key named like a dict method (`x.items` on a dict with an `items` key) gives the key,
+//!   where jinja2 gives the bound method; printing `range(3)`, a namespace or a generator prints
+//!   its items (`[0, 1, 2]`, `{'a': 1}`) where Python prints `range(0, 3)`, `<Namespace ...>`, ...;
+//! - the filters `striptags`, `wordwrap`, `filesizeformat`, `forceescape`, `random`, `urlize`,
+//!   `xmlattr` do not exist, and an unknown filter fails at render time, not at compile time;
+//! - errors other than `raise_exception` (undefined attribute, `'a' + 1`, ...) fail as in jinja2
+//!   but with minijinja's wording.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -77,8 +84,7 @@ pub struct TemplateError {
 impl ChatTemplate {
     /// Compiles `source` (the template of model `name`); syntax errors carry the template line.
     pub fn new(source: &str, name: &str) -> Result<ChatTemplate, TemplateError> {
-        let env = build_environment(rewrite_generation_tags(source))
-            .map_err(|e| template_error(name, &e))?;
+        let env = build_environment(rewrite_generation_tags(source)).map_err(|e| template_error(name, &e))?;
         Ok(ChatTemplate { name: name.into(), source: source.into(), env })
     }
 
@@ -146,13 +152,7 @@ fn json_to_value(json: &Json, depth: usize) -> Result<Value, ()> {
 /// The environment transformers' `_compile_jinja_template` builds, holding the one template.
 fn build_environment(source: String) -> Result<Environment<'static>, Error> {
     let mut env = Environment::new();
-    env.set_syntax(
-        SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .keep_trailing_newline(false)
-            .build()?,
-    );
+    env.set_syntax(SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).keep_trailing_newline(false).build()?);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_formatter(python_formatter);
@@ -163,6 +163,9 @@ fn build_environment(source: String) -> Result<Environment<'static>, Error> {
     env.add_filter("join", join_filter);
     env.add_filter("int", int_filter);
     env.add_filter("float", float_filter);
+    env.add_filter("center", center_filter);
+    env.add_filter("truncate", truncate_filter);
+    env.add_filter("wordcount", wordcount_filter);
     env.add_filter("escape", escape_filter);
     env.add_filter("e", escape_filter);
     env.add_test("sequence", is_sequence);
@@ -658,6 +661,89 @@ fn python_method(state: &mut State, value: &Value, method: &str, args: &[Value])
 // Filters, tests and globals
 // ------------------------------------------------------------------------------------------------
 
+/// Binds a Python function's positional-or-keyword parameters `names` from `args` and `kwargs`;
+/// a parameter passed as `None` counts as not passed (every default here is `None` or falsy).
+fn py_params<const N: usize>(
+    function: &str,
+    names: [&str; N],
+    args: &[Value],
+    kwargs: &Kwargs,
+) -> Result<[Option<Value>; N], Error> {
+    if args.len() > N {
+        return Err(Error::new(
+            ErrorKind::TooManyArguments,
+            format!("{function} takes at most {N} arguments ({} given)", args.len()),
+        ));
+    }
+    let mut params: [Option<Value>; N] = std::array::from_fn(|i| args.get(i).cloned());
+    for (slot, name) in params.iter_mut().zip(names) {
+        if let Some(v) = kwargs.get::<Option<Value>>(name)? {
+            if slot.is_some() {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("{function} got multiple values for argument '{name}'"),
+                ));
+            }
+            *slot = Some(v);
+        }
+    }
+    kwargs.assert_all_used()?;
+    Ok(params.map(|p| p.filter(|v| !v.is_none())))
+}
+
+/// jinja2's `center(width=80)`: Python's `str.center`.
+fn center_filter(value: &Value, width: Option<i64>) -> String {
+    let s = py_str(value);
+    let len = s.chars().count() as i64;
+    let width = width.unwrap_or(80);
+    let marg = width - len;
+    if marg <= 0 {
+        return s;
+    }
+    let left = marg / 2 + (marg & width & 1);
+    let pad = |n: i64| " ".repeat(usize::try_from(n).unwrap_or(0));
+    format!("{}{s}{}", pad(left), pad(marg - left))
+}
+
+/// jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`.
+fn truncate_filter(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<String, Error> {
+    let [length, killwords, end, leeway] =
+        py_params("truncate", ["length", "killwords", "end", "leeway"], &args, &kwargs)?;
+    let int = |v: Option<Value>, default: i64| match v {
+        None => Ok(default),
+        Some(v) => {
+            v.as_i64().ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "truncate: an integer is required"))
+        }
+    };
+    let length = int(length, 255)?;
+    let leeway = int(leeway, 5)?;
+    let end = end.map(|e| py_str(&e)).unwrap_or_else(|| "...".into());
+    let end_len = end.chars().count() as i64;
+    if length < end_len || leeway < 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "truncate: length must not be shorter than end, leeway not negative",
+        ));
+    }
+    let s = py_str(value);
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() as i64 <= length + leeway {
+        return Ok(s);
+    }
+    let head: String = chars[..usize::try_from(length - end_len).unwrap_or(0)].iter().collect();
+    if killwords.is_some_and(|k| k.is_true()) {
+        return Ok(head + &end);
+    }
+    let head = head.rsplit_once(' ').map_or(head.as_str(), |(h, _)| h);
+    Ok(format!("{head}{end}"))
+}
+
+/// jinja2's `wordcount`: the number of `\w+` runs.
+fn wordcount_filter(value: &Value) -> usize {
+    let s = py_str(value);
+    s.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).count()
+}
+
 /// jinja2's `trim`: `str(value).strip(chars)`.
 fn trim_filter(value: &Value, chars: Option<Value>) -> Result<Value, Error> {
     let s = py_str(value);
@@ -723,7 +809,13 @@ fn no_kwargs() -> Kwargs {
 }
 
 /// jinja2's `int(default=0, base=10)`: anything that does not convert gives the default.
-fn int_filter(state: &State, value: &Value, default: Option<Value>, base: Option<u32>, kwargs: Kwargs) -> Result<Value, Error> {
+fn int_filter(
+    state: &State,
+    value: &Value,
+    default: Option<Value>,
+    base: Option<u32>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     let default = match default {
         Some(default) => default,
         None => kwargs.get::<Option<Value>>("default")?.unwrap_or(Value::from(0)),
@@ -777,7 +869,12 @@ fn is_sequence(value: &Value) -> bool {
 fn is_iterable(value: &Value) -> bool {
     matches!(
         value.kind(),
-        ValueKind::Undefined | ValueKind::String | ValueKind::Bytes | ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        ValueKind::Undefined
+            | ValueKind::String
+            | ValueKind::Bytes
+            | ValueKind::Seq
+            | ValueKind::Map
+            | ValueKind::Iterable
     )
 }
 
@@ -867,36 +964,22 @@ fn py_strftime(dt: &chrono::NaiveDateTime, format: &str) -> Result<String, Error
 
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
-    const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
-    if args.len() > NAMES.len() {
-        return Err(Error::new(ErrorKind::TooManyArguments, "tojson takes at most 4 arguments"));
-    }
-    let mut params: [Option<Value>; 4] = Default::default();
-    for (slot, arg) in params.iter_mut().zip(args.iter()) {
-        *slot = Some(arg.clone());
-    }
-    for (slot, name) in params.iter_mut().zip(NAMES) {
-        if let Some(v) = kwargs.get::<Option<Value>>(name)? {
-            if slot.is_some() {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("tojson got multiple values for argument '{name}'"),
-                ));
-            }
-            *slot = Some(v);
-        }
-    }
-    kwargs.assert_all_used()?;
-    let [ensure_ascii, indent, separators, sort_keys] = params.map(|p| p.filter(|v| !v.is_none()));
+    let params = py_params("tojson", ["ensure_ascii", "indent", "separators", "sort_keys"], &args, &kwargs)?;
+    let [ensure_ascii, indent, separators, sort_keys] = params;
 
     let indent = match indent {
         None => None,
         Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
-        Some(v) if matches!(v.kind(), ValueKind::Number | ValueKind::Bool) && (v.is_integer() || v.kind() == ValueKind::Bool) => {
+        Some(v)
+            if matches!(v.kind(), ValueKind::Number | ValueKind::Bool)
+                && (v.is_integer() || v.kind() == ValueKind::Bool) =>
+        {
             let n = if v.kind() == ValueKind::Bool { i64::from(v.is_true()) } else { v.as_i64().unwrap_or(0) };
             Some(" ".repeat(usize::try_from(n).unwrap_or(0).min(1024)))
         }
-        Some(v) => return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: invalid indent {}", py_str(&v)))),
+        Some(v) => {
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: invalid indent {}", py_str(&v))))
+        }
     };
     let (item_sep, key_sep) = match separators {
         None => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
@@ -1071,8 +1154,7 @@ mod tests {
     }
 
     fn render_ok(source: &str) -> String {
-        render(source, json!([{"role": "user", "content": "hi"}]), &RenderOptions::default())
-            .expect("template renders")
+        render(source, json!([{"role": "user", "content": "hi"}]), &RenderOptions::default()).expect("template renders")
     }
 
     #[test]
@@ -1083,10 +1165,17 @@ mod tests {
         );
         assert_eq!(render_ok(r#"{{ 'Grüße 👋' | tojson }}"#), r#""Grüße 👋""#);
         assert_eq!(render_ok(r#"{{ 'Grüße 👋' | tojson(ensure_ascii=true) }}"#), r#""Gr\u00fc\u00dfe \ud83d\udc4b""#);
-        assert_eq!(render_ok("{{ {'b': [1, 2], 'a': {}} | tojson(indent=2) }}"), "{\n  \"b\": [\n    1,\n    2\n  ],\n  \"a\": {}\n}");
-        assert_eq!(render_ok("{{ {'b': 1, 'a': 2} | tojson(sort_keys=true, separators=(',', ':')) }}"), r#"{"a":2,"b":1}"#);
+        assert_eq!(
+            render_ok("{{ {'b': [1, 2], 'a': {}} | tojson(indent=2) }}"),
+            "{\n  \"b\": [\n    1,\n    2\n  ],\n  \"a\": {}\n}"
+        );
+        assert_eq!(
+            render_ok("{{ {'b': 1, 'a': 2} | tojson(sort_keys=true, separators=(',', ':')) }}"),
+            r#"{"a":2,"b":1}"#
+        );
         assert_eq!(render_ok("{{ messages[0].content | tojson }}"), r#""hi""#);
-        let err = render("{{ nothing | tojson }}", json!([]), &RenderOptions::default()).expect_err("undefined is not JSON");
+        let err =
+            render("{{ nothing | tojson }}", json!([]), &RenderOptions::default()).expect_err("undefined is not JSON");
         assert!(err.message.contains("not JSON serializable"), "{err}");
     }
 
@@ -1117,24 +1206,47 @@ mod tests {
     fn generation_block_renders_its_body_on_the_same_lines() {
         let source = "{% for m in messages %}\n{%- generation -%}\n  {{ m.content }}\n{%- endgeneration %}\n|{% endfor %}{% generation %}{{ undefined_fn() }}{% endgeneration %}";
         assert_eq!(rewrite_generation_tags(source).lines().count(), source.lines().count());
-        assert!(rewrite_generation_tags("{{ '{% generation %}' }}{# {% generation %} #}").contains("'{% generation %}'"));
+        assert!(
+            rewrite_generation_tags("{{ '{% generation %}' }}{# {% generation %} #}").contains("'{% generation %}'")
+        );
         let err = render(source, json!([{"role": "user", "content": "a"}]), &RenderOptions::default())
             .expect_err("undefined function");
         assert_eq!(err.line, Some(5));
         let ok = "{% for m in messages %}{%- generation -%} {{ m.content }} {%- endgeneration %}|{% endfor %}";
-        assert_eq!(render(ok, json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]), &RenderOptions::default()).expect("renders"), "a|b|");
+        assert_eq!(
+            render(
+                ok,
+                json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
+                &RenderOptions::default()
+            )
+            .expect("renders"),
+            "a|b|"
+        );
         let scoped = "{% generation %}{% set x = 1 %}{% endgeneration %}{{ x is defined }}";
         assert_eq!(render_ok(scoped), "False");
     }
 
     #[test]
     fn strftime_now_reads_the_fixed_clock() {
-        let now = chrono::NaiveDate::from_ymd_opt(2024, 7, 26).and_then(|d| d.and_hms_micro_opt(9, 5, 3, 42)).expect("valid date");
+        let now = chrono::NaiveDate::from_ymd_opt(2024, 7, 26)
+            .and_then(|d| d.and_hms_micro_opt(9, 5, 3, 42))
+            .expect("valid date");
         let opts = RenderOptions { now: Some(now), ..Default::default() };
-        let out = render("{{ strftime_now('%d %b %Y|%A %B %-d|%H:%M:%S %p|%f|%j|%y|%Z%z|%%|%Q') }}", json!([]), &opts).expect("renders");
+        let out = render("{{ strftime_now('%d %b %Y|%A %B %-d|%H:%M:%S %p|%f|%j|%y|%Z%z|%%|%Q') }}", json!([]), &opts)
+            .expect("renders");
         assert_eq!(out, "26 Jul 2024|Friday July 26|09:05:03 AM|000042|208|24||%|%Q");
         let real = render("{{ strftime_now('%Y') }}", json!([]), &RenderOptions::default()).expect("renders");
         assert_eq!(real.len(), 4);
+    }
+
+    #[test]
+    fn undefined_values_behave_like_jinja2() {
+        assert_eq!(render_ok("[{{ nothing }}]{{ nothing is defined }}{{ nothing|length }}{% for x in nothing %}x{% endfor %}{{ messages[0].nope }}|{{ messages[9] }}"), "[]False0|");
+        for source in ["{{ foo.bar }}", "{{ messages[9].role }}", "{{ nothing + 'a' }}"] {
+            let err = render(source, json!([{"role": "user", "content": "hi"}]), &RenderOptions::default())
+                .expect_err("attribute of undefined fails, as in jinja2");
+            assert_eq!(err.line, Some(1), "{source}: {err}");
+        }
     }
 
     #[test]
@@ -1146,26 +1258,53 @@ mod tests {
     #[test]
     fn python_methods() {
         assert_eq!(render_ok("{{ '  a b  '.strip() }}|{{ '  a'.lstrip() }}|{{ 'xax'.strip('x') }}|{{ 'a-b'.split('-') }}|{{ ' a  b '.split() }}"), "a b|a|a|['a', 'b']|['a', 'b']");
-        assert_eq!(render_ok("{{ 'user'.title() }} {{ 'ab'.upper() }} {{ 'abc'.startswith('ab') }} {{ 'a.b'.replace('.', '/') }}"), "User AB True a/b");
-        assert_eq!(render_ok("{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}{{ messages[0].get('x', 'd') }}"), "role=user;content=hi;d");
+        assert_eq!(
+            render_ok(
+                "{{ 'user'.title() }} {{ 'ab'.upper() }} {{ 'abc'.startswith('ab') }} {{ 'a.b'.replace('.', '/') }}"
+            ),
+            "User AB True a/b"
+        );
+        assert_eq!(
+            render_ok(
+                "{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}{{ messages[0].get('x', 'd') }}"
+            ),
+            "role=user;content=hi;d"
+        );
         assert_eq!(render_ok("{{ \"they're\".title() }} {{ 'a b c'.split(None, 1) }} {{ 'a b c'.rsplit(' ', 1) }} {{ 'a\\r\\nb\\x0bc'.splitlines() }}"), "They'Re ['a', 'b c'] ['a b', 'c'] ['a', 'b', 'c']");
     }
 
     #[test]
     fn python_printing() {
         assert_eq!(render_ok("{{ true }} {{ True }} {{ false }} {{ none }} {{ nothing }}|"), "True True False None |");
-        assert_eq!(render_ok("{{ 1.0 }} {{ 1e20 }} {{ 1.5e-7 }} {{ 0.0001 }} {{ 123456789012345678.0 }} {{ -0.0 }}"), "1.0 1e+20 1.5e-07 0.0001 1.2345678901234568e+17 -0.0");
-        assert_eq!(render_ok("{{ [1, 'a', none] }} {{ {'a': \"it's\", 'b': (1,)} }}"), "[1, 'a', None] {'a': \"it's\", 'b': (1,)}");
-        assert_eq!(render_ok("{{ true|string }} {{ [true, none]|join(',') }} {{ messages|join(',', attribute='role') }}"), "True True,None user");
+        assert_eq!(
+            render_ok("{{ 1.0 }} {{ 1e20 }} {{ 1.5e-7 }} {{ 0.0001 }} {{ 123456789012345678.0 }} {{ -0.0 }}"),
+            "1.0 1e+20 1.5e-07 0.0001 1.2345678901234568e+17 -0.0"
+        );
+        assert_eq!(
+            render_ok("{{ [1, 'a', none] }} {{ {'a': \"it's\", 'b': (1,)} }}"),
+            "[1, 'a', None] {'a': \"it's\", 'b': (1,)}"
+        );
+        assert_eq!(
+            render_ok("{{ true|string }} {{ [true, none]|join(',') }} {{ messages|join(',', attribute='role') }}"),
+            "True True,None user"
+        );
         assert_eq!(render_ok("{{ '<a href=\"x\">\\'</a>'|e }}"), "&lt;a href=&#34;x&#34;&gt;&#39;&lt;/a&gt;");
     }
 
     #[test]
     fn float_repr_matches_python() {
         let cases = [
-            (0.0, "0.0"), (1.0, "1.0"), (0.1, "0.1"), (1e16, "1e+16"), (1e15, "1000000000000000.0"),
-            (1e-5, "1e-05"), (123.456, "123.456"), (-2.5e-300, "-2.5e-300"), (f64::MAX, "1.7976931348623157e+308"),
-            (f64::NAN, "nan"), (f64::NEG_INFINITY, "-inf"),
+            (0.0, "0.0"),
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1e-5, "1e-05"),
+            (123.456, "123.456"),
+            (-2.5e-300, "-2.5e-300"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::NAN, "nan"),
+            (f64::NEG_INFINITY, "-inf"),
         ];
         for (f, expected) in cases {
             assert_eq!(py_float_repr(f), expected);
@@ -1179,13 +1318,26 @@ mod tests {
             variables: [("bos_token".to_string(), json!("<s>"))].into_iter().collect(),
             now: None,
         };
-        let out = render("{{ bos_token }}{{ tools is none }}{{ documents is none }}{{ add_generation_prompt }}", json!([]), &opts).expect("renders");
+        let out = render(
+            "{{ bos_token }}{{ tools is none }}{{ documents is none }}{{ add_generation_prompt }}",
+            json!([]),
+            &opts,
+        )
+        .expect("renders");
         assert_eq!(out, "<s>TrueTrueTrue");
     }
 
     #[test]
     fn errors_never_panic() {
-        for source in ["{{", "{% for %}", "{% endgeneration %}", "{{ 1 / 0 }}", "{{ messages[0]['role'] }}", "{{ strftime_now('%E') }}", "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns|tojson }}"] {
+        for source in [
+            "{{",
+            "{% for %}",
+            "{% endgeneration %}",
+            "{{ 1 / 0 }}",
+            "{{ messages[0]['role'] }}",
+            "{{ strftime_now('%E') }}",
+            "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns|tojson }}",
+        ] {
             let _ = ChatTemplate::new(source, "m").and_then(|t| t.render(&json!([]), &RenderOptions::default()));
         }
     }

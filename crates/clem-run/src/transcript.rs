@@ -157,9 +157,9 @@ pub fn render_instance(dir: &Path) -> Result<(String, Written), FsError> {
     );
     let mut body = String::new();
     if let Some(err) = &error {
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "<div class=\"msg self error\"><div class=\"who\">error</div>{}: {}</div>\n",
+            "<div class=\"msg self error\"><div class=\"who\">error</div>{}: {}</div>",
             escape(&s(&err["error"])),
             escape(&s(&err["message"]))
         );

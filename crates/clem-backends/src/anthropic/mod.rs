@@ -185,7 +185,7 @@ mod tests {
         let path = dir.path().join("a.png");
         std::fs::write(&path, b"\x89PNGxx").expect("write");
         let msg = Message { image: vec![path.to_string_lossy().into()], ..Message::user("what?") };
-        assert!(adapter(json!({})).build(&[msg.clone()], &GenArgs::default()).is_err());
+        assert!(adapter(json!({})).build(std::slice::from_ref(&msg), &GenArgs::default()).is_err());
         let req =
             adapter(json!({"multimodality": {"single_image": true}})).build(&[msg], &GenArgs::default()).expect("req");
         assert_eq!(

@@ -195,16 +195,20 @@ pub fn credentials(ctx: &LoadContext, section: &str, model: &str) -> Result<(Key
         (Some(s), Some(k)) => Ok((s, k)),
         (found, _) => {
             let file = match ctx.keys.file() {
-                Some(p) => format!("the key file in use is {}", p.display()),
-                None => "no key file was found (./key.json, ~/.clemcore/key.json)".to_string(),
+                Some(p) => format!("in {}", p.display()),
+                None => "(no key file found: looked for ./key.json and ~/.clemcore/key.json)".to_string(),
             };
             let what = if found.is_some() { "has no api_key" } else { "is missing" };
+            let env = ENV_FALLBACK
+                .iter()
+                .find(|(s, _, _)| *s == section)
+                .map(|(_, var, _)| format!(", or set the environment variable ${var}"))
+                .unwrap_or_default();
             Err(ModelError::config(
                 model,
                 format!(
-                    "no API key: the key.json section {section:?} {what}; add {{\"{section}\": {{\"api_key\": \"...\"}}}} \
-                     to key.json or set the fallback in {} ({file})",
-                    key_sources(section)
+                    "no API key: the key.json section {section:?} {what} {file}; add \
+                     {{\"{section}\": {{\"api_key\": \"...\"}}}} to key.json{env}"
                 ),
             ))
         }

@@ -1,9 +1,16 @@
 //! The llama.cpp runtime of one model: loading it, tokenizing, and generating for a batch of prompts as parallel
 //! sequences of one llama.cpp context (one batch per step, one sequence id per prompt).
 //!
-//! The context is kept between calls (its KV cache cleared) and only rebuilt when a call needs more cells or
-//! more sequences than it has, so a call costs what llama.cpp costs. Sequences share one unified KV cache sized
-//! to the sum of what they need (prompt + max_tokens each), never to n_ctx per sequence.
+//! Batched results equal single runs at temperature 0, bit for bit. That takes three choices, because llama.cpp's
+//! kernels are not batch-invariant otherwise:
+//! - every sequence has its own KV stream (`kv_unified = false`), so its cells sit where a single run puts them;
+//! - prompts are evaluated one sequence at a time (the way a single run evaluates them); only the decode steps,
+//!   where batching pays, run all sequences in one `llama_decode`;
+//! - flash attention is off: its CPU kernel switches between a KV-split path (one query token), a tiled path
+//!   (many query rows) and a plain one depending on the batch shape, and each rounds differently.
+//!
+//! The context is kept between calls (its KV cache cleared) and only rebuilt when a call needs more cells per
+//! sequence or more sequences than it has, so a call costs what llama.cpp costs.
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr};
@@ -192,7 +199,8 @@ impl GgufInfo {
 /// The KV cache and scratch buffers of a model, kept between calls.
 struct Slot<'m> {
     ctx: LlamaContext<'m>,
-    n_ctx: u32,
+    /// KV cells of each sequence's stream.
+    per_seq: u32,
     n_seq: u32,
 }
 
@@ -349,23 +357,31 @@ impl Engine {
         sampling: &Sampling,
     ) -> Result<BatchOutput, EngineError> {
         if prompts.is_empty() {
-            return Ok(BatchOutput { outputs: Vec::new(), prefill: Duration::ZERO, decode: Duration::ZERO, decoded_tokens: 0 });
+            return Ok(BatchOutput {
+                outputs: Vec::new(),
+                prefill: Duration::ZERO,
+                decode: Duration::ZERO,
+                decoded_tokens: 0,
+            });
         }
         let mut cell = self.lock();
-        let needed: u64 = prompts.iter().map(|p| p.len() as u64 + u64::from(max_tokens)).sum();
-        let n_ctx = u32::try_from(needed.div_ceil(u64::from(CELL_STEP)) * u64::from(CELL_STEP))
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as u64 + u64::from(max_tokens);
+        let per_seq = u32::try_from(longest.div_ceil(u64::from(CELL_STEP)) * u64::from(CELL_STEP))
             .map_err(|_| EngineError::Context { n_ctx: u32::MAX, n_seq: prompts.len() as u32 })?
             .max(CELL_STEP);
         let n_seq = u32::try_from(prompts.len()).unwrap_or(u32::MAX).max(1);
         let threads = self.threads;
         let mut failure = None;
         cell.with_dependent_mut(|model, slot| {
-            let fits = slot.as_ref().is_some_and(|s| s.n_ctx >= n_ctx && s.n_seq >= n_seq);
+            let fits = slot.as_ref().is_some_and(|s| s.per_seq >= per_seq && s.n_seq >= n_seq);
             if !fits {
-                // Free the old cache before allocating the new one.
-                *slot = None;
-                match new_context(model, n_ctx, n_seq, threads) {
-                    Ok(ctx) => *slot = Some(Slot { ctx, n_ctx, n_seq }),
+                // Grow both dimensions to what this call and the calls before needed; free the old cache first.
+                let (per_seq, n_seq) = match slot.take() {
+                    Some(old) => (old.per_seq.max(per_seq), old.n_seq.max(n_seq)),
+                    None => (per_seq, n_seq),
+                };
+                match new_context(model, per_seq, n_seq, threads) {
+                    Ok(ctx) => *slot = Some(Slot { ctx, per_seq, n_seq }),
                     Err(e) => failure = Some(e),
                 }
             }
@@ -373,7 +389,7 @@ impl Engine {
         if let Some(e) = failure {
             return Err(e);
         }
-        let mut result = Err(EngineError::Context { n_ctx, n_seq });
+        let mut result = Err(EngineError::Context { n_ctx: per_seq.saturating_mul(n_seq), n_seq });
         cell.with_dependent_mut(|model, slot| {
             if let Some(slot) = slot.as_mut() {
                 slot.ctx.clear_kv_cache();
@@ -391,14 +407,29 @@ pub enum SpecialToken {
     Eos,
 }
 
-fn new_context<'m>(model: &'m LlamaModel, n_ctx: u32, n_seq: u32, threads: i32) -> Result<LlamaContext<'m>, EngineError> {
+/// A context of `n_seq` KV streams of `per_seq` cells each (see the module doc for why these settings).
+fn new_context<'m>(
+    model: &'m LlamaModel,
+    per_seq: u32,
+    n_seq: u32,
+    threads: i32,
+) -> Result<LlamaContext<'m>, EngineError> {
     let backend = backend()?;
+    let n_ctx = per_seq.saturating_mul(n_seq);
+    let experiment = |k: &str| std::env::var(k).ok();
+    let fa = match experiment("CLEM_LLAMA_FA").as_deref() {
+        Some("1") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        Some("auto") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        _ => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    };
+    let unified = experiment("CLEM_LLAMA_KVU").as_deref() == Some("1");
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(N_BATCH as u32)
         .with_n_ubatch(N_BATCH as u32)
         .with_n_seq_max(n_seq)
-        .with_kv_unified(true)
+        .with_kv_unified(unified)
+        .with_flash_attention_policy(fa)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     model.new_context(backend, params).map_err(|_| EngineError::Context { n_ctx, n_seq })
@@ -464,28 +495,23 @@ fn run_batch(
         }
     };
 
-    // Prefill: every prompt's tokens, packed into batches of N_BATCH; logits only for each prompt's last token.
+    // Prefill: one sequence at a time, in chunks of N_BATCH, logits only for the prompt's last token.
     let started = Instant::now();
     if max_tokens > 0 {
         for (id, prompt) in prompts.iter().enumerate() {
-            for (i, &token) in prompt.iter().enumerate() {
-                let last = i + 1 == prompt.len();
-                batch.add(token, i as i32, &[id as i32], last).map_err(decode_err)?;
-                if last {
-                    seqs[id].logits_at = Some(batch.n_tokens() - 1);
-                    seqs[id].pos = prompt.len() as i32;
+            for (chunk_no, chunk) in prompt.chunks(N_BATCH).enumerate() {
+                batch.clear();
+                let offset = chunk_no * N_BATCH;
+                for (i, &token) in chunk.iter().enumerate() {
+                    let pos = offset + i;
+                    let last = pos + 1 == prompt.len();
+                    batch.add(token, pos as i32, &[id as i32], last).map_err(decode_err)?;
                 }
-                if batch.n_tokens() as usize == N_BATCH {
-                    ctx.decode(&mut batch).map_err(decode_err)?;
-                    sample_ready(&mut seqs, &*ctx);
-                    batch.clear();
-                }
+                ctx.decode(&mut batch).map_err(decode_err)?;
             }
-        }
-        if batch.n_tokens() > 0 {
-            ctx.decode(&mut batch).map_err(decode_err)?;
+            seqs[id].logits_at = Some(batch.n_tokens() - 1);
+            seqs[id].pos = prompt.len() as i32;
             sample_ready(&mut seqs, &*ctx);
-            batch.clear();
         }
     }
     let prefill = started.elapsed();

@@ -137,7 +137,8 @@ fn match_one(dir: &Path, files: &[String], key: &'static str, pattern: &str) -> 
         message: e.msg.to_string(),
     })?;
     // fnmatch semantics: `*` crosses `/`, leading dots need no literal match.
-    let opts = MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
+    let opts =
+        MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
     let matches: Vec<&String> = files.iter().filter(|f| pat.matches_with(f, opts)).collect();
     match matches.as_slice() {
         [one] => Ok(dir.join(one)),

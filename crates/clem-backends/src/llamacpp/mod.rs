@@ -203,7 +203,10 @@ mod tests {
             .expect("valid");
         assert_eq!((s.gpu, s.threads), (GpuRequest::Auto, 1));
         let cpu = |c: Value| Settings::from_spec(&spec(c), None).map(|s| s.gpu);
-        assert_eq!(cpu(json!({"filename": "x", "premade_chat_template": true, "execute_on": "cpu"})), Ok(GpuRequest::Cpu));
+        assert_eq!(
+            cpu(json!({"filename": "x", "premade_chat_template": true, "execute_on": "cpu"})),
+            Ok(GpuRequest::Cpu)
+        );
         assert_eq!(
             cpu(json!({"filename": "x", "premade_chat_template": true, "gpu_layers_offloaded": 0})),
             Ok(GpuRequest::Cpu)

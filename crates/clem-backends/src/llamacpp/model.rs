@@ -148,9 +148,10 @@ impl LlamaCppModel {
 
     /// The chat template as the model renders it, with the generation prompt.
     pub fn render(&self, messages: &[Message]) -> Result<String, ModelError> {
-        let opts =
-            RenderOptions { add_generation_prompt: true, variables: self.template_vars.clone(), now: None };
-        self.template.render(&messages_to_json(messages), &opts).map_err(|e| ModelError::config(&self.name, e.to_string()))
+        let opts = RenderOptions { add_generation_prompt: true, variables: self.template_vars.clone(), now: None };
+        self.template
+            .render(&messages_to_json(messages), &opts)
+            .map_err(|e| ModelError::config(&self.name, e.to_string()))
     }
 
     /// Tokenizes a rendered prompt and checks it against the context size.
@@ -188,9 +189,11 @@ impl LlamaCppModel {
         self.engine.generate(prompts, args.max_tokens, &sampling).map_err(|e| ModelError::backend(&self.name, e))
     }
 
-    /// A batch needs KV cells for every sequence; check the memory when it needs more than any call before.
+    /// A batch needs a KV stream per sequence, each as long as the longest need; check the memory when that is
+    /// more than any call before (and more than the full context checked at loading).
     fn check_batch_memory(&self, prompts: &[Vec<LlamaToken>], max_tokens: u32) -> Result<(), ModelError> {
-        let cells: u64 = prompts.iter().map(|p| p.len() as u64 + u64::from(max_tokens)).sum();
+        let longest = prompts.iter().map(|p| p.len() as u64).max().unwrap_or(0) + u64::from(max_tokens);
+        let cells = longest * prompts.len() as u64;
         let before = self.cells_checked.load(Ordering::Relaxed);
         if cells <= before.max(u64::from(self.context_size)) {
             return Ok(());
@@ -204,10 +207,8 @@ impl LlamaCppModel {
 
     /// The triple for one finished sequence.
     fn generation(&self, prompt_text: String, out: SeqOutput, args: &GenArgs) -> Result<Generation, ModelError> {
-        let cleaned = self
-            .cleaner
-            .clean(&out.text, &prompt_text, None)
-            .map_err(|e| ModelError::backend(&self.name, e))?;
+        let cleaned =
+            self.cleaner.clean(&out.text, &prompt_text, None).map_err(|e| ModelError::backend(&self.name, e))?;
         let completion_tokens = out.tokens.len();
         let completion = json!({
             "id": format!("cmpl-{}", uuid4()),
@@ -323,10 +324,7 @@ impl Model for LlamaCppModel {
                 }
             }
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(ModelError::backend(&self.name, "no result"))))
-            .collect()
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(ModelError::backend(&self.name, "no result")))).collect()
     }
 
     fn batch_mode(&self) -> BatchMode {

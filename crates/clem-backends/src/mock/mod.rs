@@ -112,7 +112,10 @@ mod tests {
         let echo = load(&spec, &LoadContext::default()).expect("loads");
         let g = echo.generate_response(&[Message::user("hi")], &GenArgs::default()).expect("generates");
         assert_eq!(g.response_text, "hi");
-        let ctx = LoadContext { responder: Some(Arc::new(|m: &[Message]| format!("{} msgs", m.len()))), ..Default::default() };
+        let ctx = LoadContext {
+            responder: Some(Arc::new(|m: &[Message]| format!("{} msgs", m.len()))),
+            ..Default::default()
+        };
         let scripted = load(&spec, &ctx).expect("loads");
         let g = scripted.generate_response(&[Message::user("a"), Message::user("b")], &GenArgs::default()).expect("ok");
         assert_eq!(g.response_text, "2 msgs");

@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn images_need_multimodality() {
         let msg = Message { image: vec!["https://x/cat.png".into()], ..Message::user("what is it?") };
-        let e = adapter(json!({})).build(&[msg.clone()], &GenArgs::default()).expect_err("refused");
+        let e = adapter(json!({})).build(std::slice::from_ref(&msg), &GenArgs::default()).expect_err("refused");
         assert!(e.to_string().contains("multimodality"), "{e}");
         let req = adapter(json!({"multimodality": {"single_image": true}}))
             .build(&[msg], &GenArgs::default())

@@ -1,11 +1,11 @@
 //! One module per `clem` subcommand.
 
+pub mod check_hf;
 pub mod generate;
 pub mod list;
 pub mod register;
 pub mod registry;
 pub mod resolve;
-pub mod template;
-pub mod check_hf;
 pub mod run;
+pub mod template;
 pub mod transcribe;

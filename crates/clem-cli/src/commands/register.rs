@@ -142,7 +142,9 @@ fn register_model(name: &str, backend: &str, set: &[String]) -> anyhow::Result<E
             (list.len() - 1, "added")
         }
     };
-    let Some(Value::Object(entry)) = list.get_mut(index) else { bail!("{}: entry {index} is not an object", path.display()) };
+    let Some(Value::Object(entry)) = list.get_mut(index) else {
+        bail!("{}: entry {index} is not an object", path.display())
+    };
     entry.insert("backend".into(), Value::String(backend.into()));
     for s in set {
         let (key, value) = parse_assignment(s)?;

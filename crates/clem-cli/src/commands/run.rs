@@ -145,7 +145,7 @@ impl Progress for Bar {
 
     fn end(&mut self) {
         if let Some(bar) = self.bar.take() {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }

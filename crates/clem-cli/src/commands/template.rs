@@ -107,7 +107,9 @@ fn model_template(selector: &str, ctx: &Ctx) -> anyhow::Result<(String, String, 
             bail!(
                 "{name}: premade_chat_template is true but its tokenizer files were not found ({}); \
                  download the model or use --template FILE",
-                spec.get_str("huggingface_id").map(|id| format!("huggingface_id {id:?}")).unwrap_or("no huggingface_id".into())
+                spec.get_str("huggingface_id")
+                    .map(|id| format!("huggingface_id {id:?}"))
+                    .unwrap_or("no huggingface_id".into())
             );
         };
         tf.chat_template(None)

@@ -254,6 +254,7 @@ EDGE_PROBES = """{{ messages[0].content[0] }}|{{ messages[0]['nope'] }}|{{ messa
 {{ "multi
 line" }} {{ '\\u00e9' }} {{ '\\x41' }} {{ '\\t'|length }} {{ "it\\'s" }}
 {{ messages|last|tojson(indent=1) }}
+{{ 'abc'|center(8) }}|{{ 'abc'|center(9) }}|{{ 'ab'|center(7) }}|{{ messages[0].content|truncate(12) }}|{{ messages[0].content|truncate(12, true) }}|{{ messages[0].content|truncate(10, end='…', leeway=0) }}|{{ messages[0].content|wordcount }}
 """
 
 EXTRA_TEMPLATES = [
