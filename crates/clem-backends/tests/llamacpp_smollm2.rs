@@ -48,7 +48,10 @@ fn batch_of_four_equals_four_single_runs() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // Two threads, and one prompt long enough (over 512 cells) for llama.cpp's other attention code paths.
     let Some(model) = smollm2(2) else { return };
-    let long = format!("{} Summarise the text above in one sentence.", "The quick brown fox jumps over the lazy dog. ".repeat(45));
+    let long = format!(
+        "{} Summarise the text above in one sentence.",
+        "The quick brown fox jumps over the lazy dog. ".repeat(45)
+    );
     let questions = [
         "What is the capital of France? Answer in one word.",
         long.as_str(),

@@ -375,11 +375,9 @@ impl Engine {
         cell.with_dependent_mut(|model, slot| {
             let fits = slot.as_ref().is_some_and(|s| s.per_seq >= per_seq && s.n_seq >= n_seq);
             if !fits {
-                // Grow both dimensions to what this call and the calls before needed; free the old cache first.
-                let (per_seq, n_seq) = match slot.take() {
-                    Some(old) => (old.per_seq.max(per_seq), old.n_seq.max(n_seq)),
-                    None => (per_seq, n_seq),
-                };
+                // Sized to this call only (a long prompt after a wide batch must not get both); the old cache is
+                // freed first.
+                *slot = None;
                 match new_context(model, per_seq, n_seq, threads) {
                     Ok(ctx) => *slot = Some(Slot { ctx, per_seq, n_seq }),
                     Err(e) => failure = Some(e),
@@ -416,20 +414,13 @@ fn new_context<'m>(
 ) -> Result<LlamaContext<'m>, EngineError> {
     let backend = backend()?;
     let n_ctx = per_seq.saturating_mul(n_seq);
-    let experiment = |k: &str| std::env::var(k).ok();
-    let fa = match experiment("CLEM_LLAMA_FA").as_deref() {
-        Some("1") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-        Some("auto") => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-        _ => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-    };
-    let unified = experiment("CLEM_LLAMA_KVU").as_deref() == Some("1");
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(N_BATCH as u32)
         .with_n_ubatch(N_BATCH as u32)
         .with_n_seq_max(n_seq)
-        .with_kv_unified(unified)
-        .with_flash_attention_policy(fa)
+        .with_kv_unified(false)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     model.new_context(backend, params).map_err(|_| EngineError::Context { n_ctx, n_seq })

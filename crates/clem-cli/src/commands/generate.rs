@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use clem_backends::LoadContext;
 use clem_core::{GenArgs, Message, ModelSpec};
 use serde_json::json;
 
@@ -59,8 +58,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         bail!("--temperature must be a number of at least 0");
     }
     let selector = ModelSpec::parse_selector(&args.model)?;
-    let load = LoadContext { keys: ctx.keys()?, ..LoadContext::default() };
-    let model = clem_backends::load_model(&ctx.registry()?, &selector, &load)?;
+    let load = ctx.load_context()?;
+    let model = clem_backends::load_model(ctx.registry()?, &selector, &load)?;
     let generation = model.generate_response(&messages, &GenArgs::new(args.temperature, args.max_tokens))?;
     if args.json {
         let triple = json!({

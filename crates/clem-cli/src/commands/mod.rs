@@ -7,5 +7,6 @@ pub mod register;
 pub mod registry;
 pub mod resolve;
 pub mod run;
+pub mod serve;
 pub mod template;
 pub mod transcribe;

@@ -31,14 +31,19 @@ enum What {
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let What::Check { files, json } = args.what;
-    let mut registry = if files.is_empty() { ctx.registry()? } else { Registry::default() };
     let mut unreadable = 0;
-    for f in &files {
-        if let Err(e) = registry.add_file(f) {
-            println!("error: {e}");
-            unreadable += 1;
+    let registry = if files.is_empty() {
+        ctx.registry()?
+    } else {
+        let mut registry = Registry::default();
+        for f in &files {
+            if let Err(e) = registry.add_file(f) {
+                println!("error: {e}");
+                unreadable += 1;
+            }
         }
-    }
+        crate::context::keep(registry)
+    };
     let problems = registry.check(&clem_backends::schemas());
     if json {
         println!("{}", serde_json::to_string_pretty(&problems)?);

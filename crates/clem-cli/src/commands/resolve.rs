@@ -17,7 +17,7 @@ pub struct Args {
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let selector = ModelSpec::parse_selector(&args.model)?;
     if selector.is_mock() || selector.is_human() {
-        println!("{}", serde_json::to_string_pretty(&clem_backends::resolve(&ctx.registry()?, &selector)?)?);
+        println!("{}", serde_json::to_string_pretty(&clem_backends::resolve(ctx.registry()?, &selector)?)?);
         return Ok(ExitCode::SUCCESS);
     }
     let registry = ctx.registry()?;

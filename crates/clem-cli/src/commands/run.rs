@@ -71,12 +71,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Scripted and human players need neither registry nor keys: do not fail on a broken key.json for them.
     let needs_registry = selectors.iter().any(|s| !s.is_mock() && !s.is_human());
-    let registry = if needs_registry { ctx.registry()? } else { Registry::default() };
+    let registry = if needs_registry { ctx.registry()? } else { crate::context::keep(Registry::default()) };
     let keys = if needs_registry { ctx.keys()? } else { Default::default() };
-    let load_ctx = LoadContext { keys, responder: Some(game.responder()), ..Default::default() };
+    let load_ctx = LoadContext { keys, responder: Some(game.responder()), threads: ctx.threads, ..Default::default() };
     let mut models = Vec::with_capacity(selectors.len());
     for s in &selectors {
-        models.push(load_model(&registry, s, &load_ctx)?);
+        models.push(load_model(registry, s, &load_ctx)?);
     }
 
     let opts = RunOptions {

@@ -1,0 +1,190 @@
+//! The files of a model folder: where `huggingface_id` points (a local folder or the HF hub cache, offline),
+//! which safetensors files hold the weights (single or sharded by `model.safetensors.index.json`), how many
+//! parameters they hold (read from the headers, without loading), and the memory check before loading.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use clem_core::hf::{read_json, HfError};
+use serde_json::Value;
+
+/// A problem with the model folder's files.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error(transparent)]
+    Hf(#[from] HfError),
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> FilesError {
+    FilesError::Invalid { path: path.into(), message: message.into() }
+}
+
+/// The safetensors files of a folder: `model.safetensors`, or the shards an index names.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(invalid(dir, "has neither model.safetensors nor model.safetensors.index.json"));
+    }
+    let json = read_json(&index)?;
+    let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| invalid(&index, "no weight_map"))?;
+    let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
+    let mut files = Vec::new();
+    for name in names {
+        let p = dir.join(name);
+        if name.contains("..") || !p.is_file() {
+            return Err(invalid(&index, format!("names shard {name:?}, which is missing")));
+        }
+        files.push(p);
+    }
+    if files.is_empty() {
+        return Err(invalid(&index, "weight_map names no file"));
+    }
+    Ok(files)
+}
+
+/// Elements (parameters) stored in safetensors files, from their headers.
+pub fn parameter_count(files: &[PathBuf]) -> Result<u64, FilesError> {
+    let mut total = 0u64;
+    for f in files {
+        let mut file = std::fs::File::open(f).map_err(|source| HfError::Read { path: f.clone(), source })?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|source| HfError::Read { path: f.clone(), source })?;
+        let len = u64::from_le_bytes(len);
+        if len > 100 << 20 {
+            return Err(invalid(f, "safetensors header is implausibly large"));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header).map_err(|source| HfError::Read { path: f.clone(), source })?;
+        let json: Value = serde_json::from_slice(&header).map_err(|e| invalid(f, format!("bad header: {e}")))?;
+        let Value::Object(map) = json else { return Err(invalid(f, "header is not an object")) };
+        for (name, t) in map.iter().filter(|(k, _)| *k != "__metadata__") {
+            let shape =
+                t.get("shape").and_then(Value::as_array).ok_or_else(|| invalid(f, format!("{name}: no shape")))?;
+            total += shape.iter().map(|d| d.as_u64().unwrap_or(0)).product::<u64>();
+        }
+    }
+    Ok(total)
+}
+
+/// The model would not fit in memory.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{model}: needs about {} MiB (weights {} MiB as {dtype} + KV cache {} MiB for {tokens} tokens x batch {batch} + \
+     {} MiB working memory) but only {} MiB are available (MemAvailable in /proc/meminfo); free memory, lower \
+     model_config.context_size or the batch size, or pick a smaller model",
+    mib(self.needed()), mib(*weights), mib(*kv_cache), mib(*overhead), mib(*available)
+)]
+pub struct MemoryError {
+    pub model: String,
+    pub weights: u64,
+    pub dtype: &'static str,
+    pub kv_cache: u64,
+    pub tokens: u64,
+    pub batch: u64,
+    pub overhead: u64,
+    pub available: u64,
+}
+
+impl MemoryError {
+    pub fn needed(&self) -> u64 {
+        self.weights + self.kv_cache + self.overhead
+    }
+}
+
+fn mib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes; `None` where it cannot be read (then nothing is checked).
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let value: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    value.checked_mul(1024)
+}
+
+/// What loading and running needs, compared with what is available.
+pub struct MemoryNeed<'a> {
+    pub model: &'a str,
+    pub weights: u64,
+    pub dtype: &'static str,
+    pub kv_bytes_per_token: u64,
+    pub tokens: u64,
+    pub batch: u64,
+    /// Bytes of activations per token in flight (logits and intermediate tensors).
+    pub work_per_token: u64,
+}
+
+/// Fails when weights + KV cache + working memory exceed `available` (when known).
+pub fn check_memory(need: &MemoryNeed, available: Option<u64>) -> Result<(), MemoryError> {
+    let Some(available) = available else { return Ok(()) };
+    let kv_cache = need.kv_bytes_per_token.saturating_mul(need.tokens).saturating_mul(need.batch);
+    let overhead = (64u64 << 20) + need.work_per_token.saturating_mul(need.batch);
+    let err = MemoryError {
+        model: need.model.into(),
+        weights: need.weights,
+        dtype: need.dtype,
+        kv_cache,
+        tokens: need.tokens,
+        batch: need.batch,
+        overhead,
+        available,
+    };
+    if err.needed() > available {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_check_says_needed_available_and_what_to_change() {
+        let need = MemoryNeed {
+            model: "m",
+            weights: 500 << 20,
+            dtype: "f32",
+            kv_bytes_per_token: 1 << 10,
+            tokens: 8192,
+            batch: 4,
+            work_per_token: 0,
+        };
+        assert!(check_memory(&need, None).is_ok());
+        assert!(check_memory(&need, Some(4 << 30)).is_ok());
+        let e = check_memory(&need, Some(300 << 20)).expect_err("too small");
+        let msg = e.to_string();
+        assert!(msg.contains("weights 500 MiB") && msg.contains("KV cache 32 MiB"), "{msg}");
+        assert!(msg.contains("only 300 MiB") && msg.contains("context_size"), "{msg}");
+    }
+
+    #[test]
+    fn shards_and_parameter_count() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let header = br#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"__metadata__":{}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0u8; 24]);
+        std::fs::write(tmp.path().join("s1.safetensors"), &bytes).expect("write");
+        assert!(weight_files(tmp.path()).is_err());
+        std::fs::write(
+            tmp.path().join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}"#,
+        )
+        .expect("write");
+        let e = weight_files(tmp.path()).expect_err("s2 missing");
+        assert!(e.to_string().contains("s2.safetensors"), "{e}");
+        std::fs::write(tmp.path().join("s2.safetensors"), &bytes).expect("write");
+        let files = weight_files(tmp.path()).expect("both");
+        assert_eq!(parameter_count(&files).expect("count"), 12);
+    }
+}

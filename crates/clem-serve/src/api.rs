@@ -1,0 +1,315 @@
+//! The OpenAI Chat Completions wire format: parsing a request into messages and generation arguments, and
+//! building the reply, either one `chat.completion` object or a `chat.completion.chunk` SSE stream.
+
+use clem_core::{GenArgs, Generation, Message, Role};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::ServeConfig;
+
+/// A validated chat request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub args: GenArgs,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Sampling arguments passed through to the backend as `GenArgs::extra`; everything else unknown is ignored,
+/// as OpenAI clients send fields (`user`, `metadata`, ...) that mean nothing to a model.
+const PASS_THROUGH: &[&str] = &["top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p"];
+
+/// Parses and validates a request body.
+pub fn parse_chat(body: &[u8], config: &ServeConfig) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("The request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(None, "The request body must be a JSON object."));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(ApiError::invalid(Some("model"), "`model` must be a non-empty string.")),
+    };
+    let messages = match obj.get("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            list.iter().enumerate().map(|(i, m)| parse_message(i, m)).collect::<Result<Vec<_>, _>>()?
+        }
+        _ => return Err(ApiError::invalid(Some("messages"), "`messages` must be a non-empty list.")),
+    };
+    let max_tokens = parse_max_tokens(&obj, config)?;
+    let temperature = match obj.get("temperature") {
+        None | Some(Value::Null) => config.default_temperature,
+        Some(v) => match v.as_f64() {
+            Some(t) if (0.0..=2.0).contains(&t) => t,
+            _ => return Err(ApiError::invalid(Some("temperature"), "`temperature` must be a number from 0 to 2.")),
+        },
+    };
+    match obj.get("n") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(_) => return Err(ApiError::invalid(Some("n"), "Only `n` = 1 is supported.")),
+    }
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid(Some("stream"), "`stream` must be a boolean.")),
+    };
+    let include_usage =
+        obj.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let mut extra = Map::new();
+    for key in PASS_THROUGH {
+        if let Some(v) = obj.get(*key).filter(|v| !v.is_null()) {
+            extra.insert((*key).to_string(), v.clone());
+        }
+    }
+    Ok(ChatRequest { model, messages, args: GenArgs { temperature, max_tokens, extra }, stream, include_usage })
+}
+
+fn parse_max_tokens(obj: &Map<String, Value>, config: &ServeConfig) -> Result<u32, ApiError> {
+    // Newer clients send `max_completion_tokens`; it wins when both are there, as in OpenAI's API.
+    let (param, value) = match (obj.get("max_completion_tokens"), obj.get("max_tokens")) {
+        (Some(v), _) if !v.is_null() => ("max_completion_tokens", v),
+        (_, Some(v)) if !v.is_null() => ("max_tokens", v),
+        _ => return Ok(config.default_max_tokens.min(config.max_tokens_cap)),
+    };
+    let n = value
+        .as_u64()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::invalid(Some(param), format!("`{param}` must be a positive integer.")))?;
+    if n > u64::from(config.max_tokens_cap) {
+        return Err(ApiError::invalid(
+            Some(param),
+            format!("`{param}` is {n}, above this server's limit of {}.", config.max_tokens_cap),
+        )
+        .with_code("max_tokens_exceeded"));
+    }
+    Ok(n as u32)
+}
+
+fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
+    let bad = |what: &str| ApiError::invalid(Some("messages"), format!("messages[{i}]: {what}"));
+    let role = match m.get("role").and_then(Value::as_str) {
+        Some("system") | Some("developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some(other) => return Err(bad(&format!("role {other:?} is not supported (system, user, assistant)"))),
+        None => return Err(bad("`role` must be a string")),
+    };
+    let mut images = Vec::new();
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text").and_then(Value::as_str) {
+                        Some(t) => texts.push(t.to_string()),
+                        None => return Err(bad("a text part needs a string `text`")),
+                    },
+                    Some("image_url") => {
+                        let url = part.get("image_url").and_then(|u| u.get("url").or(Some(u))).and_then(Value::as_str);
+                        match url {
+                            Some(u) => images.push(u.to_string()),
+                            None => return Err(bad("an image_url part needs `image_url.url`")),
+                        }
+                    }
+                    _ => return Err(bad("content parts must be of type text or image_url")),
+                }
+            }
+            texts.join("\n")
+        }
+        Some(_) => return Err(bad("`content` must be a string or a list of parts")),
+    };
+    let mut message = Message::new(role, content);
+    message.image = images;
+    Ok(message)
+}
+
+/// `chatcmpl-` and 24 random characters, as OpenAI's ids look.
+pub fn completion_id() -> String {
+    let tail: String = std::iter::repeat_with(fastrand::alphanumeric).take(24).collect();
+    format!("chatcmpl-{tail}")
+}
+
+/// The backend's completion object: llamacpp and huggingface_local nest it under `response`, remote backends
+/// return it as is.
+fn completion_object(g: &Generation) -> &Value {
+    match g.response.get("response") {
+        Some(inner) if inner.is_object() => inner,
+        _ => &g.response,
+    }
+}
+
+/// `stop` or `length`, from what the backend reported (`stop` when it did not say).
+pub fn finish_reason(g: &Generation) -> &str {
+    let reason = completion_object(g).pointer("/choices/0/finish_reason").and_then(Value::as_str);
+    match reason {
+        Some("length") => "length",
+        _ => "stop",
+    }
+}
+
+/// Token usage when the backend counted it.
+pub fn usage(g: &Generation) -> Option<Value> {
+    let u = completion_object(g).get("usage")?;
+    let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
+    let completion = u.get("completion_tokens").and_then(Value::as_u64)?;
+    Some(json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}))
+}
+
+/// One `chat.completion` object carrying the cleaned reply.
+pub fn completion(id: &str, created: u64, model: &str, g: &Generation) -> Value {
+    let mut body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": null,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": g.response_text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason(g),
+        }],
+    });
+    if let (Some(u), Value::Object(o)) = (usage(g), &mut body) {
+        o.insert("usage".into(), u);
+    }
+    body
+}
+
+/// The whole SSE stream for a finished generation: a role chunk, the reply in word-sized content chunks, the
+/// finish chunk, optionally a usage chunk, then `data: [DONE]`.
+///
+/// The `Model` interface returns a reply when it is complete, so the chunks follow generation; they keep the
+/// format every OpenAI client parses.
+pub fn stream_body(id: &str, created: u64, model: &str, g: &Generation, include_usage: bool) -> String {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    for piece in split_words(&g.response_text) {
+        events.push(chunk(json!({"content": piece}), None));
+    }
+    events.push(chunk(json!({}), Some(finish_reason(g))));
+    if include_usage {
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": null, "choices": [], "usage": usage(g),
+        }));
+    }
+    let mut out = String::new();
+    for e in events {
+        out.push_str("data: ");
+        out.push_str(&e.to_string());
+        out.push_str("\n\n");
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// Splits text after each run of whitespace, so the pieces concatenate to the text exactly.
+fn split_words(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut prev_space = false;
+    for (i, c) in text.char_indices() {
+        if !c.is_whitespace() && prev_space && i > start {
+            pieces.push(&text[start..i]);
+            start = i;
+        }
+        prev_space = c.is_whitespace();
+    }
+    if start < text.len() {
+        pieces.push(&text[start..]);
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ServeConfig {
+        ServeConfig::default()
+    }
+
+    #[test]
+    fn words_concatenate_back() {
+        for text in ["", "one", "Hello,  world!\nBye ", " lead", "日本 語"] {
+            assert_eq!(split_words(text).concat(), text);
+        }
+        assert_eq!(split_words("a b  c"), vec!["a ", "b  ", "c"]);
+    }
+
+    #[test]
+    fn parses_parts_roles_and_arguments() {
+        let body = json!({
+            "model": "m", "temperature": 0.5, "max_completion_tokens": 7, "max_tokens": 999999, "seed": 3,
+            "user": "ignored",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]},
+            ],
+        });
+        let r = parse_chat(body.to_string().as_bytes(), &cfg()).expect("valid");
+        assert_eq!(r.args.max_tokens, 7);
+        assert_eq!(r.args.temperature, 0.5);
+        assert_eq!(r.args.extra.get("seed"), Some(&json!(3)));
+        assert!(!r.args.extra.contains_key("user"));
+        assert_eq!(r.messages[0].role, Role::System);
+        assert_eq!(r.messages[1].image, vec!["http://x/y.png".to_string()]);
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_the_parameter() {
+        let cases = [
+            (json!([1]), None),
+            (json!({"messages": [{"role": "user", "content": "x"}]}), Some("model")),
+            (json!({"model": "m", "messages": []}), Some("messages")),
+            (json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}), Some("messages")),
+            (json!({"model": "m", "messages": [{"role": "user", "content": 3}]}), Some("messages")),
+            (json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user"}]}), Some("max_tokens")),
+            (json!({"model": "m", "max_tokens": 1e9, "messages": [{"role": "user"}]}), Some("max_tokens")),
+            (json!({"model": "m", "temperature": 3, "messages": [{"role": "user"}]}), Some("temperature")),
+            (json!({"model": "m", "n": 2, "messages": [{"role": "user"}]}), Some("n")),
+        ];
+        for (body, param) in cases {
+            let e = parse_chat(body.to_string().as_bytes(), &cfg()).expect_err(&body.to_string());
+            assert_eq!(e.status, 400);
+            assert_eq!(e.param, param, "{body}");
+        }
+        assert!(parse_chat(b"{not json", &cfg()).is_err());
+    }
+
+    #[test]
+    fn stream_ends_with_done_and_carries_the_text() {
+        let g = Generation {
+            prompt: json!({}),
+            response: json!({"response": {"choices": [{"finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2}}}),
+            response_text: "Hello there".into(),
+        };
+        let body = stream_body("id", 1, "m", &g, true);
+        assert!(body.ends_with("data: [DONE]\n\n"));
+        let chunks: Vec<Value> = body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("json"))
+            .collect();
+        let text: String =
+            chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect();
+        assert_eq!(text, "Hello there");
+        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+        assert_eq!(chunks[chunks.len() - 1]["usage"]["total_tokens"], 5);
+    }
+}
