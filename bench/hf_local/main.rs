@@ -2,7 +2,8 @@
 //! prefill time, decode tokens/s, batch-8 throughput, peak RSS, and the memory-bandwidth ceiling (measured copy
 //! bandwidth over the bytes of weights read per token) with the fraction of it reached.
 //!
-//! Run by `bench/hf_local/run.sh` (which sets RAYON_NUM_THREADS per run); alone:
+//! Run by `python3 bench/hf_local/run.py` (which sets RAYON_NUM_THREADS per run and runs transformers after
+//! it); alone:
 //! `cargo bench -p clem-backends --no-default-features --features huggingface_local --bench hf_local -- DIR`
 //! where DIR is a model folder (default: the SmolLM2 snapshot in the Hugging Face cache).
 
@@ -113,5 +114,12 @@ fn main() {
         bw / 1e9,
         bytes_per_token as f64 / 1e6,
         100.0 * decode_tps / ceiling,
+    );
+    // One machine-readable line for bench/hf_local/run.py, which prints the side-by-side table.
+    println!(
+        "{}",
+        serde_json::json!({"side": "clemrs", "threads": threads, "dir": dir, "prompt_tokens": prompt.len(),
+            "prefill_s": t1.prefill.as_secs_f64(), "decode_tps": decode_tps, "batch1_tps": b1, "batch8_tps": b8,
+            "peak_rss_mib": peak_rss_mib()})
     );
 }

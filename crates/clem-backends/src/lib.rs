@@ -8,6 +8,7 @@ pub mod azure;
 pub mod cohere;
 pub mod google;
 pub mod http;
+pub mod hub;
 #[cfg(feature = "huggingface_local")]
 pub mod huggingface_local;
 pub mod human;

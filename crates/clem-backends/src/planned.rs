@@ -1,7 +1,8 @@
-//! Backends whose registry schema is known but whose implementation is not in this build yet.
+//! The registry schemas of the feature-gated local backends (`huggingface_local`, `llamacpp`), and the stand-in
+//! `Backend` values a build without the feature registers instead.
 //!
-//! Their entries are checked like any other; loading one says plainly that the backend is not built.
-//! When a backend is implemented, its `Backend` moves into its own folder.
+//! Their entries are checked whatever the build; loading one in a build without the feature says plainly which
+//! cargo feature to enable.
 
 use clem_core::schema::{BackendSchema, KeyType as T};
 

@@ -4,7 +4,7 @@
 //!
 //! Skipped with a printed reason when the GGUF is not in the HF cache (scripts/fetch-smollm2.sh) or a Python
 //! package is missing; under CI (env `CI` set) those fail instead. clemcore is looked up in `$CLEMCORE_PYTHON`,
-//! then `target/clemcore-venv/bin/python`, then `python3`.
+//! then `$CARGO_TARGET_DIR/clemcore-venv/bin/python` (default `target/`), then `python3`.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -116,7 +116,8 @@ fn official_openai_package_plain_and_streaming() {
 #[test]
 fn clemcore_openai_compatible_backend() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let venv = root().join("target/clemcore-venv/bin/python");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let venv = target.join("clemcore-venv/bin/python");
     let interpreter = std::env::var("CLEMCORE_PYTHON").ok().unwrap_or_else(|| {
         if venv.is_file() {
             venv.display().to_string()

@@ -1,6 +1,7 @@
-//! The files of a model folder: where `huggingface_id` points (a local folder or the HF hub cache, offline),
-//! which safetensors files hold the weights (single or sharded by `model.safetensors.index.json`), how many
-//! parameters they hold (read from the headers, without loading), and the memory check before loading.
+//! The files of a model folder: where `huggingface_id` points (a local folder, or the HF hub cache, downloading
+//! what is missing through [`crate::hub`]), which safetensors files hold the weights (single or sharded by
+//! `model.safetensors.index.json`), how many parameters they hold (read from the headers, without loading), and the
+//! memory check before loading.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -14,12 +15,20 @@ use serde_json::Value;
 pub enum FilesError {
     #[error(transparent)]
     Hf(#[from] HfError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> FilesError {
     FilesError::Invalid { path: path.into(), message: message.into() }
+}
+
+/// Resolves `huggingface_id` to a folder: a local folder as given, else the hub snapshot holding config,
+/// tokenizer and safetensors files (downloaded when missing and the hub is reachable).
+pub fn model_dir(huggingface_id: &str, token: Option<clem_core::keys::Secret>) -> Result<PathBuf, FilesError> {
+    Ok(crate::hub::model_dir(huggingface_id, &crate::hub::Want::HfFolder, token)?)
 }
 
 /// The safetensors files of a folder: `model.safetensors`, or the shards an index names.

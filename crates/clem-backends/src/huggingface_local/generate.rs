@@ -1,10 +1,11 @@
 //! Batched generation: left-padded rows in one forward pass with per-row positions and an attention mask, a KV
 //! cache, greedy or sampled next tokens (temperature, top-p, seed), stop at any EOS id; rows that finish leave
-//! the batch so they stop costing work.
+//! the batch so they stop costing work. Architecture-agnostic: it sees only [`CausalLm`].
 
 use candle_core::{Device, Result, Tensor};
 
-use super::llama::{KvCache, Llama, MASKED};
+use super::causal_lm::CausalLm;
+use super::layers::{KvCache, StepMask};
 
 /// How the next token is chosen.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,9 +34,49 @@ pub struct Timings {
     pub decode_tokens: usize,
 }
 
+/// Runs `rows` left-padded through a fresh cache: each row's last-position logits `(rows, vocab)`, the cache, and
+/// which slots of each row are real tokens.
+fn prefill(
+    model: &CausalLm,
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    device: &Device,
+) -> Result<(Tensor, KvCache, Vec<Vec<bool>>)> {
+    let n = rows.len();
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    if n == 0 || width == 0 {
+        candle_core::bail!("empty prompt");
+    }
+    // Left padding: row i's tokens fill the last len_i columns.
+    let mut ids = Vec::with_capacity(n * width);
+    let mut positions = Vec::with_capacity(n * width);
+    let mut keep: Vec<Vec<bool>> = Vec::with_capacity(n);
+    for p in rows {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(p.iter().copied()));
+        // transformers: position = cumsum(mask) - 1, padding positions set to 1.
+        positions.extend((0..width).map(|j| if j < pad { 1 } else { (j - pad) as u32 }));
+        keep.push((0..width).map(|j| j >= pad).collect());
+    }
+    let mut cache = KvCache::new(model.config().num_layers);
+    let logits = model.forward(
+        &Tensor::from_vec(ids, (n, width), device)?,
+        &Tensor::from_vec(positions, n * width, device)?,
+        &StepMask::new(&keep, width)?,
+        &mut cache,
+    )?;
+    Ok((logits, cache, keep))
+}
+
+/// Each row's last-position logits after one left-padded forward pass (transformers'
+/// `model(ids, attention_mask).logits[:, -1]`).
+pub fn last_logits(model: &CausalLm, prompts: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Vec<Vec<f32>>> {
+    prefill(model, prompts, pad_id, device)?.0.to_vec2()
+}
+
 /// Generates for every prompt (token ids) at most `budgets[i]` new tokens.
 pub fn generate(
-    model: &Llama,
+    model: &CausalLm,
     prompts: &[Vec<u32>],
     budgets: &[usize],
     sampling: &Sampling,
@@ -49,44 +90,20 @@ pub fn generate(
     if n == 0 {
         return Ok((out, timings));
     }
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if width == 0 {
-        candle_core::bail!("empty prompt");
+    if budgets.len() != n {
+        candle_core::bail!("{n} prompts but {} token budgets", budgets.len());
     }
-    // Left padding: row i's prompt fills the last len_i columns.
-    let mut ids = Vec::with_capacity(n * width);
-    let mut positions = Vec::with_capacity(n * width);
-    let mut keep: Vec<Vec<bool>> = Vec::with_capacity(n);
-    for p in prompts {
-        let pad = width - p.len();
-        ids.extend(std::iter::repeat_n(pad_id, pad).chain(p.iter().copied()));
-        // transformers: position = cumsum(mask) - 1, padding positions set to 1.
-        positions.extend((0..width).map(|j| if j < pad { 1 } else { (j - pad) as u32 }));
-        keep.push((0..width).map(|j| j >= pad).collect());
-    }
-    let mut mask = Vec::with_capacity(n * width * width);
-    for row in &keep {
-        for q in 0..width {
-            mask.extend((0..width).map(|k| if k <= q && row[k] { 0.0f32 } else { MASKED }));
-        }
-    }
-    let mut cache = KvCache::new(model.config.num_layers);
     let mut rngs: Vec<fastrand::Rng> =
         (0..n).map(|i| fastrand::Rng::with_seed(sampling.seed.wrapping_add(i as u64))).collect();
     let clock = std::time::Instant::now();
-    let logits = model.forward(
-        &Tensor::from_vec(ids, (n, width), device)?,
-        &Tensor::from_vec(positions, n * width, device)?,
-        &Tensor::from_vec(mask, (n, 1, width, width), device)?,
-        &mut cache,
-    )?;
+    let (mut logits, mut cache, mut keep) = prefill(model, prompts, pad_id, device)?;
     timings.prefill = clock.elapsed();
     let clock = std::time::Instant::now();
+    let rebuild_at = model.config().cache_rebuild_len();
 
     // Active rows: their index in `out`, next position, and their key mask so far.
     let mut active: Vec<usize> = (0..n).collect();
     let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
-    let mut logits = logits;
     loop {
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
         let mut next = Vec::with_capacity(active.len());
@@ -117,15 +134,21 @@ pub fn generate(
         for k in keep.iter_mut() {
             k.push(true);
         }
-        let kv_len = keep[0].len();
-        let mask: Vec<f32> = keep.iter().flat_map(|r| r.iter().map(|&k| if k { 0.0 } else { MASKED })).collect();
         let b = active.len();
-        logits = model.forward(
-            &Tensor::from_vec(next, (b, 1), device)?,
-            &Tensor::from_vec(next_pos.clone(), b, device)?,
-            &Tensor::from_vec(mask, (b, 1, 1, kv_len), device)?,
-            &mut cache,
-        )?;
+        if rebuild_at == Some(keep[0].len()) {
+            // The RoPE changes for every position from here on: recompute the cache over the whole sequences, as
+            // transformers does (active rows have generated equally many tokens, so the padding is unchanged).
+            let rows: Vec<Vec<u32>> =
+                active.iter().map(|&r| prompts[r].iter().chain(&out[r].tokens).copied().collect()).collect();
+            (logits, cache, keep) = prefill(model, &rows, pad_id, device)?;
+        } else {
+            logits = model.forward(
+                &Tensor::from_vec(next, (b, 1), device)?,
+                &Tensor::from_vec(next_pos.clone(), b, device)?,
+                &StepMask::new(&keep, 1)?,
+                &mut cache,
+            )?;
+        }
         timings.decode_tokens += b;
         for p in next_pos.iter_mut() {
             *p += 1;

@@ -5,18 +5,28 @@
 //! - [`config`]: `config.json` / `generation_config.json` (architecture, RoPE base in both layouts, EOS ids);
 //! - [`files`]: where the folder is, which weight files, and the memory check before loading;
 //! - [`tokenizer`]: `tokenizer.json` encoding and decoding as transformers does here;
-//! - [`llama`]: the llama architecture (also Mistral and Qwen2), batched with masks and a KV cache;
+//! - [`layers`]: what the architectures share: RMSNorm, RoPE (partial, linear, LongRoPE), step masks (causal,
+//!   padding, sliding window), the KV cache, grouped-query attention, the gated MLP;
+//! - one file per architecture, as candle-transformers: [`llama`] (the pre-norm decoder; also Mistral and Qwen2),
+//!   [`qwen3`] and [`phi3`] (their weights in the llama decoder), [`gemma2`] (the Gemma decoder) and [`gemma3`];
+//! - [`causal_lm`]: [`causal_lm::CausalLm`], the architecture chosen at load time, which is all generation sees;
 //! - [`generate`]: the batched generation loop and sampling;
 //! - [`model`]: the [`Model`] implementation: templates, context check, cleaning, recorded objects.
 //!
 //! Compute dtype: the CPU computes in f32 whatever the weights' dtype (bf16/f16 weights are widened when
 //! loaded), because candle's CPU kernels for bf16/f16 are slower than f32 ones.
 
+pub mod causal_lm;
 pub mod config;
 pub mod files;
+pub mod gemma2;
+pub mod gemma3;
 pub mod generate;
+pub mod layers;
 pub mod llama;
 pub mod model;
+pub mod phi3;
+pub mod qwen3;
 pub mod tokenizer;
 
 use clem_core::{Model, ModelError, ModelSpec};

@@ -18,10 +18,10 @@ use clem_core::template::{ChatTemplate, RenderOptions};
 use clem_core::{BatchMode, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
 use serde_json::{json, Map, Value};
 
+use super::causal_lm::CausalLm;
 use super::config::{GenerationConfig, ModelConfig};
 use super::files::{self, MemoryNeed};
 use super::generate::{self, RowOutput, Sampling, Timings};
-use super::llama::Llama;
 use super::tokenizer::HfTokenizer;
 use super::Settings;
 use crate::LoadContext;
@@ -31,7 +31,7 @@ pub struct HfLocalModel {
     spec: ModelSpec,
     name: String,
     dir: PathBuf,
-    model: Llama,
+    model: CausalLm,
     tokenizer: HfTokenizer,
     template: ChatTemplate,
     template_vars: Map<String, Value>,
@@ -49,12 +49,13 @@ pub struct HfLocalModel {
 
 impl HfLocalModel {
     /// Resolves the folder, checks the entry and the memory, and loads the model.
-    pub fn load(spec: &ModelSpec, _ctx: &LoadContext) -> Result<HfLocalModel, ModelError> {
+    pub fn load(spec: &ModelSpec, ctx: &LoadContext) -> Result<HfLocalModel, ModelError> {
         let name = spec.model_name().unwrap_or("?").to_string();
         let config_err = |m: String| ModelError::config(&name, m);
         let settings = Settings::from_spec(spec).map_err(config_err)?;
         let mut cleaner = Cleaner::from_spec(spec).map_err(|e| config_err(e.to_string()))?;
-        let dir = clem_core::hf::resolve_model_dir(&settings.huggingface_id).map_err(|e| config_err(e.to_string()))?;
+        let token = crate::hub::token_for(spec, &ctx.keys);
+        let dir = files::model_dir(&settings.huggingface_id, token).map_err(|e| config_err(e.to_string()))?;
         let config = ModelConfig::load(&dir).map_err(|e| config_err(e.to_string()))?;
         let gen_config = GenerationConfig::load(&dir).map_err(|e| config_err(e.to_string()))?;
         let tok_files = TokenizerFiles::load(&dir).map_err(|e| config_err(e.to_string()))?;
@@ -124,8 +125,7 @@ impl HfLocalModel {
         // SAFETY (of the mmap): the files are read-only model weights that nothing modifies while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files, DType::F32, &device) }
             .map_err(|e| ModelError::backend(&name, e))?;
-        let max_positions = usize::try_from(context_size).unwrap_or(usize::MAX).min(1 << 20);
-        let model = Llama::load(vb, &config, max_positions).map_err(|e| ModelError::backend(&name, e))?;
+        let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
         Ok(HfLocalModel {
             spec: spec.clone(),
             name,
@@ -158,7 +158,7 @@ impl HfLocalModel {
 
     /// The RoPE base the model runs with.
     pub fn rope_theta(&self) -> f64 {
-        self.model.config.rope_theta
+        self.model.config().rope_theta
     }
 
     /// The ids that stop generation.
@@ -224,7 +224,7 @@ impl HfLocalModel {
         if tokens <= self.tokens_checked.load(Ordering::Relaxed).max(self.context_size) {
             return Ok(());
         }
-        let c = &self.model.config;
+        let c = self.model.config();
         // Prefill holds scores and probabilities of every head: rows x heads x width^2, twice.
         let scores = rows * c.num_heads as u64 * width * width * 4 * 2;
         files::check_memory(

@@ -1,9 +1,10 @@
 //! Finding a llamacpp entry's GGUF on disk, and checking that it fits in memory before loading it.
 //!
-//! `huggingface_id` names a local folder or a model in the Hugging Face cache (`clem_core::hf`); `filename` is a
-//! glob inside that folder (matched against the path relative to it, `*` crossing `/` as Python's `fnmatch`
-//! does, so `*Q4_1.gguf` finds `sub/x.Q4_1.gguf`); `additional_files` are globs for the other parts of a split
-//! GGUF. Nothing is downloaded: a missing file is an error that says what is missing and where it was looked for.
+//! `huggingface_id` names a local folder or a model on the Hugging Face hub, downloaded into (or found in) the hub
+//! cache by [`crate::hub`]; `filename` is a glob inside that folder (matched against the path relative to it, `*`
+//! crossing `/` as Python's `fnmatch` does, so `*Q4_1.gguf` finds `sub/x.Q4_1.gguf`); `additional_files` are globs
+//! for the other parts of a split GGUF. A missing file is an error that says what is missing and where it was
+//! looked for.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,8 @@ const MAX_DEPTH: usize = 6;
 pub enum FilesError {
     #[error(transparent)]
     Hf(#[from] clem_core::hf::HfError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error("model_config.{key}: {pattern:?} is not a valid glob: {message}")]
     BadPattern { key: &'static str, pattern: String, message: String },
     #[error("model_config.{key}: no file matches {pattern:?} in {}{}", dir.display(), found_hint(found))]
@@ -55,9 +58,15 @@ pub struct GgufFiles {
     pub total_bytes: u64,
 }
 
-/// Resolves `huggingface_id` to a folder: a local folder as given, else the cached snapshot.
-pub fn model_dir(huggingface_id: &str) -> Result<PathBuf, FilesError> {
-    Ok(clem_core::hf::resolve_model_dir(huggingface_id)?)
+/// Resolves `huggingface_id` to a folder: a local folder as given, else the hub snapshot holding the files
+/// `filename` and `additional_files` name (downloaded when missing and the hub is reachable).
+pub fn model_dir(
+    huggingface_id: &str,
+    filename: &str,
+    additional_files: &[String],
+    token: Option<clem_core::keys::Secret>,
+) -> Result<PathBuf, FilesError> {
+    Ok(crate::hub::model_dir(huggingface_id, &crate::hub::Want::Gguf { filename, additional_files }, token)?)
 }
 
 /// Finds the GGUF named by `filename` (and `additional_files`) in `dir`, and checks that every part of a split
@@ -108,16 +117,7 @@ pub fn resolve_in(dir: &Path, filename: &str, additional_files: &[String]) -> Re
 }
 
 /// `name-00001-of-00003.gguf` -> (`name`, 1, 3): llama.cpp's split naming.
-pub fn split_name(path: &Path) -> Option<(String, u32, u32)> {
-    let name = path.file_name()?.to_str()?;
-    let stem = name.strip_suffix(".gguf")?;
-    let (rest, count) = stem.rsplit_once("-of-")?;
-    let (prefix, no) = rest.rsplit_once('-')?;
-    if no.len() != 5 || count.len() != 5 {
-        return None;
-    }
-    Some((prefix.to_string(), no.parse().ok()?, count.parse().ok()?))
-}
+pub use crate::hub::split_name;
 
 /// The path of part `no` of `count` next to the first part, as llama.cpp's `llama_split_path` names it.
 fn part_path(main: &Path, no: u32, count: u32) -> Option<PathBuf> {

@@ -47,7 +47,9 @@ impl LlamaCppModel {
         let settings = Settings::from_spec(spec, ctx.threads).map_err(config)?;
         let cleaner = Cleaner::from_spec(spec).map_err(|e| config(e.to_string()))?;
 
-        let dir = files::model_dir(&settings.huggingface_id).map_err(|e| config(e.to_string()))?;
+        let token = crate::hub::token_for(spec, &ctx.keys);
+        let dir = files::model_dir(&settings.huggingface_id, &settings.filename, &settings.additional_files, token)
+            .map_err(|e| config(e.to_string()))?;
         let files = files::resolve_in(&dir, &settings.filename, &settings.additional_files)
             .map_err(|e| config(e.to_string()))?;
         let info = GgufInfo::read(&files.main)

@@ -1,0 +1,75 @@
+"""huggingface_local benchmark, side by side with transformers (what a clemcore user runs instead).
+
+Usage: python3 bench/hf_local/run.py [--threads 1 2] [--dtypes bf16 f32] [--torch-python PY]
+SmolLM2-135M-Instruct as HF folders (bf16 and f32, made by scripts/prepare-smollm2-hf.sh), the same chat prompt,
+exactly 128 greedy new tokens: prefill time, decode tokens/s, batch-8 throughput, for each thread count and
+dtype; clemrs first, then transformers, never at the same time. Prints both and the clemrs/transformers ratios.
+transformers runs in --torch-python (default $TORCH_PYTHON, else target/bench-torch-venv, created with
+`pip install torch transformers` when missing: a bench may install, CI does not run this).
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def sh(cmd, env=None):
+    return subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE, env=env, cwd=ROOT).stdout
+
+
+def last_json(text):
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def torch_python(arg):
+    py = arg or os.environ.get("TORCH_PYTHON")
+    if py:
+        return py
+    venv = os.path.join(ROOT, "target", "bench-torch-venv")
+    py = os.path.join(venv, "bin", "python")
+    ready = os.path.exists(py) and subprocess.run([py, "-c", "import torch, transformers"]).returncode == 0
+    if not ready:
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "torch", "transformers"], check=True)
+    return py
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "f32"])
+    ap.add_argument("--torch-python")
+    a = ap.parse_args()
+    py = torch_python(a.torch_python)
+    dirs = {d: sh(["scripts/prepare-smollm2-hf.sh", d]).strip().splitlines()[-1] for d in a.dtypes}
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "clem-backends", "--bench", "hf_local"], check=True,
+                   cwd=ROOT, stdout=sys.stderr)
+    bins = [b for b in glob.glob(os.path.join(ROOT, "target/release/deps/hf_local-*")) if not b.endswith(".d")]
+    binary = max(bins, key=os.path.getmtime)
+    rows = []
+    for threads in a.threads:
+        for dtype, d in dirs.items():
+            env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
+            ours = last_json(sh([binary, "--bench", d], env=env))
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            theirs = last_json(sh([py, "bench/hf_local/transformers_bench.py", d, str(threads)], env=env))
+            rows.append((threads, dtype, ours, theirs))
+            print(json.dumps({"clemrs": ours, "transformers": theirs}), file=sys.stderr)
+    print("SmolLM2-135M-Instruct, 128 greedy tokens; clemrs huggingface_local (candle, f32 compute) vs transformers "
+          f"{rows[0][3]['versions']['transformers']} / torch {rows[0][3]['versions']['torch']} (CPU, dtype auto)")
+    print("| threads | weights | prefill ms (clemrs / transformers) | decode tok/s (clemrs / transformers / ratio) "
+          "| batch 8 tok/s (clemrs / transformers / ratio) |")
+    print("|---|---|---|---|---|")
+    for threads, dtype, o, t in rows:
+        print(f"| {threads} | {dtype} | {1000 * o['prefill_s']:.0f} / {1000 * t['prefill_s']:.0f} "
+              f"| {o['decode_tps']:.1f} / {t['decode_tps']:.1f} / {o['decode_tps'] / t['decode_tps']:.2f}x "
+              f"| {o['batch8_tps']:.1f} / {t['batch8_tps']:.1f} / {o['batch8_tps'] / t['batch8_tps']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+//! Building blocks every architecture shares, as transformers computes them: linear layers and RMSNorm (Gemma's
+//! `1 + weight` folded in when loaded), RoPE (partial rotary, linear and LongRoPE scaling; cos/sin computed per
+//! step from each row's positions), the additive masks of one step (causal, padding, sliding window), the KV cache,
+//! grouped-query attention (optional q/k norms, scale, soft-capping) and the gated MLP.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::{Activation, LayerType, ModelConfig, RopeScaling, RopeSpec};
+
+/// Added to the scores of masked keys. Finite on purpose: a fully masked (padding) query row must stay finite,
+/// or its NaNs would reach real rows through the KV cache.
+pub const MASKED: f32 = -1e30;
+
+/// A `(out, inp)` weight and optional bias named as transformers names them under `vb`.
+pub fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+    let w = vb.get((out, inp), "weight")?;
+    let b = if bias { Some(vb.get(out, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+/// The output projection: `lm_head` under `vb`, or the embeddings when tied and no `lm_head.weight` is stored.
+pub fn lm_head(vb: &VarBuilder, embed: &Tensor, c: &ModelConfig) -> Result<Linear> {
+    if c.tie_word_embeddings && !vb.contains_tensor("weight") {
+        Ok(Linear::new(embed.clone(), None))
+    } else {
+        linear(vb, c.hidden_size, c.vocab_size, false)
+    }
+}
+
+/// RMSNorm over the last dimension.
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `vb`'s `weight`; `plus_one`: Gemma's norms multiply by `1 + weight` (added here once, in f32 as
+    /// transformers does).
+    pub fn load(vb: VarBuilder, size: usize, eps: f64, plus_one: bool) -> Result<RmsNorm> {
+        let weight = vb.get(size, "weight")?;
+        let weight = if plus_one { (weight + 1.0)? } else { weight };
+        Ok(RmsNorm { weight, eps: eps as f32 })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// The key/value slots each row's queries may see at one step: per row, whether each slot of the sequence so far
+/// (cache + this step) holds a real token. The step's queries are the last `seq` slots.
+pub struct StepMask {
+    valid: Vec<bool>,
+    rows: usize,
+    seq: usize,
+    kv_len: usize,
+}
+
+impl StepMask {
+    /// `rows[i][j]`: slot j of row i is a real token (not padding); every row has the same length.
+    pub fn new(rows: &[Vec<bool>], seq: usize) -> Result<StepMask> {
+        let kv_len = rows.first().map_or(0, Vec::len);
+        if rows.iter().any(|r| r.len() != kv_len) || seq == 0 || seq > kv_len {
+            candle_core::bail!("mask rows must have one length >= the step's {seq} tokens");
+        }
+        Ok(StepMask { valid: rows.concat(), rows: rows.len(), seq, kv_len })
+    }
+
+    /// Slots in the sequence so far, this step's included.
+    pub fn kv_len(&self) -> usize {
+        self.kv_len
+    }
+
+    /// The additive mask `(rows, 1, seq, kv_len)`: causal, real keys only, and with `window`, only keys less than
+    /// `window` slots before the query (transformers' `kv_idx > q_idx - sliding_window`). Padding is on the left, so
+    /// slot distances are token distances.
+    pub fn build(&self, window: Option<usize>, device: &Device) -> Result<Tensor> {
+        let (n, seq, kv) = (self.rows, self.seq, self.kv_len);
+        let mut mask = Vec::with_capacity(n * seq * kv);
+        for r in 0..n {
+            let valid = &self.valid[r * kv..(r + 1) * kv];
+            for j in 0..seq {
+                let q = kv - seq + j;
+                mask.extend(valid.iter().enumerate().map(|(k, &ok)| {
+                    let visible = ok && k <= q && window.is_none_or(|w| q - k < w);
+                    if visible {
+                        0.0f32
+                    } else {
+                        MASKED
+                    }
+                }));
+            }
+        }
+        Tensor::from_vec(mask, (n, 1, seq, kv), device)
+    }
+}
+
+/// The masks of one step, one per layer type the model has.
+pub struct LayerMasks {
+    full: Option<Tensor>,
+    sliding: Option<Tensor>,
+}
+
+impl LayerMasks {
+    pub fn new(step: &StepMask, c: &ModelConfig, device: &Device) -> Result<LayerMasks> {
+        let has = |t| c.layer_types.contains(&t);
+        let full = if has(LayerType::Full) { Some(step.build(None, device)?) } else { None };
+        let sliding = if has(LayerType::Sliding) { Some(step.build(c.sliding_window, device)?) } else { None };
+        Ok(LayerMasks { full, sliding })
+    }
+
+    pub fn get(&self, t: LayerType) -> Result<&Tensor> {
+        let m = match t {
+            LayerType::Full => self.full.as_ref(),
+            LayerType::Sliding => self.sliding.as_ref(),
+        };
+        m.ok_or_else(|| candle_core::Error::Msg(format!("no mask built for {t:?} layers")))
+    }
+}
+
+/// Per-layer keys and values of every row so far: `(batch, kv_heads, seq, head_dim)`.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { layers: vec![None; layers] }
+    }
+
+    /// Keeps only the given rows (finished rows stop costing work).
+    pub fn keep_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
+
+    /// One slot per layer (a cache made for another model is reset).
+    pub fn layers_mut(&mut self, layers: usize) -> &mut [Option<(Tensor, Tensor)>] {
+        if self.layers.len() != layers {
+            *self = KvCache::new(layers);
+        }
+        &mut self.layers
+    }
+}
+
+/// `1 / theta^(2i/d)` in f32 as transformers computes it, each divided by `divisors[i]` when given.
+fn inv_freq(theta: f64, dim: usize, divisors: Option<&[f64]>) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| {
+            let base = (theta as f32).powf((2 * i) as f32 / dim as f32);
+            1.0 / (base * divisors.map_or(1.0, |d| d[i] as f32))
+        })
+        .collect()
+}
+
+/// RoPE of one kind of layer. cos/sin are computed for each step's positions rather than looked up in a table, so
+/// long contexts cost no table memory.
+pub struct Rope {
+    inv_freq: Tensor,
+    /// LongRoPE: the frequencies used while the sequence is longer than the given length.
+    long: Option<(Tensor, usize)>,
+    /// Multiplies cos and sin (LongRoPE's attention factor).
+    scale: f64,
+    rotary_dim: usize,
+}
+
+impl Rope {
+    pub fn new(spec: &RopeSpec, device: &Device) -> Result<Rope> {
+        let d = spec.rotary_dim;
+        let row = |v: Vec<f32>| Tensor::from_vec(v, (1, d / 2), device);
+        let (freqs, long, scale) = match &spec.scaling {
+            RopeScaling::None => (inv_freq(spec.theta, d, None), None, 1.0),
+            RopeScaling::Linear { factor } => {
+                let f = *factor as f32;
+                (inv_freq(spec.theta, d, None).into_iter().map(|x| x / f).collect(), None, 1.0)
+            }
+            RopeScaling::LongRope { short_factor, long_factor, original_max, attention_factor } => {
+                let long = row(inv_freq(spec.theta, d, Some(long_factor)))?;
+                (inv_freq(spec.theta, d, Some(short_factor)), Some((long, *original_max)), *attention_factor)
+            }
+        };
+        Ok(Rope { inv_freq: row(freqs)?, long, scale, rotary_dim: d })
+    }
+
+    /// cos/sin `(b, seq, rotary_dim / 2)` for `positions` `(b * seq)`; `kv_len` is the sequence length so far,
+    /// which picks LongRoPE's factors (transformers: max position + 1, the same for the longest row).
+    pub fn at(&self, positions: &Tensor, b: usize, seq: usize, kv_len: usize) -> Result<RopeAt> {
+        let inv = match &self.long {
+            Some((long, original_max)) if kv_len > *original_max => long,
+            _ => &self.inv_freq,
+        };
+        let pos = positions.to_dtype(DType::F32)?.reshape((b * seq, 1))?;
+        let freqs = pos.broadcast_mul(inv)?;
+        let (mut cos, mut sin) = (freqs.cos()?, freqs.sin()?);
+        if self.scale != 1.0 {
+            cos = (cos * self.scale)?;
+            sin = (sin * self.scale)?;
+        }
+        let half = self.rotary_dim / 2;
+        Ok(RopeAt { cos: cos.reshape((b, seq, half))?, sin: sin.reshape((b, seq, half))?, rotary_dim: self.rotary_dim })
+    }
+}
+
+/// The RoPE of a full-attention and of a sliding layer (one object when they are the same).
+pub struct Ropes {
+    full: Rope,
+    sliding: Option<Rope>,
+}
+
+impl Ropes {
+    pub fn new(c: &ModelConfig, device: &Device) -> Result<Ropes> {
+        let sliding = if c.rope_sliding != c.rope_full && c.layer_types.contains(&LayerType::Sliding) {
+            Some(Rope::new(&c.rope_sliding, device)?)
+        } else {
+            None
+        };
+        Ok(Ropes { full: Rope::new(&c.rope_full, device)?, sliding })
+    }
+
+    pub fn at(&self, positions: &Tensor, b: usize, seq: usize, kv_len: usize) -> Result<RopesAt> {
+        let sliding = self.sliding.as_ref().map(|r| r.at(positions, b, seq, kv_len)).transpose()?;
+        Ok(RopesAt { full: self.full.at(positions, b, seq, kv_len)?, sliding })
+    }
+}
+
+/// cos/sin of one step, per layer type.
+pub struct RopesAt {
+    full: RopeAt,
+    sliding: Option<RopeAt>,
+}
+
+impl RopesAt {
+    pub fn get(&self, t: LayerType) -> &RopeAt {
+        match (t, &self.sliding) {
+            (LayerType::Sliding, Some(s)) => s,
+            _ => &self.full,
+        }
+    }
+}
+
+/// cos/sin of one step for one kind of layer.
+pub struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+    rotary_dim: usize,
+}
+
+impl RopeAt {
+    /// Rotates `x` `(b, heads, seq, head_dim)` (contiguous) half-split style, as transformers' `rotate_half`; with
+    /// partial rotary only the first `rotary_dim` dimensions turn.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let hd = x.dim(3)?;
+        if self.rotary_dim == hd {
+            return candle_nn::rotary_emb::rope(x, &self.cos, &self.sin);
+        }
+        let rot = x.narrow(3, 0, self.rotary_dim)?.contiguous()?;
+        let rot = candle_nn::rotary_emb::rope(&rot, &self.cos, &self.sin)?;
+        Tensor::cat(&[&rot, &x.narrow(3, self.rotary_dim, hd - self.rotary_dim)?], 3)?.contiguous()
+    }
+}
+
+/// Grouped-query self-attention.
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    /// RMSNorm of each query and key head before RoPE (Qwen3, Gemma 3).
+    qk_norms: Option<(RmsNorm, RmsNorm)>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+impl Attention {
+    /// From loaded projections; heads, scale and soft-capping from the config.
+    pub fn new(
+        (q, k, v, o): (Linear, Linear, Linear, Linear),
+        qk_norms: Option<(RmsNorm, RmsNorm)>,
+        c: &ModelConfig,
+    ) -> Attention {
+        Attention {
+            q,
+            k,
+            v,
+            o,
+            qk_norms,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attn_scale,
+            softcap: c.attn_softcap,
+        }
+    }
+
+    /// `q_proj`, `k_proj`, `v_proj`, `o_proj` under `vb` (a layer's `self_attn`).
+    pub fn projections(vb: &VarBuilder, c: &ModelConfig) -> Result<(Linear, Linear, Linear, Linear)> {
+        let (q_out, kv_out) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        Ok((
+            linear(&vb.pp("q_proj"), c.hidden_size, q_out, c.qkv_bias)?,
+            linear(&vb.pp("k_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
+            linear(&vb.pp("v_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
+            linear(&vb.pp("o_proj"), q_out, c.hidden_size, c.o_bias)?,
+        ))
+    }
+
+    /// `q_norm` and `k_norm` under `vb` (a layer's `self_attn`).
+    pub fn qk_norms(vb: &VarBuilder, c: &ModelConfig, plus_one: bool) -> Result<(RmsNorm, RmsNorm)> {
+        Ok((
+            RmsNorm::load(vb.pp("q_norm"), c.head_dim, c.rms_norm_eps, plus_one)?,
+            RmsNorm::load(vb.pp("k_norm"), c.head_dim, c.rms_norm_eps, plus_one)?,
+        ))
+    }
+
+    /// `x` `(b, seq, hidden)`; the step's keys and values are appended to `kv`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeAt,
+        mask: &Tensor,
+        kv: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let mut q = self.q.forward(x)?.reshape((b, seq, h, hd))?;
+        let mut k = self.k.forward(x)?.reshape((b, seq, kvh, hd))?;
+        if let Some((qn, kn)) = &self.qk_norms {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?;
+        let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?;
+        let v = self.v.forward(x)?.reshape((b, seq, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match kv.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *kv = Some((k.clone(), v.clone()));
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without repeating K/V: the query heads sharing a KV head are stacked.
+        let rep = h / kvh;
+        let q = q.reshape((b, kvh, rep * seq, hd))?;
+        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        if let Some(cap) = self.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = scores.reshape((b, h, seq, kv_len))?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * seq, kv_len))?;
+        let out = probs.matmul(&v)?.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
+        self.o.forward(&out)
+    }
+}
+
+/// The gated MLP: `down(act(gate(x)) * up(x))`.
+pub struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn new(gate: Linear, up: Linear, down: Linear, act: Activation) -> Mlp {
+        Mlp { gate, up, down, act }
+    }
+
+    /// `gate_proj`, `up_proj`, `down_proj` under `vb` (a layer's `mlp`).
+    pub fn load(vb: &VarBuilder, c: &ModelConfig) -> Result<Mlp> {
+        Ok(Mlp {
+            gate: linear(&vb.pp("gate_proj"), c.hidden_size, c.intermediate_size, false)?,
+            up: linear(&vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
+            down: linear(&vb.pp("down_proj"), c.intermediate_size, c.hidden_size, false)?,
+            act: c.activation,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(x)?;
+        let gate = match self.act {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+/// Token embeddings `(b, seq, hidden)` of `ids` `(b, seq)`.
+pub fn embed(table: &Tensor, ids: &Tensor, hidden: usize) -> Result<Tensor> {
+    let (b, seq) = ids.dims2()?;
+    table.index_select(&ids.flatten_all()?, 0)?.reshape((b, seq, hidden))
+}

@@ -1,0 +1,360 @@
+//! The huggingface_local architectures against transformers' own numbers: tiny random-weight models of every
+//! supported architecture (tests/fixtures/hf_tiny/<arch>/, made by tests/support/make_tiny_hf_models.py, whose
+//! doc says how to regenerate them) with the logits and greedy tokens transformers computed for them. Runs without
+//! Python: the fixtures are committed. Logits must agree to 1e-4 of the row's largest logit, greedy tokens exactly,
+//! alone and in left-padded batches; config layouts that mean the same must give the same numbers, and a changed
+//! RoPE base or norm must not.
+
+#![cfg(feature = "huggingface_local")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use clem_backends::huggingface_local::causal_lm::CausalLm;
+use clem_backends::huggingface_local::generate::{self, Sampling};
+use serde_json::{json, Value};
+
+/// Relative to max(1, the row's largest |logit|).
+const TOLERANCE: f64 = 1e-4;
+
+fn fixture(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny").join(arch)
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("a list of ids").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().expect("a list of numbers").iter().map(|x| x.as_f64().expect("a number")).collect()
+}
+
+struct Goldens {
+    json: Value,
+    prompts: Vec<Vec<u32>>,
+    new_tokens: usize,
+    pad: u32,
+}
+
+impl Goldens {
+    fn load(arch: &str) -> Goldens {
+        let json = read_json(&fixture(arch).join("goldens.json"));
+        let prompts = json["prompts"].as_array().expect("prompts").iter().map(ids).collect();
+        let new_tokens = json["new_tokens"].as_u64().expect("new_tokens") as usize;
+        let pad = json["pad_token_id"].as_u64().expect("pad_token_id") as u32;
+        Goldens { json, prompts, new_tokens, pad }
+    }
+
+    fn single(&self) -> &[Value] {
+        self.json["single"].as_array().expect("single")
+    }
+
+    fn batches(&self) -> &[Value] {
+        self.json["batches"].as_array().expect("batches")
+    }
+
+    /// The rows of batch `b` and each row's golden tokens.
+    fn batch(&self, b: usize) -> (Vec<usize>, Vec<Vec<u32>>) {
+        let batch = &self.batches()[b];
+        let rows = ids(&batch["rows"]).into_iter().map(|r| r as usize).collect();
+        (rows, batch["tokens"].as_array().expect("tokens").iter().map(ids).collect())
+    }
+}
+
+/// max |ours - golden| / max(1, max |golden|).
+fn rel_diff(ours: &[f32], golden: &[f64]) -> f64 {
+    assert_eq!(ours.len(), golden.len(), "vocabulary sizes differ");
+    let scale = golden.iter().fold(1.0f64, |m, g| m.max(g.abs()));
+    ours.iter().zip(golden).map(|(&o, g)| (f64::from(o) - g).abs()).fold(0.0, f64::max) / scale
+}
+
+fn load(dir: &Path) -> CausalLm {
+    CausalLm::load_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+fn logits(model: &CausalLm, prompts: &[Vec<u32>], pad: u32) -> Vec<Vec<f32>> {
+    generate::last_logits(model, prompts, pad, &Device::Cpu).expect("forward pass")
+}
+
+fn greedy(model: &CausalLm, prompts: &[Vec<u32>], budgets: &[usize], pad: u32) -> Vec<Vec<u32>> {
+    let sampling = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
+    let (out, _) = generate::generate(model, prompts, budgets, &sampling, &[], pad, &Device::Cpu).expect("generation");
+    out.into_iter().map(|r| r.tokens).collect()
+}
+
+/// Checks one architecture against every golden and prints the largest relative logit difference seen.
+fn check_arch(arch: &str) {
+    let g = Goldens::load(arch);
+    let model = load(&fixture(arch));
+    let mut worst = 0.0f64;
+    let mut check = |what: String, ours: &[f32], golden: &[f64]| {
+        let d = rel_diff(ours, golden);
+        assert!(d <= TOLERANCE, "{arch}: {what}: logits differ by {d:.3e} (relative) from transformers");
+        worst = worst.max(d);
+    };
+    for (i, (prompt, s)) in g.prompts.iter().zip(g.single()).enumerate() {
+        let ours = logits(&model, std::slice::from_ref(prompt), g.pad);
+        check(format!("prompt {i} prefill"), &ours[0], &floats(&s["prefill_logits"]));
+        let golden_tokens = ids(&s["tokens"]);
+        let tokens = greedy(&model, std::slice::from_ref(prompt), &[g.new_tokens], g.pad);
+        assert_eq!(tokens[0], golden_tokens, "{arch}: prompt {i}: greedy tokens differ from transformers");
+        // Every decoding step's top-5 logits, recomputed from the prompt and the tokens so far.
+        for (k, step) in s["steps"].as_array().expect("steps").iter().enumerate() {
+            let seq: Vec<u32> = prompt.iter().chain(&golden_tokens[..k]).copied().collect();
+            let ours = logits(&model, &[seq], g.pad);
+            let top: Vec<f32> = ids(&step["ids"]).iter().map(|&t| ours[0][t as usize]).collect();
+            check(format!("prompt {i} step {k} top-5"), &top, &floats(&step["logits"]));
+        }
+    }
+    for (b, batch) in g.batches().iter().enumerate() {
+        let (rows, golden_tokens) = g.batch(b);
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| g.prompts[r].clone()).collect();
+        let ours = logits(&model, &prompts, g.pad);
+        for (j, golden) in batch["prefill_logits"].as_array().expect("prefill_logits").iter().enumerate() {
+            check(format!("batch {b} row {j} prefill"), &ours[j], &floats(golden));
+        }
+        let tokens = greedy(&model, &prompts, &vec![g.new_tokens; prompts.len()], g.pad);
+        assert_eq!(tokens, golden_tokens, "{arch}: batch {b} ({rows:?}): greedy tokens differ from transformers");
+    }
+    println!("{arch}: matches transformers {}; max relative logit difference {worst:.2e}", g.json["transformers"]);
+}
+
+macro_rules! golden_tests {
+    ($($name:ident => $arch:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_arch($arch);
+            }
+        )*
+    };
+}
+
+golden_tests! {
+    llama_matches_transformers => "llama",
+    qwen2_matches_transformers => "qwen2",
+    qwen3_matches_transformers => "qwen3",
+    mistral_matches_transformers => "mistral",
+    gemma2_matches_transformers => "gemma2",
+    gemma3_text_matches_transformers => "gemma3_text",
+    phi3_matches_transformers => "phi3",
+}
+
+const ARCHS: [&str; 7] = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3"];
+
+#[test]
+fn batches_agree_with_single_runs_where_transformers_does() {
+    for arch in ARCHS {
+        let g = Goldens::load(arch);
+        for b in 0..g.batches().len() {
+            let (rows, tokens) = g.batch(b);
+            let single: Vec<Vec<u32>> = rows.iter().map(|&r| ids(&g.single()[r]["tokens"])).collect();
+            // Phi-3's LongRoPE switches on the batch's padded length, so its rows legitimately differ.
+            if arch != "phi3" {
+                assert_eq!(tokens, single, "{arch}: batch {b}: the goldens themselves disagree");
+            }
+        }
+    }
+}
+
+#[test]
+fn finished_rows_leave_the_batch_without_changing_the_others() {
+    for arch in ARCHS {
+        let g = Goldens::load(arch);
+        let model = load(&fixture(arch));
+        let (rows, golden) = g.batch(0);
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| g.prompts[r].clone()).collect();
+        let mut budgets = vec![g.new_tokens; prompts.len()];
+        budgets[1] = 5;
+        let tokens = greedy(&model, &prompts, &budgets, g.pad);
+        for (j, (ours, golden)) in tokens.iter().zip(&golden).enumerate() {
+            assert_eq!(ours[..], golden[..budgets[j]], "{arch}: row {j} with budget {}", budgets[j]);
+        }
+    }
+}
+
+/// A copy of a fixture with its config.json replaced by `edit(config)` and its tensors by `tensors(map)`.
+fn variant(
+    arch: &str,
+    edit: impl FnOnce(&mut Value),
+    tensors: impl FnOnce(HashMap<String, Tensor>) -> HashMap<String, Tensor>,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = read_json(&fixture(arch).join("config.json"));
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), serde_json::to_string_pretty(&config).expect("json"))
+        .expect("write config");
+    let weights = candle_core::safetensors::load(fixture(arch).join("model.safetensors"), &Device::Cpu)
+        .expect("read fixture weights");
+    candle_core::safetensors::save(&tensors(weights), dir.path().join("model.safetensors")).expect("write weights");
+    dir
+}
+
+fn same_weights(t: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    t
+}
+
+/// The prefill logits of every prompt, one row each.
+fn all_logits(dir: &Path, arch: &str) -> Vec<Vec<f32>> {
+    let g = Goldens::load(arch);
+    let model = load(dir);
+    g.prompts.iter().map(|p| logits(&model, std::slice::from_ref(p), g.pad).remove(0)).collect()
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn obj(v: &mut Value) -> &mut serde_json::Map<String, Value> {
+    v.as_object_mut().expect("config object")
+}
+
+#[test]
+fn rope_theta_and_rope_parameters_layouts_agree_and_the_base_matters() {
+    // Llama: transformers 5 writes {"rope_parameters": {"rope_type": "default", "rope_theta": ..}}.
+    let reference = all_logits(&fixture("llama"), "llama");
+    let theta = read_json(&fixture("llama").join("config.json"))["rope_parameters"]["rope_theta"].clone();
+    let v4 = |theta: Value| {
+        move |c: &mut Value| {
+            obj(c).remove("rope_parameters");
+            obj(c).insert("rope_theta".into(), theta);
+        }
+    };
+    let dir = variant("llama", v4(theta.clone()), same_weights);
+    assert_eq!(all_logits(dir.path(), "llama"), reference, "llama: rope_theta layout differs");
+    let wrong = json!(theta.as_f64().expect("theta") * 3.0);
+    let dir = variant("llama", v4(wrong), same_weights);
+    let d = max_abs_diff(&all_logits(dir.path(), "llama"), &reference);
+    assert!(d > 1e-2, "llama: a wrong rope_theta changed the logits by only {d}");
+
+    // Gemma 3: transformers 4 wrote rope_theta + rope_scaling (global layers), rope_local_base_freq and
+    // sliding_window_pattern instead of rope_parameters per layer type and layer_types.
+    let reference = all_logits(&fixture("gemma3_text"), "gemma3_text");
+    let gemma_v4 = |local: f64| {
+        move |c: &mut Value| {
+            let m = obj(c);
+            m.remove("rope_parameters");
+            m.remove("layer_types");
+            m.remove("_sliding_window_pattern");
+            m.insert("rope_theta".into(), json!(1_000_000.0));
+            m.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": 2.0}));
+            m.insert("rope_local_base_freq".into(), json!(local));
+            m.insert("sliding_window_pattern".into(), json!(3));
+        }
+    };
+    let dir = variant("gemma3_text", gemma_v4(10_000.0), same_weights);
+    assert_eq!(all_logits(dir.path(), "gemma3_text"), reference, "gemma3: transformers 4 layout differs");
+    let dir = variant("gemma3_text", gemma_v4(20_000.0), same_weights);
+    let d = max_abs_diff(&all_logits(dir.path(), "gemma3_text"), &reference);
+    assert!(d > 1e-2, "gemma3: a wrong rope_local_base_freq changed the logits by only {d}");
+    let dir = variant(
+        "gemma3_text",
+        |c| {
+            c["rope_parameters"]["full_attention"]["factor"] = json!(1.0);
+        },
+        same_weights,
+    );
+    let d = max_abs_diff(&all_logits(dir.path(), "gemma3_text"), &reference);
+    assert!(d > 1e-2, "gemma3: a wrong linear factor changed the logits by only {d}");
+
+    // Phi-3: transformers 4 wrote rope_scaling {"type": "su" / "longrope", ..} and partial_rotary_factor on top.
+    let reference = all_logits(&fixture("phi3"), "phi3");
+    let phi_v4 = |kind: &'static str| {
+        move |c: &mut Value| {
+            let mut p = obj(c).remove("rope_parameters").expect("rope_parameters");
+            let p = obj(&mut p);
+            let m = obj(c);
+            m.insert("rope_theta".into(), p.remove("rope_theta").expect("rope_theta"));
+            m.insert("partial_rotary_factor".into(), p.remove("partial_rotary_factor").expect("partial"));
+            p.remove("rope_type");
+            p.remove("original_max_position_embeddings");
+            p.insert("type".into(), json!(kind));
+            m.insert("rope_scaling".into(), Value::Object(p.clone()));
+        }
+    };
+    for kind in ["longrope", "su"] {
+        let dir = variant("phi3", phi_v4(kind), same_weights);
+        assert_eq!(all_logits(dir.path(), "phi3"), reference, "phi3: transformers 4 layout ({kind}) differs");
+    }
+    let dir = variant("phi3", |c| c["rope_parameters"]["short_factor"][1] = json!(1.0), same_weights);
+    let d = max_abs_diff(&all_logits(dir.path(), "phi3"), &reference);
+    assert!(d > 1e-2, "phi3: a changed short_factor changed the logits by only {d}");
+}
+
+#[test]
+fn gemma3_multimodal_checkpoints_load_only_the_language_model() {
+    let reference = all_logits(&fixture("gemma3_text"), "gemma3_text");
+    let text = read_json(&fixture("gemma3_text").join("config.json"));
+    // As published (`language_model.model.*`) and as transformers 5 saves it (`model.language_model.*`).
+    for prefix in ["language_model.model.", "model.language_model."] {
+        let text = text.clone();
+        let dir = variant(
+            "gemma3_text",
+            move |c| {
+                *c = json!({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                            "text_config": text, "vision_config": {"model_type": "siglip_vision_model"}});
+            },
+            |t| {
+                let mut out: HashMap<String, Tensor> =
+                    t.into_iter().map(|(k, v)| (k.replacen("model.", prefix, 1), v)).collect();
+                let vision = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).expect("tensor");
+                out.insert("vision_tower.vision_model.post_layernorm.weight".into(), vision);
+                out
+            },
+        );
+        assert_eq!(all_logits(dir.path(), "gemma3_text"), reference, "gemma3 multimodal with {prefix}");
+    }
+}
+
+#[test]
+fn a_changed_norm_or_cap_moves_the_logits_beyond_tolerance() {
+    // Proof that the goldens can fail: each change below must push some logit past the tolerance.
+    let scale = |name: &'static str, by: f64| {
+        move |mut t: HashMap<String, Tensor>| {
+            let w = t.remove(name).unwrap_or_else(|| panic!("no tensor {name}"));
+            t.insert(name.into(), (w * by).expect("scale"));
+            t
+        }
+    };
+    let cases: Vec<(&str, tempfile::TempDir)> = vec![
+        ("llama", variant("llama", |_| {}, scale("model.layers.0.input_layernorm.weight", 1.01))),
+        ("qwen3", variant("qwen3", |_| {}, scale("model.layers.1.self_attn.k_norm.weight", 1.01))),
+        ("gemma2", variant("gemma2", |_| {}, scale("model.layers.2.post_feedforward_layernorm.weight", 1.01))),
+        ("gemma2", variant("gemma2", |c| c["attn_logit_softcapping"] = json!(3.3), same_weights)),
+        ("gemma3_text", variant("gemma3_text", |_| {}, scale("model.layers.0.self_attn.q_norm.weight", 1.01))),
+        ("gemma3_text", variant("gemma3_text", |c| c["query_pre_attn_scalar"] = json!(21), same_weights)),
+        ("mistral", variant("mistral", |c| c["sliding_window"] = json!(9), same_weights)),
+        ("phi3", variant("phi3", |c| c["sliding_window"] = json!(11), same_weights)),
+    ];
+    for (arch, dir) in cases {
+        let g = Goldens::load(arch);
+        let ours = all_logits(dir.path(), arch);
+        let d =
+            g.single().iter().zip(&ours).map(|(s, o)| rel_diff(o, &floats(&s["prefill_logits"]))).fold(0.0, f64::max);
+        assert!(d > TOLERANCE * 10.0, "{arch}: {:?}: the change moved the logits by only {d:.2e}", dir.path());
+    }
+}
+
+#[test]
+fn unsupported_settings_are_refused_naming_the_key() {
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        ("llama", Box::new(|c| c["rope_parameters"]["rope_type"] = json!("yarn")), "yarn"),
+        ("gemma2", Box::new(|c| c["use_bidirectional_attention"] = json!(true)), "use_bidirectional_attention"),
+        ("gemma2", Box::new(|c| c["hidden_activation"] = json!("relu")), "hidden_activation"),
+        ("qwen3", Box::new(|c| c["layer_types"] = json!(["full_attention", "chunked_attention"])), "layer_types"),
+        ("phi3", Box::new(|c| c["rope_parameters"]["short_factor"] = json!([1.0])), "short_factor"),
+        ("phi3", Box::new(|c| c["rope_parameters"]["rope_type"] = json!("dynamic")), "dynamic"),
+    ];
+    for (arch, edit, key) in cases {
+        let dir = variant(arch, edit, same_weights);
+        let e = CausalLm::load_dir(dir.path()).err().unwrap_or_else(|| panic!("{arch}: {key} was accepted"));
+        assert!(e.to_string().contains(key), "{arch}: the error does not name {key}: {e}");
+    }
+}
