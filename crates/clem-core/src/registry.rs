@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::schema::{check_entry, BackendSchema, Problem, Severity};
@@ -125,18 +126,27 @@ impl Registry {
 
     /// Adds the entries of one registry text (a list, or a single entry object).
     pub fn add_str(&mut self, text: &str, name: &str) -> Result<(), RegistryError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| RegistryError::Json {
+        let json_error = |e: serde_json::Error| RegistryError::Json {
             file: name.into(),
             line: e.line(),
             column: e.column(),
             message: crate::keys::strip_position(&e.to_string()),
-        })?;
-        let file: Arc<str> = Arc::from(name);
-        let items = match value {
-            Value::Array(items) => items,
-            obj @ Value::Object(_) => vec![obj],
-            other => return Err(RegistryError::NotAList { file: name.into(), kind: crate::spec::json_kind(&other) }),
         };
+        // Validate the whole text first (errors keep their line and column), without building any map yet.
+        let raw: &RawValue = serde_json::from_str(text).map_err(json_error)?;
+        let items: Vec<Value> = match raw.get().trim_start().as_bytes().first() {
+            Some(b'[') => {
+                let parts: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(json_error)?;
+                parse_parallel(&parts).map_err(json_error)?
+            }
+            _ => match serde_json::from_str(raw.get()).map_err(json_error)? {
+                obj @ Value::Object(_) => vec![obj],
+                other => {
+                    return Err(RegistryError::NotAList { file: name.into(), kind: crate::spec::json_kind(&other) })
+                }
+            },
+        };
+        let file: Arc<str> = Arc::from(name);
         self.entries.extend(items.into_iter().enumerate().map(|(index, value)| Entry {
             value,
             file: file.clone(),
@@ -167,8 +177,41 @@ impl Registry {
 
     /// Every problem of every entry, in registry order.
     pub fn check(&self, schemas: &[BackendSchema]) -> Vec<Problem> {
-        self.entries.iter().flat_map(|e| e.check(schemas)).collect()
+        in_chunks(&self.entries, |chunk| chunk.iter().flat_map(|e| e.check(schemas)).collect::<Vec<_>>())
+            .into_iter()
+            .flatten()
+            .collect()
     }
+}
+
+/// Below this many entries one thread is faster than starting others.
+const PARALLEL_MIN: usize = 512;
+
+/// Runs `f` on consecutive chunks of `items`, one thread per core for large inputs; results in input order.
+/// Large registries (clembench's has hundreds of entries, generated ones thousands) load and check in parallel.
+fn in_chunks<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(8);
+    if items.len() < PARALLEL_MIN || threads < 2 {
+        return vec![f(items)];
+    }
+    let size = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.chunks(size).map(|chunk| scope.spawn(|| f(chunk))).collect();
+        // A chunk's thread only panics if `f` does; re-raise it here rather than lose entries.
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
+/// Parses already-validated entries into values, in parallel for large registries.
+fn parse_parallel(parts: &[&RawValue]) -> Result<Vec<Value>, serde_json::Error> {
+    let chunks = in_chunks(parts, |chunk| {
+        chunk.iter().map(|raw| serde_json::from_str::<Value>(raw.get())).collect::<Result<Vec<_>, _>>()
+    });
+    let mut values = Vec::with_capacity(parts.len());
+    for chunk in chunks {
+        values.extend(chunk?);
+    }
+    Ok(values)
 }
 
 /// Whether any problem is an error.
@@ -219,6 +262,41 @@ mod tests {
         assert_eq!(e.to_string(), "bad.json: invalid JSON at line 2, column 16: expected value");
         let e = r.add_str("3", "n.json").expect_err("not a list");
         assert!(e.to_string().contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn large_registries_keep_order_and_error_positions() {
+        // Above PARALLEL_MIN entries parsing and checking run in chunks: order, indices and problems must not move.
+        let n = 3 * PARALLEL_MIN + 7;
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                let backend = if i % 100 == 99 { "no_such_backend" } else { "openai" };
+                format!(r#"{{"model_name": "m{i}", "backend": "{backend}", "model_id": "x"}}"#)
+            })
+            .collect();
+        let r = reg(&format!("[{}]", entries.join(",\n")));
+        assert_eq!(r.entries().len(), n);
+        for (i, e) in r.entries().iter().enumerate() {
+            assert_eq!((e.index, e.model_name()), (i, Some(format!("m{i}").as_str())));
+        }
+        let bad: Vec<Option<usize>> = r
+            .check(&[crate::schema::BackendSchema {
+                name: "openai",
+                aliases: &[],
+                entry_required: &[],
+                entry_optional: &[],
+                config_required: &[],
+                config_optional: &[],
+            }])
+            .iter()
+            .filter(|p| p.key == "backend")
+            .map(|p| p.index)
+            .collect();
+        assert_eq!(bad, (0..n).filter(|i| i % 100 == 99).map(Some).collect::<Vec<_>>());
+        let mut broken = entries.clone();
+        broken[1000] = "{\"model_name\": }".into();
+        let e = Registry::default().add_str(&format!("[{}]", broken.join(",\n")), "big.json").expect_err("invalid");
+        assert!(e.to_string().starts_with("big.json: invalid JSON at line 1001, column 16"), "{e}");
     }
 
     #[test]

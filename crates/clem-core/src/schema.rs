@@ -296,12 +296,38 @@ pub fn check_value(v: &Value, ty: KeyType) -> Result<(), String> {
             "{s:?} is not one of {}",
             allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
         )),
-        KeyType::Regex => PyRegex::new(s).map(|_| ()).map_err(|e| format!("does not compile: {}", e.reason)),
-        KeyType::Template => {
+        KeyType::Regex => compiled(s, true, || {
+            PyRegex::new(s).map(|_| ()).map_err(|e| format!("does not compile: {}", e.reason))
+        }),
+        KeyType::Template => compiled(s, false, || {
             crate::template::ChatTemplate::new(s, "custom_chat_template").map(|_| ()).map_err(|e| e.to_string())
-        }
+        }),
         _ => Ok(()),
     }
+}
+
+/// Distinct patterns and templates remembered per thread: registries repeat the same few thousands of times.
+const COMPILED_MEMO_MAX: usize = 4096;
+
+/// The outcome of compiling `source` (a regex when `regex`, else a template), computed once per thread.
+fn compiled(source: &str, regex: bool, compile: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    thread_local! {
+        static MEMO: std::cell::RefCell<std::collections::HashMap<(bool, String), Result<(), String>>> =
+            Default::default();
+    }
+    let key = (regex, source.to_string());
+    if let Some(hit) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
+        return hit;
+    }
+    let result = compile();
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= COMPILED_MEMO_MAX {
+            m.clear();
+        }
+        m.insert(key, result.clone());
+    });
+    result
 }
 
 /// Reads counts like `"128k"`, `"7B"`, `"1.5M"`, `"4096"`; `None` when it is not one.
