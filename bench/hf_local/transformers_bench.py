@@ -4,10 +4,11 @@ Usage: PYTHON_WITH_TORCH bench/hf_local/transformers_bench.py MODEL_DIR THREADS
 Loads MODEL_DIR as clemcore's huggingface_local does (AutoModelForCausalLM, dtype "auto", CPU), renders the same
 chat prompt with the tokenizer's template, and measures exactly 128 greedy new tokens (EOS ignored): prefill
 time (one forward pass over the prompt), decode tokens/s, and batch-8 throughput (8 copies of the prompt, one
-generate call). Prints one JSON line.
+generate call), and peak RSS. Prints one JSON line.
 """
 
 import json
+import resource
 import sys
 import time
 
@@ -46,6 +47,7 @@ def main():
                       "prompt_tokens": ids.shape[1], "prefill_s": prefill, "decode_tps": decode_tps,
                       "batch1_tps": NEW_TOKENS / total,
                       "batch8_tps": 8 * (out8.shape[1] - batch.shape[1]) / total8,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
                       "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}))
 
 

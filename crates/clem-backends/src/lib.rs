@@ -14,6 +14,7 @@ pub mod huggingface_local;
 pub mod human;
 #[cfg(feature = "llamacpp")]
 pub mod llamacpp;
+pub mod memory;
 pub mod mistral;
 pub mod mock;
 pub mod openai;

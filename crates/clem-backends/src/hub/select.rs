@@ -104,34 +104,44 @@ fn gguf(snap: &Snapshot, filename: &str, additional_files: &[String]) -> Result<
     Ok(())
 }
 
-/// The one listed file whose relative path matches `pattern` (`fnmatch`: `*` crosses `/`).
-fn match_one(snap: &Snapshot, key: &'static str, pattern: &str) -> Result<String, HubError> {
-    let repo = snap.repo().to_string();
-    let pat = Pattern::new(pattern).map_err(|e| HubError::BadPattern {
-        repo: repo.clone(),
-        key,
-        pattern: pattern.into(),
-        message: e.msg.to_string(),
-    })?;
+/// Why a glob did not pick exactly one file.
+#[derive(Debug)]
+pub enum GlobMiss {
+    /// The pattern does not parse (the glob crate's message).
+    Bad(String),
+    None,
+    Many(Vec<String>),
+}
+
+/// The one path in `files` that `pattern` matches with Python's `fnmatch` semantics (as huggingface_hub and
+/// clemcore match `filename`): `*` crosses `/`, leading dots need no literal match, case matters.
+pub fn fnmatch_one<'a>(files: &'a [String], pattern: &str) -> Result<&'a String, GlobMiss> {
+    let pat = Pattern::new(pattern).map_err(|e| GlobMiss::Bad(e.msg.to_string()))?;
     let opts =
         MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
-    let matches: Vec<&String> = snap.files().iter().filter(|f| pat.matches_with(f, opts)).collect();
+    let matches: Vec<&String> = files.iter().filter(|f| pat.matches_with(f, opts)).collect();
     match matches.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(snap.not_cached(&format!("a file matching {pattern:?} (model_config.{key})")).unwrap_or_else(|| {
-            HubError::NoMatch {
+        [one] => Ok(one),
+        [] => Err(GlobMiss::None),
+        many => Err(GlobMiss::Many(many.iter().map(|s| s.to_string()).collect())),
+    }
+}
+
+/// The one listed file whose relative path matches `pattern`.
+fn match_one(snap: &Snapshot, key: &'static str, pattern: &str) -> Result<String, HubError> {
+    let repo = snap.repo().to_string();
+    match fnmatch_one(snap.files(), pattern) {
+        Ok(one) => Ok(one.clone()),
+        Err(GlobMiss::Bad(message)) => Err(HubError::BadPattern { repo, key, pattern: pattern.into(), message }),
+        Err(GlobMiss::None) => Err(snap
+            .not_cached(&format!("a file matching {pattern:?} (model_config.{key})"))
+            .unwrap_or_else(|| HubError::NoMatch {
                 repo,
                 key,
                 pattern: pattern.into(),
                 candidates: snap.files().iter().filter(|f| f.ends_with(".gguf")).cloned().collect(),
-            }
-        })),
-        many => Err(HubError::Ambiguous {
-            repo,
-            key,
-            pattern: pattern.into(),
-            matches: many.iter().map(|s| s.to_string()).collect(),
-        }),
+            })),
+        Err(GlobMiss::Many(matches)) => Err(HubError::Ambiguous { repo, key, pattern: pattern.into(), matches }),
     }
 }
 

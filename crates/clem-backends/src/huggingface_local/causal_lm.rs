@@ -12,7 +12,7 @@ use super::files::{self, FilesError};
 use super::gemma2::Gemma;
 use super::layers::{KvCache, StepMask};
 use super::llama::Llama;
-use super::{gemma2, gemma3, phi3, qwen3};
+use super::{gemma2, gemma3, phi3, qwen3, weights};
 
 /// A loaded causal language model.
 pub enum CausalLm {
@@ -50,8 +50,7 @@ impl CausalLm {
         let config = ModelConfig::load(dir)?;
         let weights = files::weight_files(dir)?;
         let err = |source| LoadError::Weights { dir: dir.to_path_buf(), source };
-        // SAFETY (of the mmap): the files are read-only model weights that nothing modifies while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }.map_err(err)?;
+        let vb = weights::var_builder(&weights, DType::F32, &Device::Cpu).map_err(err)?;
         CausalLm::load(vb, &config).map_err(err)
     }
 

@@ -107,17 +107,8 @@ impl MemoryError {
     }
 }
 
-fn mib(bytes: u64) -> u64 {
-    bytes.div_ceil(1 << 20)
-}
-
-/// `MemAvailable` from /proc/meminfo, in bytes; `None` where it cannot be read (then nothing is checked).
-pub fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let value: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    value.checked_mul(1024)
-}
+pub use crate::memory::mem_available;
+use crate::memory::mib;
 
 /// What loading and running needs, compared with what is available.
 pub struct MemoryNeed<'a> {

@@ -6,10 +6,10 @@
 //! Gemma 2, from `layer_types` when given). Batched as [`super::llama`].
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::{LayerType, ModelConfig};
-use super::layers::{self, Attention, KvCache, LayerMasks, Mlp, RmsNorm, Ropes, StepMask};
+use super::layers::{self, Attention, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
 
 /// One Gemma block: `x + post_attn(attn(input(x)))`, then `x + post_ff(mlp(pre_ff(x)))`.
 pub struct Block {

@@ -4,10 +4,10 @@
 //! additive attention mask, so left-padded rows compute what they would alone.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::{LayerType, ModelConfig};
-use super::layers::{self, Attention, KvCache, LayerMasks, Mlp, RmsNorm, Ropes, StepMask};
+use super::layers::{self, Attention, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
 
 /// One pre-norm block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 pub struct Block {

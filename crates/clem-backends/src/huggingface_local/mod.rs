@@ -5,6 +5,7 @@
 //! - [`config`]: `config.json` / `generation_config.json` (architecture, RoPE base in both layouts, EOS ids);
 //! - [`files`]: where the folder is, which weight files, and the memory check before loading;
 //! - [`tokenizer`]: `tokenizer.json` encoding and decoding as transformers does here;
+//! - [`weights`]: safetensors read tensor by tensor (low peak memory) as a `VarBuilder`;
 //! - [`layers`]: what the architectures share: RMSNorm, RoPE (partial, linear, LongRoPE), step masks (causal,
 //!   padding, sliding window), the KV cache, grouped-query attention, the gated MLP;
 //! - one file per architecture, as candle-transformers: [`llama`] (the pre-norm decoder; also Mistral and Qwen2),
@@ -28,6 +29,7 @@ pub mod model;
 pub mod phi3;
 pub mod qwen3;
 pub mod tokenizer;
+pub mod weights;
 
 use clem_core::{Model, ModelError, ModelSpec};
 use serde_json::Value;

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use clem_core::cleaning::Cleaner;
 use clem_core::hf::TokenizerFiles;
 use clem_core::message::messages_to_json;
@@ -122,8 +121,7 @@ impl HfLocalModel {
 
         let device = Device::Cpu;
         // Whatever the stored dtype (and the entry's `dtype`), the CPU computes in f32: weights are widened here.
-        // SAFETY (of the mmap): the files are read-only model weights that nothing modifies while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files, DType::F32, &device) }
+        let vb = super::weights::var_builder(&weight_files, DType::F32, &device)
             .map_err(|e| ModelError::backend(&name, e))?;
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
         Ok(HfLocalModel {

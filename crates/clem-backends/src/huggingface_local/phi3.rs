@@ -6,10 +6,10 @@
 //! [`ModelConfig::cache_rebuild_len`]); every layer slides when `sliding_window` is set.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::ModelConfig;
-use super::layers::{linear, Attention, Mlp};
+use super::layers::{linear, Attention, Linear, Mlp};
 use super::llama::Llama;
 
 /// Rows `start..start + len` of a fused `(out, in)` weight as a linear layer.

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glob::{MatchOptions, Pattern};
+use crate::hub::GlobMiss;
 
 /// Folders deeper than this under a model folder are not searched (a model repository is shallow).
 const MAX_DEPTH: usize = 6;
@@ -131,29 +131,18 @@ fn file_name(p: &Path) -> String {
 
 /// The one file under `dir` whose relative path matches `pattern`.
 fn match_one(dir: &Path, files: &[String], key: &'static str, pattern: &str) -> Result<PathBuf, FilesError> {
-    let pat = Pattern::new(pattern).map_err(|e| FilesError::BadPattern {
-        key,
-        pattern: pattern.into(),
-        message: e.msg.to_string(),
-    })?;
-    // fnmatch semantics: `*` crosses `/`, leading dots need no literal match.
-    let opts =
-        MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
-    let matches: Vec<&String> = files.iter().filter(|f| pat.matches_with(f, opts)).collect();
-    match matches.as_slice() {
-        [one] => Ok(dir.join(one)),
-        [] => Err(FilesError::NoMatch {
+    match crate::hub::fnmatch_one(files, pattern) {
+        Ok(one) => Ok(dir.join(one)),
+        Err(GlobMiss::Bad(message)) => Err(FilesError::BadPattern { key, pattern: pattern.into(), message }),
+        Err(GlobMiss::None) => Err(FilesError::NoMatch {
             key,
             pattern: pattern.into(),
             dir: dir.into(),
             found: files.iter().filter(|f| f.ends_with(".gguf")).cloned().collect(),
         }),
-        many => Err(FilesError::Ambiguous {
-            key,
-            pattern: pattern.into(),
-            dir: dir.into(),
-            matches: many.iter().map(|s| s.to_string()).collect(),
-        }),
+        Err(GlobMiss::Many(matches)) => {
+            Err(FilesError::Ambiguous { key, pattern: pattern.into(), dir: dir.into(), matches })
+        }
     }
 }
 
@@ -206,24 +195,8 @@ impl MemoryError {
     }
 }
 
-fn mib(bytes: u64) -> u64 {
-    bytes.div_ceil(1 << 20)
-}
-
-/// `MemAvailable` from /proc/meminfo, in bytes; `None` where it cannot be read (then nothing is checked).
-pub fn mem_available() -> Option<u64> {
-    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
-}
-
-fn parse_meminfo(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let mut words = line.split_whitespace().skip(1);
-    let value: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        Some("kB") | None => value.checked_mul(1024),
-        Some(_) => None,
-    }
-}
+pub use crate::memory::mem_available;
+use crate::memory::mib;
 
 /// Fails when weights + KV cache + working memory exceed `available` (when known).
 pub fn check_memory(
@@ -294,8 +267,6 @@ mod tests {
 
     #[test]
     fn memory_check() {
-        assert_eq!(parse_meminfo("MemTotal: 10 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
-        assert_eq!(parse_meminfo("MemTotal: 10 kB\n"), None);
         assert!(check_memory("m", 100 << 20, 10 << 20, 4096, Some(1 << 30)).is_ok());
         assert!(check_memory("m", 100 << 20, 10 << 20, 4096, None).is_ok());
         let e = check_memory("m", 900 << 20, 200 << 20, 4096, Some(1 << 30)).expect_err("too big");
