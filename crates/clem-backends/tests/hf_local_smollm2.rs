@@ -161,3 +161,24 @@ fn rope_base_is_read_from_both_config_layouts() {
     .expect("variant");
     assert_ne!(load_dir(&vw).generate_response(&messages, &args).expect("wrong").response_text, want);
 }
+
+#[test]
+fn cot_bypass_is_appended_to_the_prompt_and_not_part_of_the_reply() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if smollm2().is_none() {
+        return;
+    }
+    let registry = Registry::packaged().expect("packaged registry");
+    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m-hf")).expect("resolves");
+    let mut entry = serde_json::to_value(&spec).expect("spec is JSON");
+    let bypass = "The capital of France is";
+    entry["model_config"]["cot_bypass"] = bypass.into();
+    let spec: ModelSpec = serde_json::from_value(entry).expect("spec");
+    let model = clem_backends::load_spec(&spec, &LoadContext::default()).expect("loads");
+    let messages = vec![Message::user("What is the capital of France?")];
+    let g = model.generate_response(&messages, &GenArgs::new(0.0, 8)).expect("generates");
+    let inputs = g.prompt["inputs"].as_str().expect("inputs");
+    assert!(inputs.ends_with(&format!("<|im_start|>assistant\n{bypass}")), "{inputs}");
+    assert!(!g.response_text.contains(bypass), "the prompt, bypass included, is removed: {:?}", g.response_text);
+    assert!(g.response_text.contains("Paris"), "{:?}", g.response_text);
+}

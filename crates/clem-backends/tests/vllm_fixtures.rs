@@ -151,3 +151,28 @@ fn a_broken_reply_is_an_error_not_a_panic() {
     let e = model.generate_response(&messages(), &GenArgs::default()).expect_err("no text");
     assert!(e.to_string().contains("choices[0]"), "{e}");
 }
+
+/// `POST /v1/completions` from a reasoning model served without a reasoning parser: the thinking is in the text.
+const THINKING: &str = r#"{
+  "id": "cmpl-0a1b2c3d4e5f", "object": "text_completion", "created": 1732364530,
+  "model": "Qwen/Qwen3-8B",
+  "choices": [{"index": 0, "text": "<think>\nThe user wants a greeting for Ada.\n</think>\n\nGREET: Hello Ada, welcome!<|im_end|>",
+               "logprobs": null, "finish_reason": "stop", "stop_reason": null, "prompt_logprobs": null}],
+  "usage": {"prompt_tokens": 31, "total_tokens": 52, "completion_tokens": 21}
+}"#;
+
+#[test]
+fn cot_output_is_cut_from_the_reply_and_kept_as_cot_content() {
+    let fake = Fake::start("/v1/completions", THINKING);
+    let model = load(
+        json!({"number_gpus": 1, "premade_chat_template": false, "custom_chat_template": TEMPLATE,
+               "eos_to_cull": "<\\|im_end\\|>", "cot_output": true, "cot_start_tag": "<think>",
+               "cot_end_tag": "</think>"}),
+        &fake.server.uri(),
+    );
+    let g = model.generate_response(&messages(), &GenArgs::new(0.0, 200)).expect("generates");
+    assert_eq!(g.response_text.trim(), "GREET: Hello Ada, welcome!");
+    assert_eq!(g.response["cot_content"].as_str().map(str::trim), Some("The user wants a greeting for Ada."));
+    // The provider's own object stays whole beside it.
+    assert!(g.response["choices"][0]["text"].as_str().is_some_and(|t| t.starts_with("<think>")));
+}

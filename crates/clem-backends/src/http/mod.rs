@@ -92,6 +92,12 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// The reply text of a successful response body; `Err` says why there is none.
     fn reply_text(&self, body: &Value) -> Result<String, String>;
+
+    /// The reply text and, for adapters that clean replies with `cot_output`, the chain of thought cut from it
+    /// (recorded as `cot_content` in the response object, as the local backends do).
+    fn reply(&self, body: &Value) -> Result<(String, Option<String>), String> {
+        self.reply_text(body).map(|text| (text, None))
+    }
 }
 
 /// Merges `extra` into `body` at the top level (later keys win), as the OpenAI SDK does with `extra_body`.

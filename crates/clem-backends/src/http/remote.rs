@@ -61,13 +61,16 @@ impl Inner {
             body: raw(),
             attempts,
         })?;
-        let text = self.adapter.reply_text(&response).map_err(|detail| RemoteError::NoReply {
+        let (text, cot_content) = self.adapter.reply(&response).map_err(|detail| RemoteError::NoReply {
             provider,
             detail,
             body: raw(),
             attempts,
         })?;
         if let Value::Object(obj) = &mut response {
+            if let Some(cot) = cot_content {
+                obj.insert("cot_content".into(), Value::String(cot));
+            }
             // LoadedModel adds call_start, call_duration, response and model_name to this object.
             obj.insert(
                 "clem_player".into(),

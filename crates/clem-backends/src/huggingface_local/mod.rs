@@ -57,8 +57,11 @@ pub struct Settings {
     pub custom_chat_template: Option<String>,
     /// `padding_side`: left unless the entry says right.
     pub left_padding: bool,
-    /// `cot_bypass` / `cot_effort` / `chat_template_kwargs`.
+    /// `cot_effort` / `chat_template_kwargs`.
     pub template_kwargs: serde_json::Map<String, Value>,
+    /// `cot_bypass`: text appended to the rendered prompt, after the generation prompt, so that a reasoning model
+    /// starts in its answer (gpt-oss: an empty analysis channel, then the final channel).
+    pub cot_bypass: Option<String>,
     /// The registry's `context_size`, used when config.json has none.
     pub registry_context_size: Option<u64>,
 }
@@ -97,15 +100,14 @@ impl Settings {
         if let Some(effort) = spec.config_str("cot_effort").filter(|s| !s.is_empty()) {
             template_kwargs.entry("reasoning_effort").or_insert_with(|| Value::String(effort.into()));
         }
-        if spec.config_str("cot_bypass").is_some_and(|s| !s.is_empty()) {
-            return Err("model_config.cot_bypass is not supported by this build of clemrs yet".into());
-        }
+        let cot_bypass = spec.config_str("cot_bypass").filter(|s| !s.is_empty()).map(String::from);
         Ok(Settings {
             huggingface_id,
             premade_chat_template,
             custom_chat_template,
             left_padding,
             template_kwargs,
+            cot_bypass,
             registry_context_size: config::registry_context_size(spec.get("context_size")),
         })
     }

@@ -167,9 +167,14 @@ impl HfLocalModel {
     /// The chat template as the model renders it, with the generation prompt.
     pub fn render(&self, messages: &[Message]) -> Result<String, ModelError> {
         let opts = RenderOptions { add_generation_prompt: true, variables: self.template_vars.clone(), now: None };
-        self.template
+        let mut prompt = self
+            .template
             .render(&messages_to_json(messages), &opts)
-            .map_err(|e| ModelError::config(&self.name, e.to_string()))
+            .map_err(|e| ModelError::config(&self.name, e.to_string()))?;
+        if let Some(bypass) = &self.settings.cot_bypass {
+            prompt.push_str(bypass);
+        }
+        Ok(prompt)
     }
 
     /// Tokenizes a rendered prompt and checks it against the context size.

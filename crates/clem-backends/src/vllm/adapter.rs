@@ -80,6 +80,10 @@ impl Adapter for VllmAdapter {
     }
 
     fn reply_text(&self, body: &Value) -> Result<String, String> {
+        self.reply(body).map(|(text, _)| text)
+    }
+
+    fn reply(&self, body: &Value) -> Result<(String, Option<String>), String> {
         let raw = match &self.endpoint {
             Endpoint::Completions { .. } => body.pointer("/choices/0/text"),
             Endpoint::Chat => body.pointer("/choices/0/message/content"),
@@ -91,6 +95,6 @@ impl Adapter for VllmAdapter {
             _ => return Err("no choices[0] text in the response".into()),
         };
         // vLLM does not echo the prompt, so there is no prompt text to remove.
-        self.cleaner.clean(raw, "", None).map(|c| c.text).map_err(|e| e.to_string())
+        self.cleaner.clean(raw, "", None).map(|c| (c.text, c.cot_content)).map_err(|e| e.to_string())
     }
 }
