@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README): formatting, lints, then every test of the workspace.
+# The test command (README; .ci/run calls it): installs what the tests need (idempotent, quick when present),
+# then formatting, lints, and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace
