@@ -34,6 +34,7 @@ pub const HUGGINGFACE_LOCAL_SCHEMA: BackendSchema = BackendSchema {
         ("attn_implementation", T::Str),
         ("multimodality", T::Object),
         ("dtype", T::OneOf(&["auto", "f32", "bf16", "f16", "float32", "bfloat16", "float16"])),
+        ("threads", T::Count),
     ],
 };
 

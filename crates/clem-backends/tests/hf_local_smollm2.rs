@@ -7,6 +7,7 @@
 use clem_backends::LoadContext;
 use clem_core::registry::Registry;
 use clem_core::{BatchMode, GenArgs, LoadedModel, Message, ModelError, ModelSpec};
+use serde_json::json;
 
 const REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
@@ -181,4 +182,27 @@ fn cot_bypass_is_appended_to_the_prompt_and_not_part_of_the_reply() {
     assert!(inputs.ends_with(&format!("<|im_start|>assistant\n{bypass}")), "{inputs}");
     assert!(!g.response_text.contains(bypass), "the prompt, bypass included, is removed: {:?}", g.response_text);
     assert!(g.response_text.contains("Paris"), "{:?}", g.response_text);
+}
+
+#[test]
+fn threads_from_the_entry_or_the_flag_give_the_same_tokens() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(default) = smollm2() else { return };
+    let registry = Registry::packaged().expect("packaged registry");
+    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m-hf")).expect("resolves");
+    let messages = vec![Message::user("Name three colours.")];
+    let want = default.generate_response(&messages, &GenArgs::new(0.0, 12)).expect("generates").response_text;
+    let with_threads = |threads: serde_json::Value, flag: Option<usize>| {
+        let mut entry = serde_json::to_value(&spec).expect("spec is JSON");
+        entry["model_config"]["threads"] = threads;
+        let spec: ModelSpec = serde_json::from_value(entry).expect("spec");
+        clem_backends::load_spec(&spec, &LoadContext { threads: flag, ..LoadContext::default() })
+    };
+    for (threads, flag) in [(json!(1), None), (json!(2), None), (json!(2), Some(1))] {
+        let model = with_threads(threads.clone(), flag).expect("loads");
+        let got = model.generate_response(&messages, &GenArgs::new(0.0, 12)).expect("generates").response_text;
+        assert_eq!(got, want, "threads {threads}, flag {flag:?}");
+    }
+    let e = with_threads(json!(0), None).err().expect("0 threads is refused");
+    assert!(e.to_string().contains("model_config.threads"), "{e}");
 }

@@ -76,10 +76,14 @@ pub fn last_logits(model: &CausalLm, prompts: &[Vec<u32>], pad_id: u32, device: 
     prefill(model, prompts, pad_id, device)?.0.to_vec2()
 }
 
-/// Runs `f` on a worker of rayon's global pool, the one candle's CPU kernels split their work on: a kernel called
-/// from a worker runs inline or splits between workers, while one called from outside the pool blocks until a
-/// worker wakes (measured: ~11% of decode time at one thread was spent in those hand-offs).
-fn on_pool<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+/// Runs `f` on a worker of `pool` (the model's own, when threads are configured) or of rayon's global pool: candle's
+/// CPU kernels split their work on the pool of the thread that calls them; a kernel called from a worker runs
+/// inline or splits between workers, while one called from outside a pool blocks until a worker wakes (measured:
+/// ~11% of decode time at one thread was spent in those hand-offs).
+pub fn on_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    if let Some(pool) = pool {
+        return pool.install(f);
+    }
     let f = Mutex::new(Some(f));
     let out = Mutex::new(None);
     // Two jobs so that candle starts a rayon scope (with one it calls inline); the second has nothing to do.
@@ -95,21 +99,9 @@ fn on_pool<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         .unwrap_or_else(|| Err(candle_core::Error::Msg("generation panicked on a worker thread".into())))
 }
 
-/// Generates for every prompt (token ids) at most `budgets[i]` new tokens.
+/// Generates for every prompt (token ids) at most `budgets[i]` new tokens, on the calling thread: call it through
+/// [`on_pool`].
 pub fn generate(
-    model: &CausalLm,
-    prompts: &[Vec<u32>],
-    budgets: &[usize],
-    sampling: &Sampling,
-    eos: &[u32],
-    pad_id: u32,
-    device: &Device,
-) -> Result<(Vec<RowOutput>, Timings)> {
-    on_pool(|| generate_here(model, prompts, budgets, sampling, eos, pad_id, device))
-}
-
-/// [`generate`] on the calling thread.
-fn generate_here(
     model: &CausalLm,
     prompts: &[Vec<u32>],
     budgets: &[usize],

@@ -62,6 +62,8 @@ pub struct Settings {
     /// `cot_bypass`: text appended to the rendered prompt, after the generation prompt, so that a reasoning model
     /// starts in its answer (gpt-oss: an empty analysis channel, then the final channel).
     pub cot_bypass: Option<String>,
+    /// `model_config.threads`; the `--threads` flag wins over it.
+    pub threads: Option<usize>,
     /// The registry's `context_size`, used when config.json has none.
     pub registry_context_size: Option<u64>,
 }
@@ -101,6 +103,13 @@ impl Settings {
             template_kwargs.entry("reasoning_effort").or_insert_with(|| Value::String(effort.into()));
         }
         let cot_bypass = spec.config_str("cot_bypass").filter(|s| !s.is_empty()).map(String::from);
+        let threads = match spec.config("threads") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n >= 1 => Some(n),
+                _ => return Err(format!("model_config.threads must be a whole number of at least 1, not {v}")),
+            },
+        };
         Ok(Settings {
             huggingface_id,
             premade_chat_template,
@@ -108,6 +117,7 @@ impl Settings {
             left_padding,
             template_kwargs,
             cot_bypass,
+            threads,
             registry_context_size: config::registry_context_size(spec.get("context_size")),
         })
     }

@@ -42,6 +42,9 @@ pub struct HfLocalModel {
     top_p: f64,
     cot_output: bool,
     device: Device,
+    /// This model's threads (`--threads`, else `model_config.threads`); `None`: rayon's global pool, which
+    /// `RAYON_NUM_THREADS` sizes (all cores by default).
+    pool: Option<rayon::ThreadPool>,
     /// The most KV tokens (rows x length) a call has needed so far (its memory is already checked).
     tokens_checked: AtomicU64,
 }
@@ -124,6 +127,16 @@ impl HfLocalModel {
         let vb = super::weights::var_builder(&weight_files, DType::F32, &device)
             .map_err(|e| ModelError::backend(&name, e))?;
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
+        let pool = match ctx.threads.or(settings.threads) {
+            None => None,
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("clem-hf-{i}"))
+                    .build()
+                    .map_err(|e| ModelError::backend(&name, format!("cannot start {n} threads: {e}")))?,
+            ),
+        };
         Ok(HfLocalModel {
             spec: spec.clone(),
             name,
@@ -140,6 +153,7 @@ impl HfLocalModel {
             top_p: gen_config.top_p.unwrap_or(1.0),
             cot_output: spec.config_flag("cot_output"),
             device,
+            pool,
             tokens_checked: AtomicU64::new(0),
         })
     }
@@ -258,15 +272,10 @@ impl HfLocalModel {
     ) -> Result<(Vec<RowOutput>, Timings), ModelError> {
         self.check_batch_memory(prompts, budgets)?;
         let sampling = self.sampling(args)?;
-        generate::generate(
-            &self.model,
-            prompts,
-            budgets,
-            &sampling,
-            eos.unwrap_or(&self.eos_ids),
-            self.pad_id,
-            &self.device,
-        )
+        let eos = eos.unwrap_or(&self.eos_ids);
+        generate::on_pool(self.pool.as_ref(), || {
+            generate::generate(&self.model, prompts, budgets, &sampling, eos, self.pad_id, &self.device)
+        })
         .map_err(|e| ModelError::backend(&self.name, e))
     }
 
