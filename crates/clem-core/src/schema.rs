@@ -311,21 +311,21 @@ const COMPILED_MEMO_MAX: usize = 4096;
 
 /// The outcome of compiling `source` (a regex when `regex`, else a template), computed once per thread.
 fn compiled(source: &str, regex: bool, compile: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    type Memo = std::collections::HashMap<String, Result<(), String>>;
     thread_local! {
-        static MEMO: std::cell::RefCell<std::collections::HashMap<(bool, String), Result<(), String>>> =
-            Default::default();
+        static MEMO: std::cell::RefCell<[Memo; 2]> = Default::default();
     }
-    let key = (regex, source.to_string());
-    if let Some(hit) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
+    let kind = usize::from(regex);
+    if let Some(hit) = MEMO.with(|m| m.borrow()[kind].get(source).cloned()) {
         return hit;
     }
     let result = compile();
     MEMO.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() >= COMPILED_MEMO_MAX {
-            m.clear();
+        let memo = &mut m.borrow_mut()[kind];
+        if memo.len() >= COMPILED_MEMO_MAX {
+            memo.clear();
         }
-        m.insert(key, result.clone());
+        memo.insert(source.to_string(), result.clone());
     });
     result
 }

@@ -107,7 +107,6 @@ impl MemoryError {
     }
 }
 
-pub use crate::memory::mem_available;
 use crate::memory::mib;
 
 /// What loading and running needs, compared with what is available.

@@ -97,7 +97,7 @@ impl HfLocalModel {
                 batch: 1,
                 work_per_token: config.vocab_size as u64 * 4,
             },
-            files::mem_available(),
+            crate::memory::mem_available(),
         )
         .map_err(|e| ModelError::backend(&name, e))?;
 
@@ -254,7 +254,7 @@ impl HfLocalModel {
                 batch: rows,
                 work_per_token: scores / rows.max(1) + c.vocab_size as u64 * 4,
             },
-            files::mem_available(),
+            crate::memory::mem_available(),
         )
         .map_err(|e| ModelError::backend(&self.name, e))?;
         self.tokens_checked.fetch_max(tokens, Ordering::Relaxed);

@@ -195,7 +195,6 @@ impl MemoryError {
     }
 }
 
-pub use crate::memory::mem_available;
 use crate::memory::mib;
 
 /// Fails when weights + KV cache + working memory exceed `available` (when known).

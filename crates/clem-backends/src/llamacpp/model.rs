@@ -86,7 +86,7 @@ impl LlamaCppModel {
             files.total_bytes,
             info.kv_cache_bytes(u64::from(context_size)),
             u64::from(context_size),
-            files::mem_available(),
+            crate::memory::mem_available(),
         )
         .map_err(|e| ModelError::backend(&name, e))?;
 
@@ -201,7 +201,7 @@ impl LlamaCppModel {
             return Ok(());
         }
         let grow = self.info.kv_cache_bytes(cells).saturating_sub(self.info.kv_cache_bytes(before));
-        files::check_memory(&self.name, 0, grow, cells, files::mem_available())
+        files::check_memory(&self.name, 0, grow, cells, crate::memory::mem_available())
             .map_err(|e| ModelError::backend(&self.name, e))?;
         self.cells_checked.fetch_max(cells, Ordering::Relaxed);
         Ok(())
