@@ -83,7 +83,7 @@ fn main() {
     let decode_tps = t1.decode_tokens as f64 / t1.decode.as_secs_f64();
     let batch: Vec<Vec<u32>> = vec![prompt.clone(); 8];
     let t = Instant::now();
-    let (outs, _) = match model.generate_tokens(&batch, &[NEW_TOKENS; 8], &args, Some(&[])) {
+    let (outs, t8) = match model.generate_tokens(&batch, &[NEW_TOKENS; 8], &args, Some(&[])) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
@@ -93,11 +93,11 @@ fn main() {
     let b8 = outs.iter().map(|o| o.tokens.len()).sum::<usize>() as f64 / t.elapsed().as_secs_f64();
     let b1 = NEW_TOKENS as f64 / (t1.prefill + t1.decode).as_secs_f64();
 
-    let params = clem_backends::huggingface_local::files::weight_files(std::path::Path::new(&dir))
-        .and_then(|f| clem_backends::huggingface_local::files::parameter_count(&f))
-        .unwrap_or(0);
-    // The CPU computes in f32: every decode step reads every weight as f32 (the tied embedding once, as lm_head).
-    let bytes_per_token = params * 4;
+    // Every decode step reads every weight once as loaded (matrices as stored, the tied embedding once, as lm_head).
+    let bytes_per_token = clem_backends::huggingface_local::files::weight_files(std::path::Path::new(&dir))
+        .ok()
+        .and_then(|f| clem_backends::huggingface_local::weights::SafetensorsFiles::open(&f).ok())
+        .map_or(0, |w| w.footprint().loaded_bytes);
     // Before the bandwidth probe, whose two 256 MiB buffers would otherwise be the peak.
     let peak_rss = peak_rss_mib();
     let bw = copy_bandwidth();
@@ -105,13 +105,15 @@ fn main() {
     println!(
         "clemrs huggingface_local threads={threads} dir={dir}\n  load {:.2}s, prompt {} tokens, prefill {:.3}s, \
          decode {decode_tps:.1} tok/s ({} tokens)\n  batch 1 throughput {b1:.1} tok/s, batch 8 throughput {b8:.1} tok/s \
-         ({:.2}x)\n  peak RSS {} MiB\n  bandwidth {:.1} GB/s, {:.0} MB read per token -> ceiling {ceiling:.1} tok/s, \
+         ({:.2}x; its prefill {:.3}s, decode {:.1} steps/s)\n  peak RSS {} MiB\n  bandwidth {:.1} GB/s, {:.0} MB read per token -> ceiling {ceiling:.1} tok/s, \
          reached {:.0}%",
         load.as_secs_f64(),
         prompt.len(),
         t1.prefill.as_secs_f64(),
         t1.decode_tokens,
         b8 / b1,
+        t8.prefill.as_secs_f64(),
+        (NEW_TOKENS - 1) as f64 / t8.decode.as_secs_f64(),
         peak_rss,
         bw / 1e9,
         bytes_per_token as f64 / 1e6,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Arch, ConfigError, ModelConfig};
@@ -45,12 +45,12 @@ impl CausalLm {
         })
     }
 
-    /// Loads `config.json` and the safetensors weights of a folder, in f32 on the CPU (no tokenizer needed).
+    /// Loads `config.json` and the safetensors weights of a folder on the CPU (no tokenizer needed).
     pub fn load_dir(dir: &Path) -> std::result::Result<CausalLm, LoadError> {
         let config = ModelConfig::load(dir)?;
         let weights = files::weight_files(dir)?;
         let err = |source| LoadError::Weights { dir: dir.to_path_buf(), source };
-        let vb = weights::var_builder(&weights, DType::F32, &Device::Cpu).map_err(err)?;
+        let vb = weights::var_builder(&weights, &Device::Cpu).map_err(err)?;
         CausalLm::load(vb, &config).map_err(err)
     }
 

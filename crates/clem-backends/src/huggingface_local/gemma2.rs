@@ -9,7 +9,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LayerType, ModelConfig};
-use super::layers::{self, Attention, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
+use super::layers::{self, Attention, Embedding, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
 
 /// One Gemma block: `x + post_attn(attn(input(x)))`, then `x + post_ff(mlp(pre_ff(x)))`.
 pub struct Block {
@@ -24,7 +24,7 @@ pub struct Block {
 
 /// A loaded Gemma 2 or Gemma 3 language model.
 pub struct Gemma {
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -48,7 +48,7 @@ impl Gemma {
         c: &ModelConfig,
         attention: impl Fn(&VarBuilder) -> Result<Attention>,
     ) -> Result<Gemma> {
-        let embed = m.get((c.vocab_size, c.hidden_size), "embed_tokens.weight")?;
+        let embed = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
         let norm = |vb: VarBuilder| RmsNorm::load(vb, c.hidden_size, c.rms_norm_eps, true);
         let layers = c
             .layer_types
@@ -80,7 +80,7 @@ impl Gemma {
         let ropes = self.ropes.at(positions, b, seq, mask.kv_len())?;
         let masks = LayerMasks::new(mask, c, ids.device())?;
         // transformers multiplies by sqrt(hidden_size) as an f32 tensor.
-        let mut x = (layers::embed(&self.embed, ids, c.hidden_size)? * f64::from((c.hidden_size as f32).sqrt()))?;
+        let mut x = (self.embed.forward(ids)? * f64::from((c.hidden_size as f32).sqrt()))?;
         for (layer, kv) in self.layers.iter().zip(cache.layers_mut(self.layers.len())) {
             let h = layer.input_norm.forward(&x)?;
             let h = layer.attn.forward(&h, ropes.get(layer.kind), masks.get(layer.kind)?, kv)?;

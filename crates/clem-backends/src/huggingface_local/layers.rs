@@ -3,102 +3,71 @@
 //! step from each row's positions), the additive masks of one step (causal, padding, sliding window), the KV cache,
 //! grouped-query attention (optional q/k norms, scale, soft-capping) and the gated MLP.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, LayerType, ModelConfig, RopeScaling, RopeSpec};
+use super::matmul::PackedWeight;
+use super::weights::get_f32;
 
 /// Added to the scores of masked keys. Finite on purpose: a fully masked (padding) query row must stay finite,
 /// or its NaNs would reach real rows through the KV cache.
 pub const MASKED: f32 = -1e30;
 
-/// A linear layer `x W^T + b` laid out for candle's CPU matmul (gemm). One row is a matrix-vector product, which
-/// gemm runs on one thread, so it is split across threads by output rows. A few rows are computed as `W x^T`:
-/// gemm then streams `W` as it is, where `x W^T` would repack all of `W` on every call (measured: batch-8 decode
-/// 1.3x faster). Storing `W^T` instead was measured slower for one row and for two threads.
+/// A linear layer `x W^T + b`: the weight packed in its stored dtype (f32, bf16, f16), activations and bias f32
+/// (see [`super::matmul`]).
 pub struct Linear {
-    /// `(out, inp)`.
-    weight: Tensor,
+    weight: Arc<PackedWeight>,
     bias: Option<Tensor>,
 }
 
-/// At most this many rows take the `W x^T` path (beyond it gemm packs and blocks well on its own).
-const FEW_ROWS: usize = 48;
-
 impl Linear {
-    /// `weight` `(out, inp)`, `bias` `(out)`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias }
-    }
-
-    /// `f(W_part)` over chunks of `W`'s rows, one chunk per thread, joined along `dim`: gemm runs a
-    /// matrix-vector product on one thread, and its own split of small products costs more than it gains.
-    fn split_rows(&self, dim: usize, f: impl Fn(&Tensor) -> Result<Tensor> + Sync) -> Result<Tensor> {
-        let threads = candle_core::utils::get_num_threads();
-        let out = self.weight.dim(0)?;
-        if threads <= 1 || out < 256 {
-            return f(&self.weight);
-        }
-        // Chunk boundaries on multiples of 16 rows keep each chunk's SIMD loop whole.
-        let chunk = out.div_ceil(threads).div_ceil(16) * 16;
-        let parts: Mutex<Vec<Option<Result<Tensor>>>> = Mutex::new((0..threads).map(|_| None).collect());
-        candle_core::cpu::kernels::par_for_each(threads, |i| {
-            let start = (i * chunk).min(out);
-            let len = chunk.min(out - start);
-            if len == 0 {
-                return;
-            }
-            let r = self.weight.narrow(0, start, len).and_then(|w| f(&w));
-            if let Ok(mut p) = parts.lock() {
-                p[i] = Some(r);
-            }
-        });
-        let parts = parts.into_inner().map_err(|_| candle_core::Error::Msg("a matmul thread panicked".into()))?;
-        let parts = parts.into_iter().flatten().collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, dim)
+    /// `weight` `(out, inp)`, `bias` `(out)` f32.
+    pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        Ok(Linear { weight: Arc::new(PackedWeight::new(weight)?), bias })
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (inp, lead) = match dims.split_last() {
-            Some((&inp, lead)) => (inp, lead),
-            None => candle_core::bail!("linear layer on a scalar"),
-        };
-        let rows: usize = lead.iter().product();
-        let x2 = x.contiguous()?.reshape((rows, inp))?;
-        let y = if rows == 1 {
-            self.split_rows(1, |w| x2.matmul(&w.t()?))?
-        } else if rows <= FEW_ROWS {
-            let xt = x2.t()?;
-            self.split_rows(0, |w| w.matmul(&xt))?.t()?.contiguous()?
-        } else {
-            x2.matmul(&self.weight.t()?)?
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut shape = lead.to_vec();
-        shape.push(y.dim(1)?);
-        y.reshape(shape)
+        let y = x.contiguous()?.apply_op1_no_bwd(self.weight.as_ref())?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 
 /// A `(out, inp)` weight and optional bias named as transformers names them under `vb`.
 pub fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
-    let w = vb.get((out, inp), "weight")?;
-    let b = if bias { Some(vb.get(out, "bias")?) } else { None };
-    Ok(Linear::new(w, b))
+    let b = if bias { Some(get_f32(vb, out, "bias")?) } else { None };
+    Linear::new(&vb.get((out, inp), "weight")?, b)
+}
+
+/// Token embeddings, in the packed form the output projection shares when the two are tied.
+pub struct Embedding {
+    table: Arc<PackedWeight>,
+}
+
+impl Embedding {
+    /// `weight` `(vocab, hidden)` under `vb`.
+    pub fn load(vb: &VarBuilder, vocab: usize, hidden: usize) -> Result<Embedding> {
+        Ok(Embedding { table: Arc::new(PackedWeight::new(&vb.get((vocab, hidden), "weight")?)?) })
+    }
+
+    /// `(b, seq, hidden)` f32 for `ids` `(b, seq)`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, seq) = ids.dims2()?;
+        self.table.rows(ids, ids.device())?.reshape((b, seq, self.table.dims().1))
+    }
 }
 
 /// The output projection: `lm_head` under `vb`, or the embeddings when tied and no `lm_head.weight` is stored.
-pub fn lm_head(vb: &VarBuilder, embed: &Tensor, c: &ModelConfig) -> Result<Linear> {
+pub fn lm_head(vb: &VarBuilder, embed: &Embedding, c: &ModelConfig) -> Result<Linear> {
     if c.tie_word_embeddings && !vb.contains_tensor("weight") {
-        Ok(Linear::new(embed.clone(), None))
+        Ok(Linear { weight: embed.table.clone(), bias: None })
     } else {
         linear(vb, c.hidden_size, c.vocab_size, false)
     }
@@ -114,7 +83,7 @@ impl RmsNorm {
     /// Loads `vb`'s `weight`; `plus_one`: Gemma's norms multiply by `1 + weight` (added here once, in f32 as
     /// transformers does).
     pub fn load(vb: VarBuilder, size: usize, eps: f64, plus_one: bool) -> Result<RmsNorm> {
-        let weight = vb.get(size, "weight")?;
+        let weight = get_f32(&vb, size, "weight")?;
         let weight = if plus_one { (weight + 1.0)? } else { weight };
         Ok(RmsNorm { weight, eps: eps as f32 })
     }
@@ -195,10 +164,53 @@ impl LayerMasks {
     }
 }
 
-/// Per-layer keys and values of every row so far: `(batch, kv_heads, seq, head_dim)`.
+/// One layer's keys and values so far, `(batch, kv_heads, len, head_dim)` views of buffers with room to grow:
+/// a step writes its keys in place instead of copying the whole cache (capacity doubles when full).
+#[derive(Clone)]
+pub struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `k`, `v` `(batch, kv_heads, seq, head_dim)` and returns the keys and values so far.
+    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let seq = k.dim(2)?;
+        let kv = match slot.take() {
+            None => {
+                // Room for a few steps beyond the prompt before the first growth.
+                let (b, heads, _, d) = k.dims4()?;
+                let cap = (seq + 32).next_power_of_two();
+                let k_buf = Tensor::zeros((b, heads, cap, d), k.dtype(), k.device())?;
+                let v_buf = Tensor::zeros((b, heads, cap, d), v.dtype(), v.device())?;
+                LayerKv { k: k_buf, v: v_buf, len: 0 }
+            }
+            Some(kv) if kv.len + seq > kv.k.dim(2)? => {
+                let cap = (kv.len + seq).next_power_of_two();
+                let (b, heads, _, d) = kv.k.dims4()?;
+                let grow = |t: &Tensor| -> Result<Tensor> {
+                    let buf = Tensor::zeros((b, heads, cap, d), t.dtype(), t.device())?;
+                    buf.slice_set(&t.narrow(2, 0, kv.len)?.contiguous()?, 2, 0)?;
+                    Ok(buf)
+                };
+                LayerKv { k: grow(&kv.k)?, v: grow(&kv.v)?, len: kv.len }
+            }
+            Some(kv) => kv,
+        };
+        kv.k.slice_set(&k.contiguous()?, 2, kv.len)?;
+        kv.v.slice_set(&v.contiguous()?, 2, kv.len)?;
+        let len = kv.len + seq;
+        let views = (kv.k.narrow(2, 0, len)?, kv.v.narrow(2, 0, len)?);
+        *slot = Some(LayerKv { len, ..kv });
+        Ok(views)
+    }
+}
+
+/// Per-layer keys and values of every row so far.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
 }
 
 impl KvCache {
@@ -208,15 +220,15 @@ impl KvCache {
 
     /// Keeps only the given rows (finished rows stop costing work).
     pub fn keep_rows(&mut self, rows: &Tensor) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(rows, 0)?;
-            *v = v.index_select(rows, 0)?;
+        for kv in self.layers.iter_mut().flatten() {
+            kv.k = kv.k.index_select(rows, 0)?;
+            kv.v = kv.v.index_select(rows, 0)?;
         }
         Ok(())
     }
 
     /// One slot per layer (a cache made for another model is reset).
-    pub fn layers_mut(&mut self, layers: usize) -> &mut [Option<(Tensor, Tensor)>] {
+    pub fn layers_mut(&mut self, layers: usize) -> &mut [Option<LayerKv>] {
         if self.layers.len() != layers {
             *self = KvCache::new(layers);
         }
@@ -396,13 +408,7 @@ impl Attention {
     }
 
     /// `x` `(b, seq, hidden)`; the step's keys and values are appended to `kv`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        rope: &RopeAt,
-        mask: &Tensor,
-        kv: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rope: &RopeAt, mask: &Tensor, kv: &mut Option<LayerKv>) -> Result<Tensor> {
         let (b, seq, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let mut q = self.q.forward(x)?.reshape((b, seq, h, hd))?;
@@ -414,11 +420,7 @@ impl Attention {
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?;
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?;
         let v = self.v.forward(x)?.reshape((b, seq, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let (k, v) = match kv.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *kv = Some((k.clone(), v.clone()));
+        let (k, v) = LayerKv::append(kv, &k, &v)?;
         let kv_len = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the query heads sharing a KV head are stacked.
         let rep = h / kvh;
@@ -468,28 +470,26 @@ impl Mlp {
     }
 }
 
-/// Token embeddings `(b, seq, hidden)` of `ids` `(b, seq)`.
-pub fn embed(table: &Tensor, ids: &Tensor, hidden: usize) -> Result<Tensor> {
-    let (b, seq) = ids.dims2()?;
-    table.index_select(&ids.flatten_all()?, 0)?.reshape((b, seq, hidden))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn linear_paths_match_a_plain_matmul() -> Result<()> {
+    fn linear_layers_match_a_plain_matmul_for_each_stored_dtype() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (300, 40), &dev)?;
         let bias = Tensor::randn(0f32, 1.0, 300, &dev)?;
-        let lin = Linear::new(w.clone(), Some(bias.clone()));
-        // One row, a few rows, many rows: each layout path.
-        for rows in [1, 5, 60] {
-            let x = Tensor::randn(0f32, 1.0, (1, rows, 40), &dev)?;
-            let want = x.squeeze(0)?.matmul(&w.t()?)?.broadcast_add(&bias)?;
-            let diff = (lin.forward(&x)?.squeeze(0)? - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "{rows} rows: {diff}");
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let w = w.to_dtype(dtype)?;
+            let lin = Linear::new(&w, Some(bias.clone()))?;
+            for rows in [1, 5, 60] {
+                let x = Tensor::randn(0f32, 1.0, (1, rows, 40), &dev)?;
+                let want = x.squeeze(0)?.matmul(&w.to_dtype(DType::F32)?.t()?)?.broadcast_add(&bias)?;
+                let got = lin.forward(&x)?;
+                assert_eq!((got.dtype(), got.dims()), (DType::F32, &[1, rows, 300][..]));
+                let diff = (got.squeeze(0)? - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-4, "{dtype:?}, {rows} rows: {diff}");
+            }
         }
         Ok(())
     }

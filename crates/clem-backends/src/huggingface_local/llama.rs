@@ -7,7 +7,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LayerType, ModelConfig};
-use super::layers::{self, Attention, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
+use super::layers::{self, Attention, Embedding, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
 
 /// One pre-norm block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 pub struct Block {
@@ -20,7 +20,7 @@ pub struct Block {
 
 /// A loaded llama-family model.
 pub struct Llama {
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -43,7 +43,7 @@ impl Llama {
         mlp: impl Fn(&VarBuilder) -> Result<Mlp>,
     ) -> Result<Llama> {
         let m = vb.pp("model");
-        let embed = m.get((c.vocab_size, c.hidden_size), "embed_tokens.weight")?;
+        let embed = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
         let eps = c.rms_norm_eps;
         let layers = c
             .layer_types
@@ -72,7 +72,7 @@ impl Llama {
         let (b, seq) = ids.dims2()?;
         let ropes = self.ropes.at(positions, b, seq, mask.kv_len())?;
         let masks = LayerMasks::new(mask, &self.config, ids.device())?;
-        let mut x = layers::embed(&self.embed, ids, self.config.hidden_size)?;
+        let mut x = self.embed.forward(ids)?;
         for (layer, kv) in self.layers.iter().zip(cache.layers_mut(self.layers.len())) {
             let h = layer.input_norm.forward(&x)?;
             let h = layer.attn.forward(&h, ropes.get(layer.kind), masks.get(layer.kind)?, kv)?;

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clem_core::cleaning::Cleaner;
 use clem_core::hf::TokenizerFiles;
 use clem_core::message::messages_to_json;
@@ -22,6 +22,7 @@ use super::config::{GenerationConfig, ModelConfig};
 use super::files::{self, MemoryNeed};
 use super::generate::{self, RowOutput, Sampling, Timings};
 use super::tokenizer::HfTokenizer;
+use super::weights::SafetensorsFiles;
 use super::Settings;
 use crate::LoadContext;
 
@@ -86,12 +87,13 @@ impl HfLocalModel {
         })?;
 
         let weight_files = files::weight_files(&dir).map_err(|e| config_err(e.to_string()))?;
-        let params = files::parameter_count(&weight_files).map_err(|e| config_err(e.to_string()))?;
+        let safetensors = SafetensorsFiles::open(&weight_files).map_err(|e| config_err(e.to_string()))?;
+        let footprint = safetensors.footprint();
         files::check_memory(
             &MemoryNeed {
                 model: &name,
-                weights: params * 4,
-                dtype: "f32",
+                weights: footprint.loaded_bytes,
+                dtype: footprint.matrix_dtype.as_str(),
                 kv_bytes_per_token: config.kv_bytes_per_token(4),
                 tokens: context_size,
                 batch: 1,
@@ -123,9 +125,8 @@ impl HfLocalModel {
         }
 
         let device = Device::Cpu;
-        // Whatever the stored dtype (and the entry's `dtype`), the CPU computes in f32: weights are widened here.
-        let vb = super::weights::var_builder(&weight_files, DType::F32, &device)
-            .map_err(|e| ModelError::backend(&name, e))?;
+        // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `matmul`).
+        let vb = safetensors.var_builder(&device);
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
         let pool = match ctx.threads.or(settings.threads) {
             None => None,

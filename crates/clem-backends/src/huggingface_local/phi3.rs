@@ -14,7 +14,7 @@ use super::llama::Llama;
 
 /// Rows `start..start + len` of a fused `(out, in)` weight as a linear layer.
 fn rows(w: &Tensor, start: usize, len: usize) -> Result<Linear> {
-    Ok(Linear::new(w.narrow(0, start, len)?.contiguous()?, None))
+    Linear::new(&w.narrow(0, start, len)?, None)
 }
 
 /// Loads a Phi-3 checkpoint into the llama decoder.

@@ -2,6 +2,10 @@
 //! every page of the file mapped (and counted in the process's memory) while it copies each tensor out, so a load
 //! peaked at file + copies (~1.1 GB for a 540 MB f32 model); reading one tensor at a time peaks at the copies plus
 //! the largest tensor.
+//!
+//! Matrices (2-D and larger) stay in their stored dtype when it is f32, bf16 or f16: the linear layers multiply
+//! them as stored ([`super::matmul`]), so bf16/f16 weights take half the memory and half the bytes read per token.
+//! Everything else (norms, biases) is read as f32, the dtype activations are computed in.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -95,6 +99,49 @@ impl Weights {
     }
 }
 
+/// What the safetensors files hold, from their headers alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    /// Elements in all tensors.
+    pub params: u64,
+    /// Bytes once loaded: matrices in [`Footprint::matrix_dtype`], the rest in f32.
+    pub loaded_bytes: u64,
+    /// The dtype matrices are kept in: the stored dtype of the largest one if it is bf16 or f16, else f32.
+    pub matrix_dtype: DType,
+}
+
+/// The safetensors files of one model, headers read, tensors read on demand.
+pub struct SafetensorsFiles(Weights);
+
+impl SafetensorsFiles {
+    pub fn open(files: &[PathBuf]) -> Result<SafetensorsFiles> {
+        Weights::open(files).map(SafetensorsFiles)
+    }
+
+    pub fn footprint(&self) -> Footprint {
+        let entries = self.0.entries.values();
+        let largest = entries.clone().filter(|e| e.shape.len() >= 2).max_by_key(|e| e.end - e.start);
+        let matrix_dtype = match largest.map(|e| e.dtype) {
+            Some(d @ (DType::BF16 | DType::F16)) => d,
+            _ => DType::F32,
+        };
+        let (mut params, mut loaded_bytes) = (0u64, 0u64);
+        for e in entries {
+            let n = e.shape.iter().product::<usize>() as u64;
+            let size = if e.shape.len() >= 2 { matrix_dtype.size_in_bytes() } else { 4 };
+            params += n;
+            loaded_bytes += n * size as u64;
+        }
+        Footprint { params, loaded_bytes, matrix_dtype }
+    }
+
+    /// A [`VarBuilder`] giving tensors in [`Footprint::matrix_dtype`] (callers ask for f32 where they need it).
+    pub fn var_builder(self, device: &Device) -> VarBuilder<'static> {
+        let dtype = self.footprint().matrix_dtype;
+        VarBuilder::from_backend(Box::new(self.0), dtype, device.clone())
+    }
+}
+
 impl SimpleBackend for Weights {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let e = self.entries.get(name).ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.into() })?;
@@ -112,6 +159,8 @@ impl SimpleBackend for Weights {
             f.seek(SeekFrom::Start(e.start)).map_err(|ex| err(path, ex))?;
             f.read_exact(&mut buf).map_err(|ex| err(path, ex))?;
         }
+        // A matrix stored in f32 next to half-precision ones stays f32 rather than lose bits.
+        let dtype = if e.dtype == DType::F32 && matches!(dtype, DType::BF16 | DType::F16) { DType::F32 } else { dtype };
         Tensor::from_raw_buffer(&buf, e.dtype, &e.shape, dev)?.to_dtype(dtype)
     }
 
@@ -120,9 +169,14 @@ impl SimpleBackend for Weights {
     }
 }
 
-/// A [`VarBuilder`] over the safetensors `files` giving tensors in `dtype` on `device`.
-pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-    Ok(VarBuilder::from_backend(Box::new(Weights::open(files)?), dtype, device.clone()))
+/// A [`VarBuilder`] over the safetensors `files` (see [`SafetensorsFiles::var_builder`]).
+pub fn var_builder(files: &[PathBuf], device: &Device) -> Result<VarBuilder<'static>> {
+    Ok(SafetensorsFiles::open(files)?.var_builder(device))
+}
+
+/// `name` under `vb` as f32, whatever the builder's dtype: norms and biases.
+pub fn get_f32(vb: &VarBuilder, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+    vb.get_with_hints_dtype(shape, name, candle_nn::Init::default(), DType::F32)
 }
 
 #[cfg(test)]
@@ -136,8 +190,14 @@ mod tests {
         let a = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((2, 3))?.to_dtype(DType::BF16)?;
         let b = Tensor::new(&[7u32, 8], &Device::Cpu)?;
         candle_core::safetensors::save(&HashMap::from([("a.w".to_string(), a), ("b".to_string(), b)]), &path)?;
-        let vb = var_builder(&[path], DType::F32, &Device::Cpu)?;
-        assert_eq!(vb.get((2, 3), "a.w")?.to_vec2::<f32>()?, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]);
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path))?;
+        let want = Footprint { params: 8, loaded_bytes: 6 * 2 + 2 * 4, matrix_dtype: DType::BF16 };
+        assert_eq!(files.footprint(), want);
+        let vb = files.var_builder(&Device::Cpu);
+        // The matrix stays bf16; f32 on request.
+        let a = vb.get((2, 3), "a.w")?;
+        assert_eq!(a.dtype(), DType::BF16);
+        assert_eq!(get_f32(&vb, (2, 3), "a.w")?.to_vec2::<f32>()?, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]);
         assert!(vb.contains_tensor("b") && !vb.contains_tensor("c"));
         assert!(vb.get((3, 2), "a.w").is_err());
         assert!(vb.get(2, "missing").is_err());

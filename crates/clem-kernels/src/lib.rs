@@ -1,0 +1,565 @@
+//! The weight matrices of linear layers, packed for the CPU, and `x W^T` with f32 activations against them in
+//! their stored dtype (f32, bf16 or f16), summed in f32.
+//!
+//! Why not candle's matmul: it multiplies bf16 by bf16 (activations rounded to bf16) or needs the weights widened
+//! to f32, which doubles the bytes read per token (decoding reads every weight once per token, so it runs at
+//! memory speed), and it runs a matrix-vector product on one thread.
+//!
+//! Layout: output rows in panels of [`PANEL`]; a panel stores, input by input, the weights of its 64 outputs
+//! (zero-padded past the last output). Decoding reads each panel as one sequential stream, broadcasting one input
+//! against 64 outputs held in 8 registers; several rows take register tiles of 16 outputs x 6 rows, the panel
+//! staying in cache while the rows pass, so every weight is read from memory once per step whatever the batch.
+//! bf16 weights are stored pairwise interleaved within 16 outputs so that one load, a shift and a mask widen
+//! them. Panels are split across the current rayon pool's threads. With AVX2 + FMA (+ F16C) the inner loops are
+//! SIMD; elsewhere a portable loop computes the same sums in the same order.
+//!
+//! Each (row, output) is one fused multiply-add chain over the inputs in order, whatever the number of rows or
+//! the tile that computed it, so a batch gives bit-identical logits to single runs.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// A matrix or an input of the wrong size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    #[error("a ({out}, {inp}) matrix needs {} values, got {got}", out * inp)]
+    MatrixSize { out: usize, inp: usize, got: usize },
+    #[error("{got} values are not whole rows of {inp} inputs")]
+    InputSize { inp: usize, got: usize },
+    #[error("row {id} is outside the matrix's {rows} rows")]
+    RowOutOfRange { id: u32, rows: usize },
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// The element type a matrix is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Outputs per packed panel, and per pair of AVX2 registers.
+const PANEL: usize = 64;
+const PAIR: usize = 16;
+
+/// One element type of stored weights.
+pub trait Weight: Copy + Send + Sync + Default + 'static {
+    /// Where output `q` (< 16) of a pair is stored within the pair's 16 elements.
+    fn slot(q: usize) -> usize {
+        q
+    }
+    fn widen(self) -> f32;
+    /// The 16 outputs of one pair of one input, widened: outputs 0..8 and 8..16.
+    ///
+    /// # Safety
+    /// `p..p + 16` must be readable, and the CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+}
+
+impl Weight for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load16(p: *const f32) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    }
+}
+
+impl Weight for bf16 {
+    /// Output q < 8 in the low half of 32-bit lane q, output 8 + q in its high half.
+    fn slot(q: usize) -> usize {
+        if q < 8 {
+            2 * q
+        } else {
+            2 * (q - 8) + 1
+        }
+    }
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load16(p: *const bf16) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        // bf16 is the top half of an f32: the low halves shift into place, the high halves are masked.
+        let v = _mm256_loadu_si256(p.cast::<__m256i>());
+        let lo = _mm256_slli_epi32::<16>(v);
+        let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+        (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
+    }
+}
+
+impl Weight for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load16(p: *const f16) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let lo = _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()));
+        (lo, _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast::<__m128i>())))
+    }
+}
+
+/// Where a tile works: its band of `x` (the band's rows interleaved input by input: `x[i * ROWS + b]`), one
+/// panel, the tile's first pair within the panel, the band's first row, and the inputs `i0..i1` it sums over
+/// (continuing the sums already in `y` when `i0 > 0`).
+struct At<'a, W> {
+    x: &'a [f32],
+    panel: &'a [W],
+    pair0: usize,
+    row0: usize,
+    i0: usize,
+    i1: usize,
+    /// Prefetch the whole panel row a few inputs ahead (the first tile to sweep a block: the tiles of the other
+    /// pairs and bands then find it in L1).
+    prefetch: bool,
+}
+
+/// Index in a panel's row-major block of outputs (`rows x PANEL`) of row `b` and output `q` of pair `p` of `at`.
+#[inline(always)]
+fn y_index<W>(at: &At<W>, p: usize, b: usize, q: usize) -> usize {
+    (at.row0 + b) * PANEL + (at.pair0 + p) * PAIR + q
+}
+
+/// Portable: sums of `PAIRS` pairs of outputs x `ROWS` rows, in the order the SIMD path uses.
+fn tile_portable<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: &mut [f32]) {
+    let mut acc = [[[0f32; PAIR]; ROWS]; PAIRS];
+    if at.i0 > 0 {
+        for (p, acc_p) in acc.iter_mut().enumerate() {
+            for (b, acc_pb) in acc_p.iter_mut().enumerate() {
+                acc_pb.copy_from_slice(&y[y_index(at, p, b, 0)..][..PAIR]);
+            }
+        }
+    }
+    for i in at.i0..at.i1 {
+        for (p, acc_p) in acc.iter_mut().enumerate() {
+            let w = &at.panel[i * PANEL + (at.pair0 + p) * PAIR..][..PAIR];
+            for (b, acc_pb) in acc_p.iter_mut().enumerate() {
+                let x = at.x[i * ROWS + b];
+                for (q, a) in acc_pb.iter_mut().enumerate() {
+                    // The SIMD path fuses multiply and add (one rounding): so does this.
+                    *a = w[W::slot(q)].widen().mul_add(x, *a);
+                }
+            }
+        }
+    }
+    for (p, acc_p) in acc.iter().enumerate() {
+        for (b, acc_pb) in acc_p.iter().enumerate() {
+            y[y_index(at, p, b, 0)..][..PAIR].copy_from_slice(acc_pb);
+        }
+    }
+}
+
+/// AVX2 + FMA form of [`tile_portable`].
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `at` and `y` must hold the tile's rows, pairs and inputs (the callers'
+/// loops ensure it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let xp = at.x.as_ptr();
+    let wp = at.panel.as_ptr().add(at.pair0 * PAIR);
+    let yp = y.as_mut_ptr();
+    let mut acc = [[[_mm256_setzero_ps(); 2]; ROWS]; PAIRS];
+    if at.i0 > 0 {
+        for (p, acc_p) in acc.iter_mut().enumerate() {
+            for (b, acc_pb) in acc_p.iter_mut().enumerate() {
+                let at_y = yp.add(y_index(at, p, b, 0));
+                *acc_pb = [_mm256_loadu_ps(at_y), _mm256_loadu_ps(at_y.add(8))];
+            }
+        }
+    }
+    // Inputs ahead that the prefetch fetches: 4 KiB of a bf16 panel, about a memory latency of work.
+    const AHEAD: usize = 32;
+    let row_bytes = PANEL * std::mem::size_of::<W>();
+    let panel_end = at.panel.len() / PANEL;
+    for i in at.i0..at.i1 {
+        if at.prefetch && i + AHEAD < panel_end {
+            let ahead = at.panel.as_ptr().add((i + AHEAD) * PANEL).cast::<i8>();
+            for line in (0..row_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.add(line));
+            }
+        }
+        for (p, acc_p) in acc.iter_mut().enumerate() {
+            let (lo, hi) = W::load16(wp.add(i * PANEL + p * PAIR));
+            for (b, acc_pb) in acc_p.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*xp.add(i * ROWS + b));
+                acc_pb[0] = _mm256_fmadd_ps(lo, x, acc_pb[0]);
+                acc_pb[1] = _mm256_fmadd_ps(hi, x, acc_pb[1]);
+            }
+        }
+    }
+    for (p, acc_p) in acc.iter().enumerate() {
+        for (b, acc_pb) in acc_p.iter().enumerate() {
+            let at_y = yp.add(y_index(at, p, b, 0));
+            _mm256_storeu_ps(at_y, acc_pb[0]);
+            _mm256_storeu_ps(at_y.add(8), acc_pb[1]);
+        }
+    }
+}
+
+/// One tile on the path the CPU allows.
+#[inline(always)]
+fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, simd: bool, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only when the CPU has AVX2, FMA and F16C; the callers' loops stay in bounds.
+        unsafe { tile_avx2::<W, PAIRS, ROWS>(at, y) };
+        return;
+    }
+    let _ = simd;
+    tile_portable::<W, PAIRS, ROWS>(at, y);
+}
+
+/// Rows `row0..row0 + ROWS` against a whole panel over inputs `i0..i1`, `PAIRS` pairs at a time.
+#[inline(always)]
+fn band<W: Weight, const PAIRS: usize, const ROWS: usize>(
+    x: &[f32],
+    panel: &[W],
+    (row0, i0, i1): (usize, usize, usize),
+    simd: bool,
+    y: &mut [f32],
+) {
+    for pair0 in (0..PANEL / PAIR).step_by(PAIRS) {
+        let prefetch = row0 == 0 && pair0 == 0 && ROWS > 1;
+        tile::<W, PAIRS, ROWS>(&At { x, panel, pair0, row0, i0, i1, prefetch }, simd, y);
+    }
+}
+
+/// The rows of each band [`panel_outputs`] takes, in order: 6 at a time, then the rest.
+fn bands(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..rows).step_by(6).map(move |r| (r, 6.min(rows - r)))
+}
+
+/// `x` (row-major) with each band's rows interleaved input by input, as tiles read them.
+fn interleave_bands(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * inp];
+    for (r0, n) in bands(rows) {
+        let band = &mut out[r0 * inp..(r0 + n) * inp];
+        for (b, row) in x[r0 * inp..(r0 + n) * inp].chunks_exact(inp).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                band[i * n + b] = v;
+            }
+        }
+    }
+    out
+}
+
+/// All rows against one panel, into `y` (`rows x PANEL`). One row sweeps the panel once with 8 running sums.
+/// More rows take tiles of 6 rows x 16 outputs (smaller at the end), over blocks of inputs whose slice of the
+/// panel stays in L1 while every row passes. `x` is laid out by [`interleave_bands`].
+fn panel_outputs<W: Weight>(x: &[f32], panel: &[W], inp: usize, rows: usize, simd: bool, y: &mut [f32]) {
+    if rows == 1 {
+        band::<W, 4, 1>(x, panel, (0, 0, inp), simd, y);
+        return;
+    }
+    let block = (16 * 1024 / (PANEL * std::mem::size_of::<W>())).max(1);
+    for i0 in (0..inp).step_by(block) {
+        let i1 = (i0 + block).min(inp);
+        for (r, n) in bands(rows) {
+            let xb = &x[r * inp..(r + n) * inp];
+            let at = (r, i0, i1);
+            match n {
+                6 => band::<W, 1, 6>(xb, panel, at, simd, y),
+                5 => band::<W, 1, 5>(xb, panel, at, simd, y),
+                4 => band::<W, 1, 4>(xb, panel, at, simd, y),
+                3 => band::<W, 2, 3>(xb, panel, at, simd, y),
+                2 => band::<W, 2, 2>(xb, panel, at, simd, y),
+                _ => band::<W, 4, 1>(xb, panel, at, simd, y),
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn simd_available() -> bool {
+    false
+}
+
+/// `x (rows, inp) . W^T` over packed panels -> panel-major `(panels, rows, PANEL)`.
+fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: bool) -> Vec<f32> {
+    let panel_len = PANEL * inp;
+    let panels = data.len() / panel_len.max(1);
+    let mut y = vec![0f32; panels * rows * PANEL];
+    let threads = rayon::current_num_threads();
+    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { panels } else { panels.div_ceil(threads * 2) };
+    let run = |p0: usize, y: &mut [f32]| {
+        for (i, y_p) in y.chunks_exact_mut(rows * PANEL).enumerate() {
+            let p = p0 + i;
+            panel_outputs(x, &data[p * panel_len..(p + 1) * panel_len], inp, rows, simd, y_p);
+        }
+    };
+    if per_task >= panels {
+        run(0, &mut y);
+    } else {
+        y.par_chunks_mut(per_task * rows * PANEL).enumerate().for_each(|(i, y)| run(i * per_task, y));
+    }
+    y
+}
+
+#[derive(Debug)]
+enum Packed {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+/// Index of weight `(o, i)` in the packed data of a matrix with `inp` inputs.
+fn packed_index<W: Weight>(o: usize, i: usize, inp: usize) -> usize {
+    let within = o % PANEL;
+    (o / PANEL) * PANEL * inp + i * PANEL + (within / PAIR) * PAIR + W::slot(within % PAIR)
+}
+
+/// A `(out, inp)` weight matrix packed as the module doc says, in its stored dtype (other dtypes as f32).
+#[derive(Debug)]
+pub struct PackedMatrix {
+    data: Packed,
+    out: usize,
+    inp: usize,
+}
+
+fn pack<W: Weight>(w: &[W], out: usize, inp: usize) -> Vec<W> {
+    let mut data = vec![W::default(); out.div_ceil(PANEL) * PANEL * inp];
+    // Panel by panel (in parallel): each panel's rows are read once, its block written in order.
+    data.par_chunks_mut((PANEL * inp).max(1)).enumerate().for_each(|(p, panel)| {
+        for q in 0..PANEL.min(out.saturating_sub(p * PANEL)) {
+            let row = &w[(p * PANEL + q) * inp..][..inp];
+            let at = (q / PAIR) * PAIR + W::slot(q % PAIR);
+            for (i, &v) in row.iter().enumerate() {
+                panel[i * PANEL + at] = v;
+            }
+        }
+    });
+    data
+}
+
+impl PackedMatrix {
+    fn check(len: usize, out: usize, inp: usize) -> Result<()> {
+        if len == out * inp {
+            Ok(())
+        } else {
+            Err(KernelError::MatrixSize { out, inp, got: len })
+        }
+    }
+
+    /// Packs a row-major `(out, inp)` f32 matrix.
+    pub fn from_f32(w: &[f32], out: usize, inp: usize) -> Result<PackedMatrix> {
+        Self::check(w.len(), out, inp)?;
+        Ok(PackedMatrix { data: Packed::F32(pack(w, out, inp)), out, inp })
+    }
+
+    /// Packs a row-major `(out, inp)` bf16 matrix, kept in bf16.
+    pub fn from_bf16(w: &[bf16], out: usize, inp: usize) -> Result<PackedMatrix> {
+        Self::check(w.len(), out, inp)?;
+        Ok(PackedMatrix { data: Packed::Bf16(pack(w, out, inp)), out, inp })
+    }
+
+    /// Packs a row-major `(out, inp)` f16 matrix, kept in f16.
+    pub fn from_f16(w: &[f16], out: usize, inp: usize) -> Result<PackedMatrix> {
+        Self::check(w.len(), out, inp)?;
+        Ok(PackedMatrix { data: Packed::F16(pack(w, out, inp)), out, inp })
+    }
+
+    /// `(out, inp)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
+    pub fn dtype(&self) -> StoredDtype {
+        match self.data {
+            Packed::F32(_) => StoredDtype::F32,
+            Packed::Bf16(_) => StoredDtype::Bf16,
+            Packed::F16(_) => StoredDtype::F16,
+        }
+    }
+
+    /// `x (rows, inp) . W^T` -> `(rows, out)`.
+    pub fn matmul_t(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        if x.len() != rows * self.inp {
+            return Err(KernelError::InputSize { inp: self.inp, got: x.len() });
+        }
+        if self.inp == 0 || rows == 0 {
+            return Ok(vec![0f32; rows * self.out]);
+        }
+        let simd = simd_available();
+        let banded;
+        let x = if rows == 1 {
+            x
+        } else {
+            banded = interleave_bands(x, rows, self.inp);
+            &banded
+        };
+        let by_panel = match &self.data {
+            Packed::F32(d) => products(d, x, rows, self.inp, simd),
+            Packed::Bf16(d) => products(d, x, rows, self.inp, simd),
+            Packed::F16(d) => products(d, x, rows, self.inp, simd),
+        };
+        if rows == 1 {
+            let mut y = by_panel;
+            y.truncate(self.out);
+            return Ok(y);
+        }
+        let mut y = vec![0f32; rows * self.out];
+        for (p, block) in by_panel.chunks_exact(rows * PANEL).enumerate() {
+            let o0 = p * PANEL;
+            let n = PANEL.min(self.out - o0);
+            for (r, part) in block.chunks_exact(PANEL).enumerate() {
+                y[r * self.out + o0..][..n].copy_from_slice(&part[..n]);
+            }
+        }
+        Ok(y)
+    }
+
+    /// Rows `ids` of the matrix, widened to f32 (an embedding lookup), `(ids.len(), inp)` row-major.
+    pub fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        fn gather<W: Weight>(d: &[W], ids: &[u32], m: &PackedMatrix) -> Result<Vec<f32>> {
+            let mut y = Vec::with_capacity(ids.len() * m.inp);
+            for &id in ids {
+                let o = id as usize;
+                if o >= m.out {
+                    return Err(KernelError::RowOutOfRange { id, rows: m.out });
+                }
+                y.extend((0..m.inp).map(|i| d[packed_index::<W>(o, i, m.inp)].widen()));
+            }
+            Ok(y)
+        }
+        match &self.data {
+            Packed::F32(d) => gather(d, ids, self),
+            Packed::Bf16(d) => gather(d, ids, self),
+            Packed::F16(d) => gather(d, ids, self),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], rows: usize, inp: usize, w: &[f32], out: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                let dot: f64 = (0..inp).map(|i| f64::from(x[r * inp + i]) * f64::from(w[o * inp + i])).sum();
+                y[r * out + o] = dot as f32;
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// The matrix in each stored dtype, and its values as f32 after rounding to that dtype.
+    fn each_dtype(w: &[f32], out: usize, inp: usize) -> Result<Vec<(PackedMatrix, Vec<f32>)>> {
+        let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        Ok(vec![
+            (PackedMatrix::from_f32(w, out, inp)?, w.to_vec()),
+            (PackedMatrix::from_bf16(&b, out, inp)?, b.iter().map(|v| v.to_f32()).collect()),
+            (PackedMatrix::from_f16(&h, out, inp)?, h.iter().map(|v| v.to_f32()).collect()),
+        ])
+    }
+
+    #[test]
+    fn every_tile_shape_and_dtype_matches_a_plain_product() -> Result<()> {
+        let shapes = [(1, 8, 3), (1, 67, 300), (2, 40, 17), (3, 33, 64), (4, 9, 70), (5, 576, 130), (8, 100, 1000)];
+        for (rows, inp, out) in shapes.into_iter().chain([(13, 19, 9), (6, 1, 65), (7, 30, 128)]) {
+            let x = values(rows * inp, 1);
+            for (m, w) in each_dtype(&values(out * inp, 7), out, inp)? {
+                assert_eq!(m.dims(), (out, inp));
+                let want = naive(&x, rows, inp, &w, out);
+                for (g, w) in m.matmul_t(&x, rows)?.iter().zip(&want) {
+                    let dtype = m.dtype();
+                    assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{dtype:?} {rows}x{inp}x{out}: {g} vs {w}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn random_shapes_match_a_plain_product() -> Result<()> {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..300 {
+            let (rows, inp, out) = (rng.usize(0..20), rng.usize(0..70), rng.usize(0..140));
+            let x: Vec<f32> = (0..rows * inp).map(|_| rng.f32() - 0.5).collect();
+            let w: Vec<f32> = (0..out * inp).map(|_| rng.f32() - 0.5).collect();
+            let want = naive(&x, rows, inp, &w, out);
+            let got = PackedMatrix::from_f32(&w, out, inp)?.matmul_t(&x, rows)?;
+            assert_eq!(got.len(), want.len(), "{rows}x{inp}x{out}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{rows}x{inp}x{out}: {g} vs {w}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_alone_as_in_any_batch() -> Result<()> {
+        let (inp, out) = (203, 77);
+        for (m, _) in each_dtype(&values(out * inp, 3), out, inp)? {
+            let x = values(9 * inp, 5);
+            let all = m.matmul_t(&x, 9)?;
+            for r in 0..9 {
+                let alone = m.matmul_t(&x[r * inp..(r + 1) * inp], 1)?;
+                assert_eq!(alone, all[r * out..(r + 1) * out], "{:?} row {r}", m.dtype());
+            }
+            // The portable path sums in the same order as the SIMD one.
+            let portable = match &m.data {
+                Packed::F32(d) => products(d, &x[..inp], 1, inp, false),
+                Packed::Bf16(d) => products(d, &x[..inp], 1, inp, false),
+                Packed::F16(d) => products(d, &x[..inp], 1, inp, false),
+            };
+            assert_eq!(portable[..out], all[..out], "{:?}", m.dtype());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rows_come_back_as_stored() -> Result<()> {
+        let (inp, out) = (19, 70);
+        for (m, w) in each_dtype(&values(out * inp, 9), out, inp)? {
+            let got = m.rows_f32(&[69, 0, 3])?;
+            assert_eq!(got, [&w[69 * inp..70 * inp], &w[..inp], &w[3 * inp..4 * inp]].concat());
+            assert_eq!(m.rows_f32(&[70]), Err(KernelError::RowOutOfRange { id: 70, rows: 70 }));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_sizes_are_an_error() -> Result<()> {
+        assert_eq!(
+            PackedMatrix::from_f32(&[1.0; 7], 2, 4).err(),
+            Some(KernelError::MatrixSize { out: 2, inp: 4, got: 7 })
+        );
+        let m = PackedMatrix::from_f32(&[1.0; 8], 2, 4)?;
+        assert_eq!(m.matmul_t(&[1.0; 5], 1), Err(KernelError::InputSize { inp: 4, got: 5 }));
+        assert_eq!(m.matmul_t(&[1.0; 8], 2)?, [4.0; 4]);
+        // Degenerate shapes: no inputs sums to zero, no rows gives nothing.
+        assert_eq!(PackedMatrix::from_f32(&[], 3, 0)?.matmul_t(&[], 2)?, [0.0; 6]);
+        assert_eq!(m.matmul_t(&[], 0)?, Vec::<f32>::new());
+        assert_eq!(PackedMatrix::from_bf16(&[], 0, 5)?.matmul_t(&[0.0; 5], 1)?, Vec::<f32>::new());
+        Ok(())
+    }
+}
