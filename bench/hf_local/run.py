@@ -61,7 +61,7 @@ def main():
             theirs = last_json(sh([py, "bench/hf_local/transformers_bench.py", d, str(threads)], env=env))
             rows.append((threads, dtype, ours, theirs))
             print(json.dumps({"clemrs": ours, "transformers": theirs}), file=sys.stderr)
-    print("SmolLM2-135M-Instruct, 128 greedy tokens; clemrs huggingface_local (candle, f32 compute) vs transformers "
+    print("SmolLM2-135M-Instruct, 128 greedy tokens; clemrs huggingface_local (weights as stored, f32 sums) vs transformers "
           f"{rows[0][3]['versions']['transformers']} / torch {rows[0][3]['versions']['torch']} (CPU, dtype auto)")
     print("| threads | weights | prefill ms (clemrs / transformers) | decode tok/s (clemrs / transformers / ratio) "
           "| batch 8 tok/s (clemrs / transformers / ratio) | clemrs batch 8 / batch 1 | decode / bandwidth ceiling "

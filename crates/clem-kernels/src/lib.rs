@@ -302,7 +302,7 @@ fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: boo
     let panels = data.len() / panel_len.max(1);
     let mut y = vec![0f32; panels * rows * PANEL];
     let threads = rayon::current_num_threads();
-    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { panels } else { panels.div_ceil(threads * 2) };
+    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { panels } else { panels.div_ceil(threads) };
     let run = |p0: usize, y: &mut [f32]| {
         for (i, y_p) in y.chunks_exact_mut(rows * PANEL).enumerate() {
             let p = p0 + i;

@@ -28,6 +28,25 @@ impl Linear {
     pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Linear> {
         Ok(Linear { weight: Arc::new(PackedWeight::new(weight)?), bias })
     }
+
+    /// Projections of one input stacked into one layer (outputs in order): one pass over the input and one
+    /// split across threads instead of several small ones. A missing bias is zero when another part has one.
+    pub fn fused(parts: &[(Tensor, Option<Tensor>)]) -> Result<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|(w, _)| w).collect();
+        let bias = if parts.iter().any(|(_, b)| b.is_some()) {
+            let biases = parts
+                .iter()
+                .map(|(w, b)| match b {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(w.dim(0)?, DType::F32, w.device()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Linear::new(&Tensor::cat(&weights, 0)?, bias)
+    }
 }
 
 impl Module for Linear {
@@ -42,8 +61,14 @@ impl Module for Linear {
 
 /// A `(out, inp)` weight and optional bias named as transformers names them under `vb`.
 pub fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+    let (w, b) = linear_parts(vb, inp, out, bias)?;
+    Linear::new(&w, b)
+}
+
+/// The weight and optional bias of [`linear`], unpacked (to be fused with others).
+pub fn linear_parts(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
     let b = if bias { Some(get_f32(vb, out, "bias")?) } else { None };
-    Linear::new(&vb.get((out, inp), "weight")?, b)
+    Ok((vb.get((out, inp), "weight")?, b))
 }
 
 /// Token embeddings, in the packed form the output projection shares when the two are tied.
@@ -354,9 +379,8 @@ impl RopeAt {
 
 /// Grouped-query self-attention.
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `q_proj`, `k_proj`, `v_proj` stacked.
+    qkv: Linear,
     o: Linear,
     /// RMSNorm of each query and key head before RoPE (Qwen3, Gemma 3).
     qk_norms: Option<(RmsNorm, RmsNorm)>,
@@ -369,15 +393,10 @@ pub struct Attention {
 
 impl Attention {
     /// From loaded projections; heads, scale and soft-capping from the config.
-    pub fn new(
-        (q, k, v, o): (Linear, Linear, Linear, Linear),
-        qk_norms: Option<(RmsNorm, RmsNorm)>,
-        c: &ModelConfig,
-    ) -> Attention {
+    /// `qkv` projects to queries, keys and values stacked in that order.
+    pub fn new((qkv, o): (Linear, Linear), qk_norms: Option<(RmsNorm, RmsNorm)>, c: &ModelConfig) -> Attention {
         Attention {
-            q,
-            k,
-            v,
+            qkv,
             o,
             qk_norms,
             heads: c.num_heads,
@@ -388,15 +407,15 @@ impl Attention {
         }
     }
 
-    /// `q_proj`, `k_proj`, `v_proj`, `o_proj` under `vb` (a layer's `self_attn`).
-    pub fn projections(vb: &VarBuilder, c: &ModelConfig) -> Result<(Linear, Linear, Linear, Linear)> {
+    /// `q_proj`, `k_proj`, `v_proj` (fused) and `o_proj` under `vb` (a layer's `self_attn`).
+    pub fn projections(vb: &VarBuilder, c: &ModelConfig) -> Result<(Linear, Linear)> {
         let (q_out, kv_out) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        Ok((
-            linear(&vb.pp("q_proj"), c.hidden_size, q_out, c.qkv_bias)?,
-            linear(&vb.pp("k_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
-            linear(&vb.pp("v_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
-            linear(&vb.pp("o_proj"), q_out, c.hidden_size, c.o_bias)?,
-        ))
+        let qkv = Linear::fused(&[
+            linear_parts(&vb.pp("q_proj"), c.hidden_size, q_out, c.qkv_bias)?,
+            linear_parts(&vb.pp("k_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
+            linear_parts(&vb.pp("v_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
+        ])?;
+        Ok((qkv, linear(&vb.pp("o_proj"), q_out, c.hidden_size, c.o_bias)?))
     }
 
     /// `q_norm` and `k_norm` under `vb` (a layer's `self_attn`).
@@ -411,15 +430,19 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, rope: &RopeAt, mask: &Tensor, kv: &mut Option<LayerKv>) -> Result<Tensor> {
         let (b, seq, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let mut q = self.q.forward(x)?.reshape((b, seq, h, hd))?;
-        let mut k = self.k.forward(x)?.reshape((b, seq, kvh, hd))?;
+        let qkv = self.qkv.forward(x)?;
+        let part = |from: usize, heads: usize| -> Result<Tensor> {
+            qkv.narrow(2, from * hd, heads * hd)?.contiguous()?.reshape((b, seq, heads, hd))
+        };
+        let mut q = part(0, h)?;
+        let mut k = part(h, kvh)?;
         if let Some((qn, kn)) = &self.qk_norms {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?;
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?;
-        let v = self.v.forward(x)?.reshape((b, seq, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = part(h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
         let (k, v) = LayerKv::append(kv, &k, &v)?;
         let kv_len = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the query heads sharing a KV head are stacked.
@@ -438,35 +461,39 @@ impl Attention {
 
 /// The gated MLP: `down(act(gate(x)) * up(x))`.
 pub struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// `gate_proj` and `up_proj` stacked.
+    gate_up: Linear,
     down: Linear,
     act: Activation,
+    intermediate: usize,
 }
 
 impl Mlp {
-    pub fn new(gate: Linear, up: Linear, down: Linear, act: Activation) -> Mlp {
-        Mlp { gate, up, down, act }
+    /// `gate_up` projects to the gate and the up projection stacked in that order.
+    pub fn new(gate_up: Linear, down: Linear, c: &ModelConfig) -> Mlp {
+        Mlp { gate_up, down, act: c.activation, intermediate: c.intermediate_size }
     }
 
-    /// `gate_proj`, `up_proj`, `down_proj` under `vb` (a layer's `mlp`).
+    /// `gate_proj`, `up_proj` (fused) and `down_proj` under `vb` (a layer's `mlp`).
     pub fn load(vb: &VarBuilder, c: &ModelConfig) -> Result<Mlp> {
-        Ok(Mlp {
-            gate: linear(&vb.pp("gate_proj"), c.hidden_size, c.intermediate_size, false)?,
-            up: linear(&vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
-            down: linear(&vb.pp("down_proj"), c.intermediate_size, c.hidden_size, false)?,
-            act: c.activation,
-        })
+        let gate_up = Linear::fused(&[
+            linear_parts(&vb.pp("gate_proj"), c.hidden_size, c.intermediate_size, false)?,
+            linear_parts(&vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
+        ])?;
+        Ok(Mlp::new(gate_up, linear(&vb.pp("down_proj"), c.intermediate_size, c.hidden_size, false)?, c))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate.forward(x)?;
+        let gate_up = self.gate_up.forward(x)?;
+        let last = gate_up.rank() - 1;
+        let gate = gate_up.narrow(last, 0, self.intermediate)?.contiguous()?;
+        let up = gate_up.narrow(last, self.intermediate, self.intermediate)?;
         let gate = match self.act {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
             Activation::Gelu => gate.gelu_erf()?,
         };
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        self.down.forward(&(gate * up)?)
     }
 }
 
