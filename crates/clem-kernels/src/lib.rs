@@ -16,6 +16,8 @@
 //! Each (row, output) is one fused multiply-add chain over the inputs in order, whatever the number of rows or
 //! the tile that computed it, so a batch gives bit-identical logits to single runs.
 
+pub mod attention;
+
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -28,6 +30,8 @@ pub enum KernelError {
     InputSize { inp: usize, got: usize },
     #[error("row {id} is outside the matrix's {rows} rows")]
     RowOutOfRange { id: u32, rows: usize },
+    #[error("attention buffers are shorter than their shapes say")]
+    AttentionShape,
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, LayerType, ModelConfig, RopeScaling, RopeSpec};
-use super::matmul::PackedWeight;
+use super::matmul::{self, PackedWeight};
 use super::weights::get_f32;
 
 /// Added to the scores of masked keys. Finite on purpose: a fully masked (padding) query row must stay finite,
@@ -448,6 +448,12 @@ impl Attention {
         // Grouped-query attention without repeating K/V: the query heads sharing a KV head are stacked.
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * seq, hd))?;
+        if seq <= DECODE_STEP && x.device().is_cpu() {
+            // A few positions: read the cache in place instead of a general matmul packing it on every call.
+            let out = matmul::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
+            let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
+            return self.o.forward(&out);
+        }
         let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
         if let Some(cap) = self.softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
@@ -458,6 +464,10 @@ impl Attention {
         self.o.forward(&out)
     }
 }
+
+/// At most this many positions per step take the kernel attention (decoding); longer steps (prefill) take
+/// candle's matmuls, which block large products well.
+const DECODE_STEP: usize = 4;
 
 /// The gated MLP: `down(act(gate(x)) * up(x))`.
 pub struct Mlp {
