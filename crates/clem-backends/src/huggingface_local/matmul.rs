@@ -65,58 +65,51 @@ impl CustomOp1 for PackedWeight {
     }
 }
 
-/// The f32 values of `t`'s storage and its layout's strides and start (CPU tensors only).
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &[usize], usize) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu.as_slice::<f32>()?, layout.stride(), layout.start_offset()),
+/// The f32 values of a CPU tensor's storage.
+fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
+    match storage {
+        Storage::Cpu(cpu) => cpu.as_slice::<f32>(),
         _ => candle_core::bail!("kernel attention runs on the CPU only"),
     }
+}
+
+/// `s` from `at` on (empty past the end: the kernel then reports the short buffer).
+fn tail(s: &[f32], at: usize) -> &[f32] {
+    s.get(at..).unwrap_or_default()
 }
 
 /// Attention of `q (b, kv_heads, queries, d)` against `k`, `v` `(b, kv_heads, len, d)` (views of the cache
 /// buffers; the last dimension contiguous) with the additive `mask (b, 1, positions, len)`; `(b, kv_heads,
 /// queries, d)` out. Each (row, KV head) runs on the current rayon pool.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, softcap: Option<f64>) -> Result<Tensor> {
-    let q = q.contiguous()?;
-    let mask = mask.contiguous()?;
+    let (q, mask) = (q.contiguous()?, mask.contiguous()?);
     let (b, kvh, queries, d) = q.dims4()?;
     let (len, positions) = (k.dim(2)?, mask.dim(2)?);
+    let ((q_store, q_lay), (m_store, m_lay)) = (q.storage_and_layout(), mask.storage_and_layout());
+    let ((k_store, k_lay), (v_store, v_lay)) = (k.storage_and_layout(), v.storage_and_layout());
+    let kst = k_lay.stride();
+    if kst.len() != 4 || kst[3] != 1 || kst != v_lay.stride() {
+        candle_core::bail!("kernel attention needs K and V laid out alike, rows contiguous");
+    }
+    let qs = &cpu_f32(&q_store)?[q_lay.start_offset()..];
+    let ms = &cpu_f32(&m_store)?[m_lay.start_offset()..];
+    let ks = &cpu_f32(&k_store)?[k_lay.start_offset()..];
+    let vs = &cpu_f32(&v_store)?[v_lay.start_offset()..];
+    let shape = AttendShape {
+        queries,
+        positions,
+        len,
+        head_dim: d,
+        kv_stride: kst[2],
+        scale: scale as f32,
+        softcap: softcap.map(|c| c as f32),
+    };
     let mut out = vec![0f32; b * kvh * queries * d];
-    with_f32(&q, |qs, _, q0| {
-        with_f32(&mask, |ms, _, m0| {
-            with_f32(k, |ks, kst, k0| {
-                with_f32(v, |vs, vst, v0| {
-                    if kst.len() != 4 || kst[3] != 1 || kst != vst {
-                        candle_core::bail!("kernel attention needs K and V laid out alike, rows contiguous");
-                    }
-                    let shape = AttendShape {
-                        queries,
-                        positions,
-                        len,
-                        head_dim: d,
-                        kv_stride: kst[2],
-                        scale: scale as f32,
-                        softcap: softcap.map(|c| c as f32),
-                    };
-                    out.par_chunks_mut((queries * d).max(1)).enumerate().try_for_each(|(i, o)| {
-                        let (bi, g) = (i / kvh, i % kvh);
-                        let kv_at = bi * kst[0] + g * kst[1];
-                        let q_at = q0 + i * queries * d;
-                        let m_at = m0 + bi * positions * len;
-                        attention::attend(
-                            qs.get(q_at..).unwrap_or_default(),
-                            ks.get(k0 + kv_at..).unwrap_or_default(),
-                            vs.get(v0 + kv_at..).unwrap_or_default(),
-                            ms.get(m_at..).unwrap_or_default(),
-                            &shape,
-                            o,
-                        )
-                        .map_err(kernel_err)
-                    })
-                })
-            })
-        })
+    out.par_chunks_mut((queries * d).max(1)).enumerate().try_for_each(|(i, o)| {
+        let kv_at = (i / kvh) * kst[0] + (i % kvh) * kst[1];
+        let (q_at, m_at) = (i * queries * d, (i / kvh) * positions * len);
+        attention::attend(tail(qs, q_at), tail(ks, kv_at), tail(vs, kv_at), tail(ms, m_at), &shape, o)
+            .map_err(kernel_err)
     })?;
     Tensor::from_vec(out, (b, kvh, queries, d), q.device())
 }
