@@ -125,9 +125,9 @@ struct At<'a, W> {
     row0: usize,
     i0: usize,
     i1: usize,
-    /// Prefetch the whole panel row a few inputs ahead (the first tile to sweep a block: the tiles of the other
-    /// pairs and bands then find it in L1).
-    prefetch: bool,
+    /// Weights to prefetch while this tile runs, spread over its inputs: each tile of a block fetches its share
+    /// of the next block, so the weight stream overlaps the arithmetic.
+    ahead: &'a [W],
 }
 
 /// Index in a panel's row-major block of outputs (`rows x PANEL`) of row `b` and output `q` of pair `p` of `at`.
@@ -186,16 +186,17 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
             }
         }
     }
-    // Inputs ahead that the prefetch fetches: 4 KiB of a bf16 panel, about a memory latency of work.
-    const AHEAD: usize = 32;
-    let row_bytes = PANEL * std::mem::size_of::<W>();
-    let panel_end = at.panel.len() / PANEL;
+    // The prefetches spread evenly over the inputs, Bresenham-style (no division in the loop).
+    let ahead = at.ahead.as_ptr().cast::<i8>();
+    let lines = std::mem::size_of_val(at.ahead).div_ceil(64);
+    let steps = at.i1 - at.i0;
+    let (mut fetched, mut credit) = (0, 0);
     for i in at.i0..at.i1 {
-        if at.prefetch && i + AHEAD < panel_end {
-            let ahead = at.panel.as_ptr().add((i + AHEAD) * PANEL).cast::<i8>();
-            for line in (0..row_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.add(line));
-            }
+        credit += lines;
+        while credit >= steps {
+            credit -= steps;
+            _mm_prefetch::<_MM_HINT_T0>(ahead.add(fetched * 64));
+            fetched += 1;
         }
         for (p, acc_p) in acc.iter_mut().enumerate() {
             let (lo, hi) = W::load16(wp.add(i * PANEL + p * PAIR));
@@ -228,18 +229,22 @@ fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, simd: bool
     tile_portable::<W, PAIRS, ROWS>(at, y);
 }
 
-/// Rows `row0..row0 + ROWS` against a whole panel over inputs `i0..i1`, `PAIRS` pairs at a time.
+/// Rows `row0..row0 + ROWS` against a whole panel over inputs `i0..i1`, `PAIRS` pairs at a time; the tiles
+/// prefetch `ahead` between them.
 #[inline(always)]
 fn band<W: Weight, const PAIRS: usize, const ROWS: usize>(
     x: &[f32],
     panel: &[W],
     (row0, i0, i1): (usize, usize, usize),
+    ahead: &[W],
     simd: bool,
     y: &mut [f32],
 ) {
-    for pair0 in (0..PANEL / PAIR).step_by(PAIRS) {
-        let prefetch = row0 == 0 && pair0 == 0 && ROWS > 1;
-        tile::<W, PAIRS, ROWS>(&At { x, panel, pair0, row0, i0, i1, prefetch }, simd, y);
+    let tiles = PANEL / PAIR / PAIRS;
+    let share = ahead.len().div_ceil(tiles);
+    for (t, pair0) in (0..PANEL / PAIR).step_by(PAIRS).enumerate() {
+        let ahead = &ahead[(t * share).min(ahead.len())..((t + 1) * share).min(ahead.len())];
+        tile::<W, PAIRS, ROWS>(&At { x, panel, pair0, row0, i0, i1, ahead }, simd, y);
     }
 }
 
@@ -262,27 +267,31 @@ fn interleave_bands(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
     out
 }
 
-/// All rows against one panel, into `y` (`rows x PANEL`). One row sweeps the panel once with 8 running sums.
-/// More rows take tiles of 6 rows x 16 outputs (smaller at the end), over blocks of inputs whose slice of the
-/// panel stays in L1 while every row passes. `x` is laid out by [`interleave_bands`].
-fn panel_outputs<W: Weight>(x: &[f32], panel: &[W], inp: usize, rows: usize, simd: bool, y: &mut [f32]) {
+/// All rows against one panel (the first `PANEL * inp` values of `data`; what follows is the next panels), into
+/// `y` (`rows x PANEL`). One row sweeps the panel once with 8 running sums. More rows take tiles of 6 rows x 16
+/// outputs (smaller at the end), over blocks of inputs whose slice of the panel stays in L1 while every row
+/// passes, prefetching the next block meanwhile. `x` is laid out by [`interleave_bands`].
+fn panel_outputs<W: Weight>(x: &[f32], data: &[W], inp: usize, rows: usize, simd: bool, y: &mut [f32]) {
+    let panel = &data[..PANEL * inp];
     if rows == 1 {
-        band::<W, 4, 1>(x, panel, (0, 0, inp), simd, y);
+        band::<W, 4, 1>(x, panel, (0, 0, inp), &[], simd, y);
         return;
     }
     let block = (16 * 1024 / (PANEL * std::mem::size_of::<W>())).max(1);
     for i0 in (0..inp).step_by(block) {
         let i1 = (i0 + block).min(inp);
+        let next = &data[(i1 * PANEL).min(data.len())..((i1 + block) * PANEL).min(data.len())];
         for (r, n) in bands(rows) {
             let xb = &x[r * inp..(r + n) * inp];
             let at = (r, i0, i1);
+            let ahead = &next[r * next.len() / rows..(r + n) * next.len() / rows];
             match n {
-                6 => band::<W, 1, 6>(xb, panel, at, simd, y),
-                5 => band::<W, 1, 5>(xb, panel, at, simd, y),
-                4 => band::<W, 1, 4>(xb, panel, at, simd, y),
-                3 => band::<W, 2, 3>(xb, panel, at, simd, y),
-                2 => band::<W, 2, 2>(xb, panel, at, simd, y),
-                _ => band::<W, 4, 1>(xb, panel, at, simd, y),
+                6 => band::<W, 1, 6>(xb, panel, at, ahead, simd, y),
+                5 => band::<W, 1, 5>(xb, panel, at, ahead, simd, y),
+                4 => band::<W, 1, 4>(xb, panel, at, ahead, simd, y),
+                3 => band::<W, 2, 3>(xb, panel, at, ahead, simd, y),
+                2 => band::<W, 2, 2>(xb, panel, at, ahead, simd, y),
+                _ => band::<W, 4, 1>(xb, panel, at, ahead, simd, y),
             }
         }
     }
@@ -310,7 +319,7 @@ fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: boo
     let run = |p0: usize, y: &mut [f32]| {
         for (i, y_p) in y.chunks_exact_mut(rows * PANEL).enumerate() {
             let p = p0 + i;
-            panel_outputs(x, &data[p * panel_len..(p + 1) * panel_len], inp, rows, simd, y_p);
+            panel_outputs(x, &data[p * panel_len..], inp, rows, simd, y_p);
         }
     };
     if per_task >= panels {
