@@ -15,6 +15,10 @@ use clem_core::{GenArgs, Message, ModelSpec};
 
 const NEW_TOKENS: usize = 128;
 
+// The clem binary's allocator: the benchmark measures what `clem` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

@@ -21,20 +21,11 @@ pub struct AttendShape {
     pub softcap: Option<f32>,
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// `out (queries, head_dim) = softmax(mask + cap(scale * q k^T)) v` for `q (queries, head_dim)`, keys and values
 /// `len` rows of `head_dim` at `kv_stride`, `mask (positions, len)` additive.
+///
+/// With AVX2 + FMA and a head size that is a multiple of 8, the query heads sharing this KV head read each key
+/// and value once, the exponentials are computed 8 at a time; otherwise a portable loop computes the same.
 pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, out: &mut [f32]) -> Result<()> {
     let d = s.head_dim;
     let kv_need = if s.len == 0 { 0 } else { (s.len - 1) * s.kv_stride + d };
@@ -48,70 +39,248 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, ou
     if !sizes_ok {
         return Err(KernelError::AttentionShape);
     }
-    let mut scores = vec![0f32; s.len];
-    for j in 0..s.queries {
+    let mut scores = vec![0f32; s.queries * s.len];
+    #[cfg(target_arch = "x86_64")]
+    if d % 8 == 0 && crate::simd_available() {
+        // SAFETY: the CPU has AVX2 and FMA; the sizes were checked above.
+        unsafe { simd::attend(q, k, v, mask, s, &mut scores, out) };
+        return Ok(());
+    }
+    portable(q, k, v, mask, s, &mut scores, out);
+    Ok(())
+}
+
+/// Scaled, capped and masked scores of query `j` (raw dot products in `row`), then their softmax in place.
+fn softmax_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape, exp: impl Fn(&mut [f32], f32) -> f32) {
+    for (sc, m) in row.iter_mut().zip(mask_row) {
+        let raw = *sc * s.scale;
+        let capped = match s.softcap {
+            Some(cap) => (raw / cap).tanh() * cap,
+            None => raw,
+        };
+        *sc = capped + m;
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = exp(row, max);
+    for p in row.iter_mut() {
+        *p /= sum;
+    }
+}
+
+fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scores: &mut [f32], out: &mut [f32]) {
+    let d = s.head_dim;
+    if s.len == 0 {
+        out[..s.queries * d].fill(0.0);
+        return;
+    }
+    for (j, row) in scores.chunks_exact_mut(s.len.max(1)).enumerate().take(s.queries) {
         let qj = &q[j * d..(j + 1) * d];
+        for (t, sc) in row.iter_mut().enumerate() {
+            *sc = qj.iter().zip(&k[t * s.kv_stride..][..d]).map(|(a, b)| a * b).sum();
+        }
         let mrow = &mask[(j % s.positions) * s.len..][..s.len];
-        for (t, (sc, m)) in scores.iter_mut().zip(mrow).enumerate() {
-            let raw = dot(qj, &k[t * s.kv_stride..][..d]) * s.scale;
-            let capped = match s.softcap {
-                Some(cap) => (raw / cap).tanh() * cap,
-                None => raw,
-            };
-            *sc = capped + m;
-        }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += *sc;
-        }
+        softmax_row(row, mrow, s, |row, max| {
+            row.iter_mut().fold(0f32, |sum, x| {
+                *x = (*x - max).exp();
+                sum + *x
+            })
+        });
         let oj = &mut out[j * d..(j + 1) * d];
         oj.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let p = p / sum;
+        for (t, &p) in row.iter().enumerate() {
             for (o, &vv) in oj.iter_mut().zip(&v[t * s.kv_stride..][..d]) {
                 *o += p * vv;
             }
         }
     }
-    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{softmax_row, AttendShape};
+    use crate::vmath::exp8;
+
+    /// Sum of the 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// `row[t] = e^(row[t] - max)`, returning their sum.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp_row(row: &mut [f32], max: f32) -> f32 {
+        let m = _mm256_set1_ps(max);
+        let mut sum = _mm256_setzero_ps();
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        let rest = chunks.into_remainder();
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..rest.len()].copy_from_slice(rest);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m));
+        _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        rest.copy_from_slice(&tail[..rest.len()]);
+        hsum(_mm256_add_ps(sum, e))
+    }
+
+    /// Dot products of `QN` queries (rows of `d` at `q`) with every key: `scores[j * len + t]`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots<const QN: usize>(q: *const f32, k: *const f32, s: &AttendShape, scores: *mut f32) {
+        let d = s.head_dim;
+        for t in 0..s.len {
+            let kt = k.add(t * s.kv_stride);
+            let mut acc = [_mm256_setzero_ps(); QN];
+            for c in (0..d).step_by(8) {
+                let kc = _mm256_loadu_ps(kt.add(c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j * d + c)), kc, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                *scores.add(j * s.len + t) = hsum(*a);
+            }
+        }
+    }
+
+    /// `out[j][c..c + 8 CN] = sum_t p[j][t] v[t][c..]` for `QN` queries (probabilities at `p`, rows of `len`).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted<const QN: usize, const CN: usize>(p: *const f32, v: *const f32, s: &AttendShape, out: *mut f32) {
+        let mut acc = [[_mm256_setzero_ps(); CN]; QN];
+        for t in 0..s.len {
+            let vt = v.add(t * s.kv_stride);
+            let vc: [__m256; CN] = std::array::from_fn(|c| _mm256_loadu_ps(vt.add(8 * c)));
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let pj = _mm256_broadcast_ss(&*p.add(j * s.len + t));
+                for (a, &vcc) in acc_j.iter_mut().zip(&vc) {
+                    *a = _mm256_fmadd_ps(pj, vcc, *a);
+                }
+            }
+        }
+        for (j, acc_j) in acc.iter().enumerate() {
+            for (c, a) in acc_j.iter().enumerate() {
+                _mm256_storeu_ps(out.add(j * s.head_dim + 8 * c), *a);
+            }
+        }
+    }
+
+    /// Dispatches [`weighted`] on the group's queries (<= 3) and chunks of 8 dimensions (<= 4).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_any(qn: usize, cn: usize, p: *const f32, v: *const f32, s: &AttendShape, out: *mut f32) {
+        match (qn, cn) {
+            (1, 1) => weighted::<1, 1>(p, v, s, out),
+            (1, 2) => weighted::<1, 2>(p, v, s, out),
+            (1, 3) => weighted::<1, 3>(p, v, s, out),
+            (1, _) => weighted::<1, 4>(p, v, s, out),
+            (2, 1) => weighted::<2, 1>(p, v, s, out),
+            (2, 2) => weighted::<2, 2>(p, v, s, out),
+            (2, 3) => weighted::<2, 3>(p, v, s, out),
+            (2, _) => weighted::<2, 4>(p, v, s, out),
+            (_, 1) => weighted::<3, 1>(p, v, s, out),
+            (_, 2) => weighted::<3, 2>(p, v, s, out),
+            (_, 3) => weighted::<3, 3>(p, v, s, out),
+            _ => weighted::<3, 4>(p, v, s, out),
+        }
+    }
+
+    /// [`super::attend`] with AVX2 + FMA; `head_dim` is a multiple of 8 and the sizes are checked.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: &[f32],
+        s: &AttendShape,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = s.head_dim;
+        let sp = scores.as_mut_ptr();
+        for j0 in (0..s.queries).step_by(4) {
+            let (qj, at) = (q.as_ptr().add(j0 * d), sp.add(j0 * s.len));
+            match (s.queries - j0).min(4) {
+                1 => dots::<1>(qj, k.as_ptr(), s, at),
+                2 => dots::<2>(qj, k.as_ptr(), s, at),
+                3 => dots::<3>(qj, k.as_ptr(), s, at),
+                _ => dots::<4>(qj, k.as_ptr(), s, at),
+            }
+        }
+        if s.len == 0 {
+            out[..s.queries * d].fill(0.0);
+            return;
+        }
+        for (j, row) in scores.chunks_exact_mut(s.len).enumerate() {
+            let mrow = &mask[(j % s.positions) * s.len..][..s.len];
+            softmax_row(row, mrow, s, |row, max| exp_row(row, max));
+        }
+        for j0 in (0..s.queries).step_by(3) {
+            for c0 in (0..d).step_by(32) {
+                let (qn, cn) = ((s.queries - j0).min(3), (d - c0).min(32) / 8);
+                let o = out.as_mut_ptr().add(j0 * d + c0);
+                weighted_any(qn, cn, scores.as_ptr().add(j0 * s.len), v.as_ptr().add(c0), s, o);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn matches_a_plain_softmax_attention() -> Result<()> {
-        let mut rng = fastrand::Rng::with_seed(3);
-        let (queries, positions, len, d, stride) = (6, 2, 9, 12, 20);
+    /// `attend` against an f64 softmax attention; the mask hides a few keys, and all keys of one query row
+    /// when `hide_row` (a padding row: softmax over equal scores).
+    fn check(queries: usize, positions: usize, len: usize, d: usize, softcap: Option<f32>, seed: u64) -> Result<()> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let stride = d + 8;
         let q: Vec<f32> = (0..queries * d).map(|_| rng.f32() - 0.5).collect();
         let k: Vec<f32> = (0..len * stride).map(|_| rng.f32() - 0.5).collect();
         let v: Vec<f32> = (0..len * stride).map(|_| rng.f32() - 0.5).collect();
         let mut mask = vec![0f32; positions * len];
-        mask[3] = -1e30;
-        mask[len + 8] = -1e30;
-        for softcap in [None, Some(0.7f32)] {
-            let shape = AttendShape { queries, positions, len, head_dim: d, kv_stride: stride, scale: 0.3, softcap };
-            let mut out = vec![0f32; queries * d];
-            attend(&q, &k, &v, &mask, &shape, &mut out)?;
-            for j in 0..queries {
-                let s: Vec<f64> = (0..len)
-                    .map(|t| {
-                        let raw: f64 = (0..d).map(|i| f64::from(q[j * d + i]) * f64::from(k[t * stride + i])).sum();
-                        let raw = raw * 0.3;
-                        let raw = softcap.map_or(raw, |c| (raw / f64::from(c)).tanh() * f64::from(c));
-                        raw + f64::from(mask[(j % positions) * len + t])
-                    })
-                    .collect();
-                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for i in 0..d {
-                    let want: f64 = (0..len).map(|t| e[t] / sum * f64::from(v[t * stride + i])).sum();
-                    let got = f64::from(out[j * d + i]);
-                    assert!((got - want).abs() < 1e-5, "row {j} dim {i}: {got} vs {want}");
+        for _ in 0..len / 3 {
+            mask[rng.usize(0..positions * len)] = -1e30;
+        }
+        if positions > 1 {
+            mask[..len].fill(-1e30);
+        }
+        let shape = AttendShape { queries, positions, len, head_dim: d, kv_stride: stride, scale: 0.3, softcap };
+        let mut out = vec![f32::NAN; queries * d];
+        attend(&q, &k, &v, &mask, &shape, &mut out)?;
+        for j in 0..queries {
+            let s: Vec<f64> = (0..len)
+                .map(|t| {
+                    let raw: f64 = (0..d).map(|i| f64::from(q[j * d + i]) * f64::from(k[t * stride + i])).sum();
+                    let raw = raw * 0.3;
+                    let raw = softcap.map_or(raw, |c| (raw / f64::from(c)).tanh() * f64::from(c));
+                    raw + f64::from(mask[(j % positions) * len + t])
+                })
+                .collect();
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for i in 0..d {
+                let want: f64 = (0..len).map(|t| e[t] / sum * f64::from(v[t * stride + i])).sum();
+                let got = f64::from(out[j * d + i]);
+                let at = format!("{queries}q {positions}p {len} keys d {d} {softcap:?}: row {j} dim {i}");
+                assert!((got - want).abs() < 2e-6, "{at}: {got} vs {want}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_a_plain_softmax_attention() -> Result<()> {
+        // Head sizes off the SIMD path (12) and on it; query groups and dimension blocks of every size.
+        for (d, len) in [(12, 9), (8, 1), (64, 5), (64, 173), (96, 40), (128, 300), (40, 17)] {
+            for (queries, positions) in [(1, 1), (2, 2), (3, 1), (4, 2), (7, 1), (9, 3)] {
+                for softcap in [None, Some(0.7f32)] {
+                    check(queries, positions, len, d, softcap, (d * len + queries) as u64)?;
                 }
             }
         }

@@ -16,7 +16,9 @@
 //! Each (row, output) is one fused multiply-add chain over the inputs in order, whatever the number of rows or
 //! the tile that computed it, so a batch gives bit-identical logits to single runs.
 
+pub mod activation;
 pub mod attention;
+mod vmath;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -130,19 +132,34 @@ struct At<'a, W> {
     ahead: &'a [W],
 }
 
-/// Index in a panel's row-major block of outputs (`rows x PANEL`) of row `b` and output `q` of pair `p` of `at`.
+/// Where one panel's outputs go: output `q` of the panel for row `b` at `ptr + b * ld + q`. The panels of a
+/// product write disjoint columns of one `(rows, ld)` buffer, from several threads.
+#[derive(Clone, Copy)]
+struct PanelOut {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+// SAFETY: a `PanelOut` is only written through by the one task computing its panel (see `products`).
+unsafe impl Send for PanelOut {}
+unsafe impl Sync for PanelOut {}
+
+/// Offset in `y` of row `b` and output `q` of pair `p` of `at`.
 #[inline(always)]
-fn y_index<W>(at: &At<W>, p: usize, b: usize, q: usize) -> usize {
-    (at.row0 + b) * PANEL + (at.pair0 + p) * PAIR + q
+fn y_index<W>(at: &At<W>, y: PanelOut, p: usize, b: usize, q: usize) -> usize {
+    (at.row0 + b) * y.ld + (at.pair0 + p) * PAIR + q
 }
 
 /// Portable: sums of `PAIRS` pairs of outputs x `ROWS` rows, in the order the SIMD path uses.
-fn tile_portable<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: &mut [f32]) {
+///
+/// # Safety
+/// `y` must hold the tile's rows and outputs, written by no other thread meanwhile.
+unsafe fn tile_portable<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: PanelOut) {
     let mut acc = [[[0f32; PAIR]; ROWS]; PAIRS];
     if at.i0 > 0 {
         for (p, acc_p) in acc.iter_mut().enumerate() {
             for (b, acc_pb) in acc_p.iter_mut().enumerate() {
-                acc_pb.copy_from_slice(&y[y_index(at, p, b, 0)..][..PAIR]);
+                acc_pb.copy_from_slice(std::slice::from_raw_parts(y.ptr.add(y_index(at, y, p, b, 0)), PAIR));
             }
         }
     }
@@ -160,7 +177,7 @@ fn tile_portable<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y
     }
     for (p, acc_p) in acc.iter().enumerate() {
         for (b, acc_pb) in acc_p.iter().enumerate() {
-            y[y_index(at, p, b, 0)..][..PAIR].copy_from_slice(acc_pb);
+            std::slice::from_raw_parts_mut(y.ptr.add(y_index(at, y, p, b, 0)), PAIR).copy_from_slice(acc_pb);
         }
     }
 }
@@ -169,19 +186,19 @@ fn tile_portable<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `at` and `y` must hold the tile's rows, pairs and inputs (the callers'
-/// loops ensure it).
+/// loops ensure it), `y` written by no other thread meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: &mut [f32]) {
+unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: PanelOut) {
     use std::arch::x86_64::*;
     let xp = at.x.as_ptr();
     let wp = at.panel.as_ptr().add(at.pair0 * PAIR);
-    let yp = y.as_mut_ptr();
+    let yp = y.ptr;
     let mut acc = [[[_mm256_setzero_ps(); 2]; ROWS]; PAIRS];
     if at.i0 > 0 {
         for (p, acc_p) in acc.iter_mut().enumerate() {
             for (b, acc_pb) in acc_p.iter_mut().enumerate() {
-                let at_y = yp.add(y_index(at, p, b, 0));
+                let at_y = yp.add(y_index(at, y, p, b, 0));
                 *acc_pb = [_mm256_loadu_ps(at_y), _mm256_loadu_ps(at_y.add(8))];
             }
         }
@@ -209,7 +226,7 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
     }
     for (p, acc_p) in acc.iter().enumerate() {
         for (b, acc_pb) in acc_p.iter().enumerate() {
-            let at_y = yp.add(y_index(at, p, b, 0));
+            let at_y = yp.add(y_index(at, y, p, b, 0));
             _mm256_storeu_ps(at_y, acc_pb[0]);
             _mm256_storeu_ps(at_y.add(8), acc_pb[1]);
         }
@@ -217,11 +234,14 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
 }
 
 /// One tile on the path the CPU allows.
+///
+/// # Safety
+/// As [`tile_portable`].
 #[inline(always)]
-fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, simd: bool, y: &mut [f32]) {
+unsafe fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, simd: bool, y: PanelOut) {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is true only when the CPU has AVX2, FMA and F16C; the callers' loops stay in bounds.
+        // SAFETY: `simd` is true only when the CPU has AVX2, FMA and F16C; the rest is the caller's contract.
         unsafe { tile_avx2::<W, PAIRS, ROWS>(at, y) };
         return;
     }
@@ -231,14 +251,17 @@ fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, simd: bool
 
 /// Rows `row0..row0 + ROWS` against a whole panel over inputs `i0..i1`, `PAIRS` pairs at a time; the tiles
 /// prefetch `ahead` between them.
+///
+/// # Safety
+/// As [`tile_portable`], for the band's rows and the whole panel.
 #[inline(always)]
-fn band<W: Weight, const PAIRS: usize, const ROWS: usize>(
+unsafe fn band<W: Weight, const PAIRS: usize, const ROWS: usize>(
     x: &[f32],
     panel: &[W],
     (row0, i0, i1): (usize, usize, usize),
     ahead: &[W],
     simd: bool,
-    y: &mut [f32],
+    y: PanelOut,
 ) {
     let tiles = PANEL / PAIR / PAIRS;
     let share = ahead.len().div_ceil(tiles);
@@ -271,7 +294,10 @@ fn interleave_bands(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
 /// `y` (`rows x PANEL`). One row sweeps the panel once with 8 running sums. More rows take tiles of 6 rows x 16
 /// outputs (smaller at the end), over blocks of inputs whose slice of the panel stays in L1 while every row
 /// passes, prefetching the next block meanwhile. `x` is laid out by [`interleave_bands`].
-fn panel_outputs<W: Weight>(x: &[f32], data: &[W], inp: usize, rows: usize, simd: bool, y: &mut [f32]) {
+///
+/// # Safety
+/// `y` must hold `rows` rows of the panel's outputs, written by no other thread meanwhile.
+unsafe fn panel_outputs<W: Weight>(x: &[f32], data: &[W], inp: usize, rows: usize, simd: bool, y: PanelOut) {
     let panel = &data[..PANEL * inp];
     if rows == 1 {
         band::<W, 4, 1>(x, panel, (0, 0, inp), &[], simd, y);
@@ -309,25 +335,34 @@ fn simd_available() -> bool {
     false
 }
 
-/// `x (rows, inp) . W^T` over packed panels -> panel-major `(panels, rows, PANEL)`.
-fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: bool) -> Vec<f32> {
+/// `x (rows, inp) . W^T` over packed panels into `y`, `(rows, panels * PANEL)` row-major.
+fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: bool, y: &mut [f32]) {
     let panel_len = PANEL * inp;
     let panels = data.len() / panel_len.max(1);
-    let mut y = vec![0f32; panels * rows * PANEL];
-    let threads = rayon::current_num_threads();
-    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { panels } else { panels.div_ceil(threads) };
-    let run = |p0: usize, y: &mut [f32]| {
-        for (i, y_p) in y.chunks_exact_mut(rows * PANEL).enumerate() {
-            let p = p0 + i;
-            panel_outputs(x, &data[p * panel_len..], inp, rows, simd, y_p);
+    let ld = panels * PANEL;
+    assert!(y.len() >= rows * ld, "products: output buffer too short");
+    let out = PanelOut { ptr: y.as_mut_ptr(), ld };
+    let run = |p0: usize, p1: usize| {
+        // The whole `PanelOut` (Sync), not its raw pointer field alone.
+        let out = out;
+        for p in p0..p1 {
+            // SAFETY: panel p writes columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked above), and
+            // each panel is run by one task.
+            unsafe {
+                let y = PanelOut { ptr: out.ptr.add(p * PANEL), ld };
+                panel_outputs(x, &data[p * panel_len..], inp, rows, simd, y);
+            }
         }
     };
+    let threads = rayon::current_num_threads();
+    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { panels } else { panels.div_ceil(threads) };
     if per_task >= panels {
-        run(0, &mut y);
+        run(0, panels);
     } else {
-        y.par_chunks_mut(per_task * rows * PANEL).enumerate().for_each(|(i, y)| run(i * per_task, y));
+        (0..panels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|t| run(t * per_task, (t * per_task + per_task).min(panels)));
     }
-    y
 }
 
 #[derive(Debug)]
@@ -422,23 +457,19 @@ impl PackedMatrix {
             banded = interleave_bands(x, rows, self.inp);
             &banded
         };
-        let by_panel = match &self.data {
-            Packed::F32(d) => products(d, x, rows, self.inp, simd),
-            Packed::Bf16(d) => products(d, x, rows, self.inp, simd),
-            Packed::F16(d) => products(d, x, rows, self.inp, simd),
-        };
-        if rows == 1 {
-            let mut y = by_panel;
-            y.truncate(self.out);
-            return Ok(y);
+        // Tiles write whole panels: rows of `ld` outputs, compacted to `out` after.
+        let ld = self.out.div_ceil(PANEL) * PANEL;
+        let mut y = vec![0f32; rows * ld];
+        match &self.data {
+            Packed::F32(d) => products(d, x, rows, self.inp, simd, &mut y),
+            Packed::Bf16(d) => products(d, x, rows, self.inp, simd, &mut y),
+            Packed::F16(d) => products(d, x, rows, self.inp, simd, &mut y),
         }
-        let mut y = vec![0f32; rows * self.out];
-        for (p, block) in by_panel.chunks_exact(rows * PANEL).enumerate() {
-            let o0 = p * PANEL;
-            let n = PANEL.min(self.out - o0);
-            for (r, part) in block.chunks_exact(PANEL).enumerate() {
-                y[r * self.out + o0..][..n].copy_from_slice(&part[..n]);
+        if ld != self.out {
+            for r in 1..rows {
+                y.copy_within(r * ld..r * ld + self.out, r * self.out);
             }
+            y.truncate(rows * self.out);
         }
         Ok(y)
     }
@@ -539,11 +570,12 @@ mod tests {
                 assert_eq!(alone, all[r * out..(r + 1) * out], "{:?} row {r}", m.dtype());
             }
             // The portable path sums in the same order as the SIMD one.
-            let portable = match &m.data {
-                Packed::F32(d) => products(d, &x[..inp], 1, inp, false),
-                Packed::Bf16(d) => products(d, &x[..inp], 1, inp, false),
-                Packed::F16(d) => products(d, &x[..inp], 1, inp, false),
-            };
+            let mut portable = vec![0f32; out.div_ceil(PANEL) * PANEL];
+            match &m.data {
+                Packed::F32(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
+                Packed::Bf16(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
+                Packed::F16(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
+            }
             assert_eq!(portable[..out], all[..out], "{:?}", m.dtype());
         }
         Ok(())

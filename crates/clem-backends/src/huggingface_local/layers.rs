@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, LayerType, ModelConfig, RopeScaling, RopeSpec};
-use super::matmul::{self, PackedWeight};
+use super::kernels::{self, PackedWeight};
 use super::weights::get_f32;
 
 /// Added to the scores of masked keys. Finite on purpose: a fully masked (padding) query row must stay finite,
@@ -17,7 +17,7 @@ use super::weights::get_f32;
 pub const MASKED: f32 = -1e30;
 
 /// A linear layer `x W^T + b`: the weight packed in its stored dtype (f32, bf16, f16), activations and bias f32
-/// (see [`super::matmul`]).
+/// (see [`super::kernels`]).
 pub struct Linear {
     weight: Arc<PackedWeight>,
     bias: Option<Tensor>,
@@ -450,7 +450,7 @@ impl Attention {
         let q = q.reshape((b, kvh, rep * seq, hd))?;
         if seq <= DECODE_STEP && x.device().is_cpu() {
             // A few positions: read the cache in place instead of a general matmul packing it on every call.
-            let out = matmul::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
+            let out = kernels::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
             let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
             return self.o.forward(&out);
         }
@@ -495,6 +495,9 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;
+        if self.act == Activation::Silu && gate_up.device().is_cpu() {
+            return self.down.forward(&kernels::silu_mul(&gate_up, self.intermediate)?);
+        }
         let last = gate_up.rank() - 1;
         let gate = gate_up.narrow(last, 0, self.intermediate)?.contiguous()?;
         let up = gate_up.narrow(last, self.intermediate, self.intermediate)?;

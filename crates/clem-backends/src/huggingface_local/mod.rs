@@ -14,7 +14,8 @@
 //! - [`generate`]: the batched generation loop and sampling;
 //! - [`model`]: the [`Model`] implementation: templates, context check, cleaning, recorded objects.
 //!
-//! - [`matmul`]: weights packed by [`clem_kernels`] in their stored dtype, as a candle op.
+//! - [`kernels`]: [`clem_kernels`] as candle ops: weights packed in their stored dtype, decoding attention, the
+//!   gated activation.
 //!
 //! Compute dtype: weight matrices stay as stored (f32, bf16 or f16: half the memory and half the bytes read per
 //! token for bf16/f16) and are multiplied with f32 activations, summed in f32 ([`clem_kernels`]); everything else
@@ -27,9 +28,9 @@ pub mod files;
 pub mod gemma2;
 pub mod gemma3;
 pub mod generate;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
-pub mod matmul;
 pub mod model;
 pub mod phi3;
 pub mod qwen3;

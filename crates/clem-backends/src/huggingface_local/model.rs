@@ -125,7 +125,7 @@ impl HfLocalModel {
         }
 
         let device = Device::Cpu;
-        // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `matmul`).
+        // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `kernels`).
         let vb = safetensors.var_builder(&device);
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
         let pool = match ctx.threads.or(settings.threads) {

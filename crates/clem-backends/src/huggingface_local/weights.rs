@@ -4,7 +4,7 @@
 //! the largest tensor.
 //!
 //! Matrices (2-D and larger) stay in their stored dtype when it is f32, bf16 or f16: the linear layers multiply
-//! them as stored ([`super::matmul`]), so bf16/f16 weights take half the memory and half the bytes read per token.
+//! them as stored ([`super::kernels`]), so bf16/f16 weights take half the memory and half the bytes read per token.
 //! Everything else (norms, biases) is read as f32, the dtype activations are computed in.
 
 use std::collections::HashMap;

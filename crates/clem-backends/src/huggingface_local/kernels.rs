@@ -1,6 +1,6 @@
 //! candle's side of [`clem_kernels`]: a weight tensor packed in its stored dtype, multiplied as a candle op (f32
 //! activations in, f32 out) and read back by rows for embedding lookups; decoding attention read from the KV
-//! cache buffers in place.
+//! cache buffers in place; the gated SiLU of an MLP in one pass.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
@@ -63,6 +63,20 @@ impl CustomOp1 for PackedWeight {
         }
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
+}
+
+/// `silu(gate) * up` of `gate_up (.., 2 * inter)` (the gate then the up projection) -> `(.., inter)`, for f32
+/// tensors on the CPU.
+pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+    let gate_up = gate_up.contiguous()?;
+    let (store, layout) = gate_up.storage_and_layout();
+    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("silu_mul needs a contiguous input") };
+    let out = clem_kernels::activation::silu_mul(&cpu_f32(&store)?[a..b], inter).map_err(kernel_err)?;
+    let mut shape = gate_up.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = inter;
+    }
+    Tensor::from_vec(out, shape, gate_up.device())
 }
 
 /// The f32 values of a CPU tensor's storage.
