@@ -6,7 +6,7 @@ use crate::{KernelError, Result};
 /// `silu(g) * u` for each row of `gate_up (rows, 2 * inter)` holding the gate then the up projection:
 /// `(rows, inter)`. silu as torch computes it on the CPU: `g / (1 + e^-g)`.
 pub fn silu_mul(gate_up: &[f32], inter: usize) -> Result<Vec<f32>> {
-    if inter == 0 || gate_up.len() % (2 * inter) != 0 {
+    if inter == 0 || !gate_up.len().is_multiple_of(2 * inter) {
         return Err(KernelError::InputSize { inp: 2 * inter, got: gate_up.len() });
     }
     let mut out = vec![0f32; gate_up.len() / 2];

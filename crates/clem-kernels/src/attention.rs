@@ -41,7 +41,7 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, ou
     }
     let mut scores = vec![0f32; s.queries * s.len];
     #[cfg(target_arch = "x86_64")]
-    if d % 8 == 0 && crate::simd_available() {
+    if d.is_multiple_of(8) && crate::simd_available() {
         // SAFETY: the CPU has AVX2 and FMA; the sizes were checked above.
         unsafe { simd::attend(q, k, v, mask, s, &mut scores, out) };
         return Ok(());

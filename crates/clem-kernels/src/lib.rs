@@ -140,6 +140,13 @@ struct PanelOut {
     ld: usize,
 }
 
+impl PanelOut {
+    /// The same rows from column `c` on.
+    fn columns_from(self, c: usize) -> PanelOut {
+        PanelOut { ptr: self.ptr.wrapping_add(c), ..self }
+    }
+}
+
 // SAFETY: a `PanelOut` is only written through by the one task computing its panel (see `products`).
 unsafe impl Send for PanelOut {}
 unsafe impl Sync for PanelOut {}
@@ -343,15 +350,10 @@ fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: boo
     assert!(y.len() >= rows * ld, "products: output buffer too short");
     let out = PanelOut { ptr: y.as_mut_ptr(), ld };
     let run = |p0: usize, p1: usize| {
-        // The whole `PanelOut` (Sync), not its raw pointer field alone.
-        let out = out;
         for p in p0..p1 {
             // SAFETY: panel p writes columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked above), and
             // each panel is run by one task.
-            unsafe {
-                let y = PanelOut { ptr: out.ptr.add(p * PANEL), ld };
-                panel_outputs(x, &data[p * panel_len..], inp, rows, simd, y);
-            }
+            unsafe { panel_outputs(x, &data[p * panel_len..], inp, rows, simd, out.columns_from(p * PANEL)) };
         }
     };
     let threads = rayon::current_num_threads();
