@@ -17,7 +17,7 @@ fn main() -> Result<()> {
     let macs: usize = ms.iter().map(|m| m.dims().0 * m.dims().1).sum();
     for rows in [1usize, 2, 4, 6, 8, 16] {
         let mut best = f64::MAX;
-        let mut per = vec![0f64; 5];
+        let mut per = [0f64; 5];
         for _ in 0..5 {
             let t = Instant::now();
             for (k, m) in ms.iter().enumerate() {

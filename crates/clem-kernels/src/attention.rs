@@ -50,8 +50,8 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, ou
     Ok(())
 }
 
-/// Scaled, capped and masked scores of query `j` (raw dot products in `row`), then their softmax in place.
-fn softmax_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape, exp: impl Fn(&mut [f32], f32) -> f32) {
+/// Scores of one query from its raw dot products in `row`: scaled, capped, masked.
+fn scores_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape) {
     for (sc, m) in row.iter_mut().zip(mask_row) {
         let raw = *sc * s.scale;
         let capped = match s.softcap {
@@ -59,11 +59,6 @@ fn softmax_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape, exp: impl Fn(
             None => raw,
         };
         *sc = capped + m;
-    }
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = exp(row, max);
-    for p in row.iter_mut() {
-        *p /= sum;
     }
 }
 
@@ -79,12 +74,15 @@ fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scor
             *sc = qj.iter().zip(&k[t * s.kv_stride..][..d]).map(|(a, b)| a * b).sum();
         }
         let mrow = &mask[(j % s.positions) * s.len..][..s.len];
-        softmax_row(row, mrow, s, |row, max| {
-            row.iter_mut().fold(0f32, |sum, x| {
-                *x = (*x - max).exp();
-                sum + *x
-            })
+        scores_row(row, mrow, s);
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum = row.iter_mut().fold(0f32, |sum, x| {
+            *x = (*x - max).exp();
+            sum + *x
         });
+        for p in row.iter_mut() {
+            *p /= sum;
+        }
         let oj = &mut out[j * d..(j + 1) * d];
         oj.fill(0.0);
         for (t, &p) in row.iter().enumerate() {
@@ -99,7 +97,7 @@ fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scor
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::{softmax_row, AttendShape};
+    use super::AttendShape;
     use crate::vmath::exp8;
 
     /// Sum of the 8 lanes.
@@ -111,42 +109,90 @@ mod simd {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// `row[t] = e^(row[t] - max)`, returning their sum.
+    /// [`super::softmax_row`] 8 lanes at a time: the same scores (scaled, capped, masked), `e^(x - max)` by
+    /// [`exp8`] for every element, each divided by the sum.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp_row(row: &mut [f32], max: f32) -> f32 {
+    unsafe fn softmax_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape) {
+        let n = row.len() / 8 * 8;
+        let (rp, mp) = (row.as_mut_ptr(), mask_row.as_ptr());
+        match s.softcap {
+            Some(_) => super::scores_row(row, mask_row, s),
+            None => {
+                let scale = _mm256_set1_ps(s.scale);
+                for i in (0..n).step_by(8) {
+                    let x = _mm256_mul_ps(_mm256_loadu_ps(rp.add(i)), scale);
+                    _mm256_storeu_ps(rp.add(i), _mm256_add_ps(x, _mm256_loadu_ps(mp.add(i))));
+                }
+                super::scores_row(&mut row[n..], &mask_row[n..], s);
+            }
+        }
+        let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..n).step_by(8) {
+            maxv = _mm256_max_ps(maxv, _mm256_loadu_ps(rp.add(i)));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), maxv);
+        let max = lanes.iter().chain(&row[n..]).copied().fold(f32::NEG_INFINITY, f32::max);
         let m = _mm256_set1_ps(max);
         let mut sum = _mm256_setzero_ps();
-        let mut chunks = row.chunks_exact_mut(8);
-        for c in &mut chunks {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
-            _mm256_storeu_ps(c.as_mut_ptr(), e);
+        for i in (0..n).step_by(8) {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(rp.add(i)), m));
+            _mm256_storeu_ps(rp.add(i), e);
             sum = _mm256_add_ps(sum, e);
         }
-        let rest = chunks.into_remainder();
+        let rest = &mut row[n..];
         let mut tail = [f32::NEG_INFINITY; 8];
         tail[..rest.len()].copy_from_slice(rest);
         let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m));
         _mm256_storeu_ps(tail.as_mut_ptr(), e);
         rest.copy_from_slice(&tail[..rest.len()]);
-        hsum(_mm256_add_ps(sum, e))
+        let total = _mm256_set1_ps(hsum(_mm256_add_ps(sum, e)));
+        for i in (0..n).step_by(8) {
+            _mm256_storeu_ps(rp.add(i), _mm256_div_ps(_mm256_loadu_ps(rp.add(i)), total));
+        }
+        let total = _mm256_cvtss_f32(total);
+        for p in rest.iter_mut() {
+            *p /= total;
+        }
     }
 
-    /// Dot products of `QN` queries (rows of `d` at `q`) with every key: `scores[j * len + t]`.
+    /// The sum of one key's 8 partial sums, in the order [`dots`] reduces 8 keys at once:
+    /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`, so a key's score does not depend on its block.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots<const QN: usize>(q: *const f32, k: *const f32, s: &AttendShape, scores: *mut f32) {
-        let d = s.head_dim;
-        for t in 0..s.len {
-            let kt = k.add(t * s.kv_stride);
-            let mut acc = [_mm256_setzero_ps(); QN];
+    unsafe fn hsum_tree(v: __m256) -> f32 {
+        let h = _mm256_hadd_ps(v, v);
+        let h = _mm256_hadd_ps(h, h);
+        _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h)))
+    }
+
+    /// Dot products of query `qj` (`d` values) with every key: `scores[t]`. Eight keys at a time, each with its
+    /// own partial sums, reduced together.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots(qj: *const f32, k: *const f32, s: &AttendShape, scores: *mut f32) {
+        let (d, st) = (s.head_dim, s.kv_stride);
+        let blocks = s.len / 8 * 8;
+        for t0 in (0..blocks).step_by(8) {
+            let kt = k.add(t0 * st);
+            let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..d).step_by(8) {
-                let kc = _mm256_loadu_ps(kt.add(c));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j * d + c)), kc, *a);
+                let qc = _mm256_loadu_ps(qj.add(c));
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kt.add(u * st + c)), *a);
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                *scores.add(j * s.len + t) = hsum(*a);
+            let u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+            let u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+            let sums = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1));
+            _mm256_storeu_ps(scores.add(t0), sums);
+        }
+        for t in blocks..s.len {
+            let kt = k.add(t * st);
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..d).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj.add(c)), _mm256_loadu_ps(kt.add(c)), acc);
             }
+            *scores.add(t) = hsum_tree(acc);
         }
     }
 
@@ -156,11 +202,11 @@ mod simd {
         let mut acc = [[_mm256_setzero_ps(); CN]; QN];
         for t in 0..s.len {
             let vt = v.add(t * s.kv_stride);
-            let vc: [__m256; CN] = std::array::from_fn(|c| _mm256_loadu_ps(vt.add(8 * c)));
-            for (j, acc_j) in acc.iter_mut().enumerate() {
-                let pj = _mm256_broadcast_ss(&*p.add(j * s.len + t));
-                for (a, &vcc) in acc_j.iter_mut().zip(&vc) {
-                    *a = _mm256_fmadd_ps(pj, vcc, *a);
+            let pt: [__m256; QN] = std::array::from_fn(|j| _mm256_broadcast_ss(&*p.add(j * s.len + t)));
+            for c in 0..CN {
+                let vc = _mm256_loadu_ps(vt.add(8 * c));
+                for (acc_j, &pj) in acc.iter_mut().zip(&pt) {
+                    acc_j[c] = _mm256_fmadd_ps(pj, vc, acc_j[c]);
                 }
             }
         }
@@ -203,14 +249,8 @@ mod simd {
     ) {
         let d = s.head_dim;
         let sp = scores.as_mut_ptr();
-        for j0 in (0..s.queries).step_by(4) {
-            let (qj, at) = (q.as_ptr().add(j0 * d), sp.add(j0 * s.len));
-            match (s.queries - j0).min(4) {
-                1 => dots::<1>(qj, k.as_ptr(), s, at),
-                2 => dots::<2>(qj, k.as_ptr(), s, at),
-                3 => dots::<3>(qj, k.as_ptr(), s, at),
-                _ => dots::<4>(qj, k.as_ptr(), s, at),
-            }
+        for j in 0..s.queries {
+            dots(q.as_ptr().add(j * d), k.as_ptr(), s, sp.add(j * s.len));
         }
         if s.len == 0 {
             out[..s.queries * d].fill(0.0);
@@ -218,7 +258,7 @@ mod simd {
         }
         for (j, row) in scores.chunks_exact_mut(s.len).enumerate() {
             let mrow = &mask[(j % s.positions) * s.len..][..s.len];
-            softmax_row(row, mrow, s, |row, max| exp_row(row, max));
+            softmax_row(row, mrow, s);
         }
         for j0 in (0..s.queries).step_by(3) {
             for c0 in (0..d).step_by(32) {
