@@ -217,7 +217,8 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
     let (mut fetched, mut credit) = (0, 0);
     for i in at.i0..at.i1 {
         credit += lines;
-        while credit >= steps {
+        // One row streams the panel without prefetching: the hardware prefetcher keeps up with it.
+        while ROWS > 1 && credit >= steps {
             credit -= steps;
             _mm_prefetch::<_MM_HINT_T0>(ahead.add(fetched * 64));
             fetched += 1;
