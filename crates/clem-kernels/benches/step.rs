@@ -1,35 +1,59 @@
+//! The kernels over one decoding step of SmolLM2-135M: 30 layers of distinct matrices plus the output projection
+//! (so the weights stream from memory, as in a model; a repeated matrix would stay in cache), for 1 to 16 rows, in
+//! f32 and bf16; then the decoding attention of 8 rows at 110 positions over distinct KV buffers. Time per step,
+//! GMAC/s and the time per matrix shape. A development aid for the kernels; `bench/hf_local/run.py` is the
+//! benchmark against transformers. `cargo bench -p clem-kernels --bench step` (RAYON_NUM_THREADS sets the threads).
+
+use std::time::Instant;
+
+use clem_kernels::attention::{attend, AttendShape};
 use clem_kernels::{PackedMatrix, Result};
 use half::bf16;
-use std::time::Instant;
-fn main() -> Result<()> {
-    let shapes = [(960usize, 576usize), (576, 576), (3072, 576), (576, 1536)];
+
+/// (out, inp) of one layer's fused q/k/v, o, fused gate/up and down projections, and of the output projection.
+const LAYER: [(usize, usize); 4] = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
+const LM_HEAD: (usize, usize) = (49152, 576);
+const LAYERS: usize = 30;
+
+fn matrix(out: usize, inp: usize, seed: usize, as_bf16: bool) -> Result<PackedMatrix> {
+    let w: Vec<f32> = (0..out * inp).map(|i| ((i * 7919 + seed) % 1000) as f32 * 1e-3 - 0.5).collect();
+    if as_bf16 {
+        let w: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        PackedMatrix::from_bf16(&w, out, inp)
+    } else {
+        PackedMatrix::from_f32(&w, out, inp)
+    }
+}
+
+fn steps(as_bf16: bool) -> Result<()> {
     let mut ms = Vec::new();
-    let layers: usize = std::env::var("LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    for l in 0..layers {
-        for &(out, inp) in &shapes {
-            let w: Vec<bf16> =
-                (0..out * inp).map(|i| bf16::from_f32(((i * 7919 + l) % 1000) as f32 * 1e-3 - 0.5)).collect();
-            ms.push(PackedMatrix::from_bf16(&w, out, inp)?);
+    for l in 0..LAYERS {
+        for &(out, inp) in &LAYER {
+            ms.push(matrix(out, inp, l, as_bf16)?);
         }
     }
-    let w: Vec<bf16> = (0..49152 * 576).map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
-    ms.push(PackedMatrix::from_bf16(&w, 49152, 576)?);
+    ms.push(matrix(LM_HEAD.0, LM_HEAD.1, 0, as_bf16)?);
     let macs: usize = ms.iter().map(|m| m.dims().0 * m.dims().1).sum();
     for rows in [1usize, 2, 4, 6, 8, 16] {
-        let mut best = f64::MAX;
-        let mut per = [0f64; 5];
+        let xs: Vec<Vec<f32>> =
+            ms.iter().map(|m| (0..rows * m.dims().1).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect()).collect();
+        let (mut best, mut per) = (f64::MAX, [f64::MAX; 5]);
         for _ in 0..5 {
+            let mut shape_time = [0f64; 5];
             let t = Instant::now();
-            for (k, m) in ms.iter().enumerate() {
+            for (k, (m, x)) in ms.iter().zip(&xs).enumerate() {
                 let t1 = Instant::now();
-                let x: Vec<f32> = (0..rows * m.dims().1).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
-                std::hint::black_box(m.matmul_t(&x, rows)?);
-                per[if k == 4 * layers { 4 } else { k % 4 }] += t1.elapsed().as_secs_f64() / 5.0;
+                std::hint::black_box(m.matmul_t(x, rows)?);
+                shape_time[if k == LAYERS * 4 { 4 } else { k % 4 }] += t1.elapsed().as_secs_f64();
             }
             best = best.min(t.elapsed().as_secs_f64());
+            for (p, s) in per.iter_mut().zip(shape_time) {
+                *p = p.min(s);
+            }
         }
         println!(
-            "rows {rows}: step {:.2} ms, {:.1} GMAC/s; qkv {:.2} o {:.2} gate_up {:.2} down {:.2} lm_head {:.2} ms",
+            "{} rows {rows:2}: step {:6.2} ms, {:5.1} GMAC/s; qkv {:.2} o {:.2} gate_up {:.2} down {:.2} lm_head {:.2} ms",
+            if as_bf16 { "bf16" } else { "f32 " },
             best * 1e3,
             (macs * rows) as f64 / best / 1e9,
             per[0] * 1e3,
@@ -40,4 +64,32 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// 8 rows x 30 layers x 3 KV heads, each attending 3 query heads to 110 keys of 64 dimensions.
+fn attention() -> Result<()> {
+    let (len, d, calls, cap) = (110usize, 64usize, 8 * LAYERS * 3, 256usize);
+    let k: Vec<Vec<f32>> = (0..calls).map(|c| (0..cap * d).map(|i| ((i + c) % 13) as f32 * 0.01).collect()).collect();
+    let v: Vec<Vec<f32>> =
+        (0..calls).map(|c| (0..cap * d).map(|i| ((i + 2 * c) % 11) as f32 * 0.01).collect()).collect();
+    let q: Vec<f32> = (0..3 * d).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mask = vec![0f32; len];
+    let s = AttendShape { queries: 3, positions: 1, len, head_dim: d, kv_stride: d, scale: 0.125, softcap: None };
+    let mut out = vec![0f32; 3 * d];
+    let mut best = f64::MAX;
+    for _ in 0..10 {
+        let t = Instant::now();
+        for (k, v) in k.iter().zip(&v) {
+            attend(&q, k, v, &mask, &s, &mut out)?;
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("attention of a step (8 rows, {calls} calls, {len} keys): {:.2} ms", best * 1e3);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    steps(false)?;
+    steps(true)?;
+    attention()
 }

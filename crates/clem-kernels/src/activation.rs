@@ -1,6 +1,8 @@
 //! The gated activation of an MLP, `act(gate) * up`, in one pass over the fused gate/up projection's output:
 //! instead of slicing the gate out, activating it and multiplying by the (strided) up half as three tensor ops.
 
+use rayon::prelude::*;
+
 use crate::{KernelError, Result};
 
 /// `silu(g) * u` for each row of `gate_up (rows, 2 * inter)` holding the gate then the up projection:
@@ -10,17 +12,25 @@ pub fn silu_mul(gate_up: &[f32], inter: usize) -> Result<Vec<f32>> {
         return Err(KernelError::InputSize { inp: 2 * inter, got: gate_up.len() });
     }
     let mut out = vec![0f32; gate_up.len() / 2];
-    for (row, o) in gate_up.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
+    let simd = crate::simd_available();
+    let row = |(row, o): (&[f32], &mut [f32])| {
         let (gate, up) = row.split_at(inter);
         #[cfg(target_arch = "x86_64")]
-        if crate::simd_available() {
+        if simd {
             // SAFETY: the CPU has AVX2 and FMA; the three slices have `inter` values.
             unsafe { simd::silu_mul(gate, up, o) };
-            continue;
+            return;
         }
+        let _ = simd;
         for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
             *o = g / (1.0 + (-g).exp()) * u;
         }
+    };
+    // Prompts (many rows) on the pool's threads; a decoding step's few rows are not worth the hand-off.
+    if gate_up.len() >= 1 << 16 {
+        gate_up.par_chunks_exact(2 * inter).zip(out.par_chunks_exact_mut(inter)).for_each(row);
+    } else {
+        gate_up.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)).for_each(row);
     }
     Ok(out)
 }

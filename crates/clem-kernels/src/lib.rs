@@ -20,6 +20,8 @@ pub mod activation;
 pub mod attention;
 mod vmath;
 
+use std::mem::MaybeUninit;
+
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -220,7 +222,7 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
         // One row streams the panel without prefetching: the hardware prefetcher keeps up with it.
         while ROWS > 1 && credit >= steps {
             credit -= steps;
-            _mm_prefetch::<_MM_HINT_T0>(ahead.add(fetched * 64));
+            _mm_prefetch::<_MM_HINT_T1>(ahead.add(fetched * 64));
             fetched += 1;
         }
         for (p, acc_p) in acc.iter_mut().enumerate() {
@@ -344,12 +346,13 @@ fn simd_available() -> bool {
 }
 
 /// `x (rows, inp) . W^T` over packed panels into `y`, `(rows, panels * PANEL)` row-major.
-fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: bool, y: &mut [f32]) {
+/// Every value of `y` is written (each panel writes all its columns of every row), so it may start uninitialised.
+fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: bool, y: &mut [MaybeUninit<f32>]) {
     let panel_len = PANEL * inp;
     let panels = data.len() / panel_len.max(1);
     let ld = panels * PANEL;
     assert!(y.len() >= rows * ld, "products: output buffer too short");
-    let out = PanelOut { ptr: y.as_mut_ptr(), ld };
+    let out = PanelOut { ptr: y.as_mut_ptr().cast::<f32>(), ld };
     let run = |p0: usize, p1: usize| {
         for p in p0..p1 {
             // SAFETY: panel p writes columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked above), and
@@ -462,12 +465,15 @@ impl PackedMatrix {
         };
         // Tiles write whole panels: rows of `ld` outputs, compacted to `out` after.
         let ld = self.out.div_ceil(PANEL) * PANEL;
-        let mut y = vec![0f32; rows * ld];
+        let mut y: Vec<f32> = Vec::with_capacity(rows * ld);
+        let uninit = &mut y.spare_capacity_mut()[..rows * ld];
         match &self.data {
-            Packed::F32(d) => products(d, x, rows, self.inp, simd, &mut y),
-            Packed::Bf16(d) => products(d, x, rows, self.inp, simd, &mut y),
-            Packed::F16(d) => products(d, x, rows, self.inp, simd, &mut y),
+            Packed::F32(d) => products(d, x, rows, self.inp, simd, uninit),
+            Packed::Bf16(d) => products(d, x, rows, self.inp, simd, uninit),
+            Packed::F16(d) => products(d, x, rows, self.inp, simd, uninit),
         }
+        // SAFETY: `products` wrote all `rows * ld` values.
+        unsafe { y.set_len(rows * ld) };
         if ld != self.out {
             for r in 1..rows {
                 y.copy_within(r * ld..r * ld + self.out, r * self.out);
@@ -573,12 +579,14 @@ mod tests {
                 assert_eq!(alone, all[r * out..(r + 1) * out], "{:?} row {r}", m.dtype());
             }
             // The portable path sums in the same order as the SIMD one.
-            let mut portable = vec![0f32; out.div_ceil(PANEL) * PANEL];
+            let mut portable = vec![MaybeUninit::new(f32::NAN); out.div_ceil(PANEL) * PANEL];
             match &m.data {
                 Packed::F32(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
                 Packed::Bf16(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
                 Packed::F16(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
             }
+            // SAFETY: initialised above (and overwritten by `products`).
+            let portable: Vec<f32> = portable.iter().map(|v| unsafe { v.assume_init() }).collect();
             assert_eq!(portable[..out], all[..out], "{:?}", m.dtype());
         }
         Ok(())
