@@ -259,23 +259,27 @@ unsafe fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, sim
     tile_portable::<W, PAIRS, ROWS>(at, y);
 }
 
-/// Rows `row0..row0 + ROWS` against a whole panel over inputs `i0..i1`, `PAIRS` pairs at a time; the tiles
+/// The pairs of a panel's outputs one task computes: all 4, or one half when a product is split finely between
+/// threads.
+type Pairs = std::ops::Range<usize>;
+
+/// Rows `row0..row0 + ROWS` against `pairs` of a panel over inputs `i0..i1`, `PAIRS` pairs at a time; the tiles
 /// prefetch `ahead` between them.
 ///
 /// # Safety
-/// As [`tile_portable`], for the band's rows and the whole panel.
+/// As [`tile_portable`], for the band's rows and the panel's `pairs`.
 #[inline(always)]
 unsafe fn band<W: Weight, const PAIRS: usize, const ROWS: usize>(
     x: &[f32],
     panel: &[W],
-    (row0, i0, i1): (usize, usize, usize),
+    (row0, i0, i1, pairs): (usize, usize, usize, Pairs),
     ahead: &[W],
     simd: bool,
     y: PanelOut,
 ) {
-    let tiles = PANEL / PAIR / PAIRS;
+    let tiles = (pairs.len() / PAIRS).max(1);
     let share = ahead.len().div_ceil(tiles);
-    for (t, pair0) in (0..PANEL / PAIR).step_by(PAIRS).enumerate() {
+    for (t, pair0) in pairs.step_by(PAIRS).enumerate() {
         let ahead = &ahead[(t * share).min(ahead.len())..((t + 1) * share).min(ahead.len())];
         tile::<W, PAIRS, ROWS>(&At { x, panel, pair0, row0, i0, i1, ahead }, simd, y);
     }
@@ -300,17 +304,24 @@ fn interleave_bands(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
     out
 }
 
-/// All rows against one panel (the first `PANEL * inp` values of `data`; what follows is the next panels), into
-/// `y` (`rows x PANEL`). One row sweeps the panel once with 8 running sums. More rows take tiles of 6 rows x 16
-/// outputs (smaller at the end), over blocks of inputs whose slice of the panel stays in L1 while every row
-/// passes, prefetching the next block meanwhile. `x` is laid out by [`interleave_bands`].
+/// All rows against `pairs` of one panel (the first `PANEL * inp` values of `data`; what follows is the next
+/// panels), into `y` (`rows x PANEL`). One row sweeps the whole panel once with 8 running sums. More rows take
+/// tiles of 6 rows x 16 outputs (smaller at the end), over blocks of inputs whose slice of the panel stays in L1
+/// while every row passes, prefetching the next block meanwhile. `x` is laid out by [`interleave_bands`].
 ///
 /// # Safety
-/// `y` must hold `rows` rows of the panel's outputs, written by no other thread meanwhile.
-unsafe fn panel_outputs<W: Weight>(x: &[f32], data: &[W], inp: usize, rows: usize, simd: bool, y: PanelOut) {
+/// `y` must hold `rows` rows of the panel's outputs in `pairs`, written by no other thread meanwhile; one row
+/// takes whole panels.
+unsafe fn panel_outputs<W: Weight>(
+    x: &[f32],
+    data: &[W],
+    (inp, rows, pairs): (usize, usize, Pairs),
+    simd: bool,
+    y: PanelOut,
+) {
     let panel = &data[..PANEL * inp];
     if rows == 1 {
-        band::<W, 4, 1>(x, panel, (0, 0, inp), &[], simd, y);
+        band::<W, 4, 1>(x, panel, (0, 0, inp, 0..4), &[], simd, y);
         return;
     }
     let block = (16 * 1024 / (PANEL * std::mem::size_of::<W>())).max(1);
@@ -319,7 +330,7 @@ unsafe fn panel_outputs<W: Weight>(x: &[f32], data: &[W], inp: usize, rows: usiz
         let next = &data[(i1 * PANEL).min(data.len())..((i1 + block) * PANEL).min(data.len())];
         for (r, n) in bands(rows) {
             let xb = &x[r * inp..(r + n) * inp];
-            let at = (r, i0, i1);
+            let at = (r, i0, i1, pairs.clone());
             let ahead = &next[r * next.len() / rows..(r + n) * next.len() / rows];
             match n {
                 6 => band::<W, 1, 6>(xb, panel, at, ahead, simd, y),
@@ -327,7 +338,8 @@ unsafe fn panel_outputs<W: Weight>(x: &[f32], data: &[W], inp: usize, rows: usiz
                 4 => band::<W, 1, 4>(xb, panel, at, ahead, simd, y),
                 3 => band::<W, 2, 3>(xb, panel, at, ahead, simd, y),
                 2 => band::<W, 2, 2>(xb, panel, at, ahead, simd, y),
-                _ => band::<W, 4, 1>(xb, panel, at, ahead, simd, y),
+                _ if pairs.len() == 4 => band::<W, 4, 1>(xb, panel, at, ahead, simd, y),
+                _ => band::<W, 2, 1>(xb, panel, at, ahead, simd, y),
             }
         }
     }
@@ -353,21 +365,27 @@ fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: boo
     let ld = panels * PANEL;
     assert!(y.len() >= rows * ld, "products: output buffer too short");
     let out = PanelOut { ptr: y.as_mut_ptr().cast::<f32>(), ld };
-    let run = |p0: usize, p1: usize| {
-        for p in p0..p1 {
-            // SAFETY: panel p writes columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked above), and
-            // each panel is run by one task.
-            unsafe { panel_outputs(x, &data[p * panel_len..], inp, rows, simd, out.columns_from(p * PANEL)) };
+    let threads = rayon::current_num_threads();
+    // Several rows are compute-bound: threads split half panels, so that small matrices (9 panels, say) divide
+    // evenly. One row streams whole panels.
+    let halves = if rows > 1 { 2 } else { 1 };
+    let units = panels * halves;
+    let run = |u0: usize, u1: usize| {
+        for p in u0 / halves..u1.div_ceil(halves) {
+            let (from, to) = (u0.max(p * halves) - p * halves, u1.min((p + 1) * halves) - p * halves);
+            let pairs = from * 4 / halves..to * 4 / halves;
+            // SAFETY: panel p writes `pairs` of columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked
+            // above), and each unit (a panel's half, or the panel) is run by one task.
+            unsafe { panel_outputs(x, &data[p * panel_len..], (inp, rows, pairs), simd, out.columns_from(p * PANEL)) };
         }
     };
-    let threads = rayon::current_num_threads();
-    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { panels } else { panels.div_ceil(threads) };
-    if per_task >= panels {
-        run(0, panels);
+    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { units } else { units.div_ceil(threads) };
+    if per_task >= units {
+        run(0, units);
     } else {
-        (0..panels.div_ceil(per_task))
+        (0..units.div_ceil(per_task))
             .into_par_iter()
-            .for_each(|t| run(t * per_task, (t * per_task + per_task).min(panels)));
+            .for_each(|t| run(t * per_task, (t * per_task + per_task).min(units)));
     }
 }
 
@@ -588,6 +606,26 @@ mod tests {
             // SAFETY: initialised above (and overwritten by `products`).
             let portable: Vec<f32> = portable.iter().map(|v| unsafe { v.assume_init() }).collect();
             assert_eq!(portable[..out], all[..out], "{:?}", m.dtype());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn splitting_between_threads_gives_the_same_bits() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        // 9 panels: 2 and 4 threads split some panels in halves between them; every band shape.
+        let (inp, out) = (120, 9 * 64 - 5);
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build();
+        let (one, two, four) = (pool(1)?, pool(2)?, pool(4)?);
+        for (m, w) in each_dtype(&values(out * inp, 4), out, inp)? {
+            for rows in [1, 2, 3, 5, 7, 8, 13] {
+                let x = values(rows * inp, 6);
+                let alone = one.install(|| m.matmul_t(&x, rows))?;
+                assert_eq!(alone, two.install(|| m.matmul_t(&x, rows))?, "{:?}, {rows} rows, 2 threads", m.dtype());
+                assert_eq!(alone, four.install(|| m.matmul_t(&x, rows))?, "{:?}, {rows} rows, 4 threads", m.dtype());
+                for (g, w) in alone.iter().zip(&naive(&x, rows, inp, &w, out)) {
+                    assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{:?}, {rows} rows: {g} vs {w}", m.dtype());
+                }
+            }
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! cache, greedy or sampled next tokens (temperature, top-p, seed), stop at any EOS id; rows that finish leave
 //! the batch so they stop costing work. Architecture-agnostic: it sees only [`CausalLm`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{Device, Result, Tensor};
@@ -82,8 +83,9 @@ pub fn last_logits(model: &CausalLm, prompts: &[Vec<u32>], pad_id: u32, device: 
 /// ~11% of decode time at one thread was spent in those hand-offs).
 pub fn on_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     if let Some(pool) = pool {
-        return pool.install(f);
+        return pool.install(|| with_workers_awake(f));
     }
+    let f = || with_workers_awake(f);
     let f = Mutex::new(Some(f));
     let out = Mutex::new(None);
     // Two jobs so that candle starts a rayon scope (with one it calls inline); the second has nothing to do.
@@ -97,6 +99,38 @@ pub fn on_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> Re
         .ok()
         .flatten()
         .unwrap_or_else(|| Err(candle_core::Error::Msg("generation panicked on a worker thread".into())))
+}
+
+/// Runs `f` (on a worker of the current pool) while the pool's other workers keep polling for work instead of
+/// falling asleep between the short parallel sections of a decoding step: waking a sleeping worker costs tens of
+/// microseconds on a virtual machine, a decoding step's matrix product a few hundred. They execute the work `f`
+/// splits off meanwhile, and stop when `f` returns.
+fn with_workers_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let (Some(owner), threads) = (rayon::current_thread_index(), rayon::current_num_threads()) else {
+        return f();
+    };
+    if threads < 2 {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| {
+                // Picked up by `f`'s own thread while it waits on a split: return, or it would wait on itself.
+                if rayon::current_thread_index() == Some(owner) {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let out = f();
+        done.store(true, Ordering::Release);
+        out
+    })
 }
 
 /// Generates for every prompt (token ids) at most `budgets[i]` new tokens, on the calling thread: call it through
