@@ -291,8 +291,9 @@ fn bands(rows: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// `x` (row-major) with each band's rows interleaved input by input, as tiles read them.
-fn interleave_bands(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * inp];
+fn interleave_bands(x: &[f32], rows: usize, inp: usize, out: &mut Vec<f32>) {
+    // Every value is overwritten: only the length matters.
+    out.resize(rows * inp, 0.0);
     for (r0, n) in bands(rows) {
         let band = &mut out[r0 * inp..(r0 + n) * inp];
         for (b, row) in x[r0 * inp..(r0 + n) * inp].chunks_exact(inp).enumerate() {
@@ -301,7 +302,12 @@ fn interleave_bands(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
             }
         }
     }
-    out
+}
+
+thread_local! {
+    /// The calling thread's buffer for [`interleave_bands`]: reused, since a fresh multi-megabyte allocation per
+    /// product (a prompt's rows) costs page faults that zero it.
+    static BANDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// All rows against `pairs` of one panel (the first `PANEL * inp` values of `data`; what follows is the next
@@ -474,13 +480,25 @@ impl PackedMatrix {
             return Ok(vec![0f32; rows * self.out]);
         }
         let simd = simd_available();
-        let banded;
-        let x = if rows == 1 {
-            x
-        } else {
-            banded = interleave_bands(x, rows, self.inp);
-            &banded
-        };
+        if rows == 1 {
+            return Ok(self.products_into_rows(x, 1, simd));
+        }
+        BANDED.with(|banded| match banded.try_borrow_mut() {
+            Ok(mut banded) => {
+                interleave_bands(x, rows, self.inp, &mut banded);
+                Ok(self.products_into_rows(&banded, rows, simd))
+            }
+            // Re-entered on this thread (a product inside a product's task): a buffer of its own.
+            Err(_) => {
+                let mut own = Vec::new();
+                interleave_bands(x, rows, self.inp, &mut own);
+                Ok(self.products_into_rows(&own, rows, simd))
+            }
+        })
+    }
+
+    /// [`products`] of `x` (laid out by [`interleave_bands`] when `rows > 1`) as `(rows, out)` row-major.
+    fn products_into_rows(&self, x: &[f32], rows: usize, simd: bool) -> Vec<f32> {
         // Tiles write whole panels: rows of `ld` outputs, compacted to `out` after.
         let ld = self.out.div_ceil(PANEL) * PANEL;
         let mut y: Vec<f32> = Vec::with_capacity(rows * ld);
@@ -498,7 +516,7 @@ impl PackedMatrix {
             }
             y.truncate(rows * self.out);
         }
-        Ok(y)
+        y
     }
 
     /// Rows `ids` of the matrix, widened to f32 (an embedding lookup), `(ids.len(), inp)` row-major.
