@@ -1,9 +1,10 @@
 //! candle's side of [`clem_kernels`]: a weight tensor packed in its stored dtype, multiplied as a candle op (f32
 //! activations in, f32 out) and read back by rows for embedding lookups; decoding attention read from the KV
-//! cache buffers in place; the gated SiLU of an MLP in one pass.
+//! cache buffers in place, after a decoding step's fused q/k/v projection is split, rotated and written into them in
+//! one pass; the gated SiLU of an MLP in one pass.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp2, Layout, Result, Shape, Storage, Tensor};
 use clem_kernels::attention::{self, AttendShape};
 use clem_kernels::PackedMatrix;
 use half::{bf16, f16};
@@ -126,4 +127,110 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, sof
             .map_err(kernel_err)
     })?;
     Tensor::from_vec(out, (b, kvh, queries, d), q.device())
+}
+
+/// The shapes of a decoding step's attention heads.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotates `x` (`d` values) into `out`, half-split style, with `cos`/`sin` (`d / 2` values), computing exactly what
+/// candle's `rope` computes (the prefill path), so that cached keys do not depend on the path that wrote them.
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        out[i] = a * cos[i] - b * sin[i];
+        out[i + half] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// The fused projection `qkv (b, seq, (heads + 2 kv_heads) d)` of a decoding step as f32 values, with its shape.
+fn step_values(t: &Tensor) -> Result<(Vec<f32>, (usize, usize, usize))> {
+    let dims = t.dims3()?;
+    Ok((t.flatten_all()?.to_vec1::<f32>()?, dims))
+}
+
+/// Writes one part of a decoding step's projection into a cache buffer `(b, kv_heads, cap, d)` at positions
+/// `at..at + seq`: the keys rotated, or the values as they are.
+struct CacheWrite<'a> {
+    qkv: &'a [f32],
+    shape: (usize, usize, usize),
+    heads: Heads,
+    at: usize,
+    /// `Some((cos, sin))` `(b, seq, d / 2)`: the keys; `None`: the values.
+    rope: Option<(&'a [f32], &'a [f32])>,
+}
+
+impl InplaceOp2 for CacheWrite<'_> {
+    fn name(&self) -> &'static str {
+        "cache-write"
+    }
+
+    fn cpu_fwd(&self, buf: &mut CpuStorage, bl: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        let CpuStorage::F32(buf) = buf else { candle_core::bail!("cache-write: the cache is not f32") };
+        let (b, kvh, cap, d) = bl.shape().dims4()?;
+        let Some((o0, o1)) = bl.contiguous_offsets() else { candle_core::bail!("cache-write: a strided cache") };
+        let buf = &mut buf[o0..o1];
+        let (rows, seq, width) = self.shape;
+        let Heads { heads, kv_heads, head_dim } = self.heads;
+        if (rows, kvh, d) != (b, kv_heads, head_dim) || self.at + seq > cap || width != (heads + 2 * kvh) * d {
+            candle_core::bail!("cache-write: a ({b}, {kvh}, {cap}, {d}) cache for a ({rows}, {seq}, {width}) step");
+        }
+        let first = if self.rope.is_some() { heads } else { heads + kvh };
+        for r in 0..b {
+            for t in 0..seq {
+                let step = r * seq + t;
+                for g in 0..kvh {
+                    let src = &self.qkv[step * width + (first + g) * d..][..d];
+                    let dst = &mut buf[((r * kvh + g) * cap + self.at + t) * d..][..d];
+                    match self.rope {
+                        Some((cos, sin)) => {
+                            rotate(src, &cos[step * d / 2..][..d / 2], &sin[step * d / 2..][..d / 2], dst)
+                        }
+                        None => dst.copy_from_slice(src),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A decoding step's fused projection `qkv (b, seq, (heads + 2 kv_heads) d)` split in one pass: keys rotated with
+/// `cos`/`sin` `(b, seq, d / 2)` and values written into the cache buffers `k`, `v` `(b, kv_heads, cap, d)` at
+/// positions `at..`, and the rotated queries returned as `(b, kv_heads, heads / kv_heads * seq, d)` (the query
+/// heads of each KV head stacked, as [`attend`] takes them). Replaces slicing, transposing, rotating and copying
+/// as separate tensor ops.
+pub fn split_step(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: Heads,
+    (k, v, at): (&Tensor, &Tensor, usize),
+) -> Result<Tensor> {
+    let (values, shape) = step_values(qkv)?;
+    let (cos, sin) = (cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?);
+    let (b, seq, width) = shape;
+    let Heads { heads: h, kv_heads: kvh, head_dim: d } = heads;
+    if width != (h + 2 * kvh) * d || cos.len() != b * seq * d / 2 || sin.len() != cos.len() || kvh == 0 {
+        candle_core::bail!("split_step: a ({b}, {seq}, {width}) step for {h} heads, {kvh} KV heads of {d}");
+    }
+    k.inplace_op2(qkv, &CacheWrite { qkv: &values, shape, heads, at, rope: Some((&cos, &sin)) })?;
+    v.inplace_op2(qkv, &CacheWrite { qkv: &values, shape, heads, at, rope: None })?;
+    let mut q = vec![0f32; b * h * seq * d];
+    for r in 0..b {
+        for hh in 0..h {
+            for t in 0..seq {
+                let step = r * seq + t;
+                let src = &values[step * width + hh * d..][..d];
+                let dst = &mut q[((r * h + hh) * seq + t) * d..][..d];
+                rotate(src, &cos[step * d / 2..][..d / 2], &sin[step * d / 2..][..d / 2], dst);
+            }
+        }
+    }
+    Tensor::from_vec(q, (b, kvh, h / kvh * seq, d), qkv.device())
 }

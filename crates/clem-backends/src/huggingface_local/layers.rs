@@ -201,14 +201,33 @@ pub struct LayerKv {
 impl LayerKv {
     /// Appends `k`, `v` `(batch, kv_heads, seq, head_dim)` and returns the keys and values so far.
     fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let seq = k.dim(2)?;
+        let (b, heads, seq, d) = k.dims4()?;
+        let kv = Self::reserve(slot, (b, heads, seq, d), k.dtype(), k.device())?;
+        kv.k.slice_set(&k.contiguous()?, 2, kv.len)?;
+        kv.v.slice_set(&v.contiguous()?, 2, kv.len)?;
+        kv.len += seq;
+        kv.views()
+    }
+
+    /// The keys and values so far, `(batch, kv_heads, len, head_dim)` views of the buffers.
+    fn views(&self) -> Result<(Tensor, Tensor)> {
+        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+    }
+
+    /// The cache of `slot` with room for `seq` more positions of `(b, heads, _, d)` (made, or grown by doubling,
+    /// as needed); the caller writes them at `len` and then adds `seq` to `len`.
+    fn reserve<'a>(
+        slot: &'a mut Option<LayerKv>,
+        (b, heads, seq, d): (usize, usize, usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<&'a mut LayerKv> {
         let kv = match slot.take() {
             None => {
                 // Room for a few steps beyond the prompt before the first growth.
-                let (b, heads, _, d) = k.dims4()?;
                 let cap = (seq + 32).next_power_of_two();
-                let k_buf = Tensor::zeros((b, heads, cap, d), k.dtype(), k.device())?;
-                let v_buf = Tensor::zeros((b, heads, cap, d), v.dtype(), v.device())?;
+                let k_buf = Tensor::zeros((b, heads, cap, d), dtype, device)?;
+                let v_buf = Tensor::zeros((b, heads, cap, d), dtype, device)?;
                 LayerKv { k: k_buf, v: v_buf, len: 0 }
             }
             Some(kv) if kv.len + seq > kv.k.dim(2)? => {
@@ -223,12 +242,7 @@ impl LayerKv {
             }
             Some(kv) => kv,
         };
-        kv.k.slice_set(&k.contiguous()?, 2, kv.len)?;
-        kv.v.slice_set(&v.contiguous()?, 2, kv.len)?;
-        let len = kv.len + seq;
-        let views = (kv.k.narrow(2, 0, len)?, kv.v.narrow(2, 0, len)?);
-        *slot = Some(LayerKv { len, ..kv });
-        Ok(views)
+        Ok(slot.insert(kv))
     }
 }
 
@@ -364,6 +378,11 @@ pub struct RopeAt {
 }
 
 impl RopeAt {
+    /// cos and sin `(b, seq, head_dim / 2)` when every dimension of a head turns (no partial rotary).
+    pub fn full(&self, head_dim: usize) -> Option<(&Tensor, &Tensor)> {
+        (self.rotary_dim == head_dim).then_some((&self.cos, &self.sin))
+    }
+
     /// Rotates `x` `(b, heads, seq, head_dim)` (contiguous) half-split style, as transformers' `rotate_half`; with
     /// partial rotary only the first `rotary_dim` dimensions turn.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
@@ -431,6 +450,18 @@ impl Attention {
         let (b, seq, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
+        let decoding = seq <= DECODE_STEP && x.device().is_cpu();
+        if let (true, None, Some((cos, sin))) = (decoding, &self.qk_norms, rope.full(hd)) {
+            // A decoding step: split, rotate and cache in one pass, then attend reading the cache in place.
+            let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), DType::F32, x.device())?;
+            let heads = kernels::Heads { heads: h, kv_heads: kvh, head_dim: hd };
+            let q = kernels::split_step(&qkv, cos, sin, heads, (&cache.k, &cache.v, cache.len))?;
+            cache.len += seq;
+            let (k, v) = cache.views()?;
+            let out = kernels::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
+            let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
+            return self.o.forward(&out);
+        }
         let part = |from: usize, heads: usize| -> Result<Tensor> {
             qkv.narrow(2, from * hd, heads * hd)?.contiguous()?.reshape((b, seq, heads, hd))
         };
@@ -448,7 +479,7 @@ impl Attention {
         // Grouped-query attention without repeating K/V: the query heads sharing a KV head are stacked.
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * seq, hd))?;
-        if seq <= DECODE_STEP && x.device().is_cpu() {
+        if decoding {
             // A few positions: read the cache in place instead of a general matmul packing it on every call.
             let out = kernels::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
             let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
