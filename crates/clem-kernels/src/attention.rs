@@ -1,9 +1,63 @@
 //! Attention of a few query rows against one KV head's keys and values, read in place from a cache buffer: the
 //! decoding step, where a general matmul would pack the whole cache on every call to multiply it by a handful
 //! of rows. Scores are scaled, optionally soft-capped (`tanh(s / cap) * cap`), masked additively, then softmaxed
-//! (max subtracted) as transformers does.
+//! (max subtracted) as transformers does. Keys and values are f32, bf16 or f16 (a cache kept in the checkpoint's
+//! dtype, as transformers keeps it), widened as they are read.
+
+use half::{bf16, f16};
 
 use crate::{KernelError, Result};
+
+/// The element type of cached keys and values.
+pub trait KvValue: Copy + Send + Sync + 'static {
+    fn widen(self) -> f32;
+    /// 8 consecutive values, widened.
+    ///
+    /// # Safety
+    /// `p..p + 8` must be readable, and the CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvValue for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvValue for bf16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // bf16 is the top half of an f32.
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast::<__m128i>()));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+    }
+}
+
+impl KvValue for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()))
+    }
+}
 
 /// The shapes of one [`attend`] call.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +80,7 @@ pub struct AttendShape {
 ///
 /// With AVX2 + FMA and a head size that is a multiple of 8, the query heads sharing this KV head read each key
 /// and value once, the exponentials are computed 8 at a time; otherwise a portable loop computes the same.
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, out: &mut [f32]) -> Result<()> {
+pub fn attend<T: KvValue>(q: &[f32], k: &[T], v: &[T], mask: &[f32], s: &AttendShape, out: &mut [f32]) -> Result<()> {
     let d = s.head_dim;
     let kv_need = if s.len == 0 { 0 } else { (s.len - 1) * s.kv_stride + d };
     let sizes_ok = q.len() >= s.queries * d
@@ -62,7 +116,15 @@ fn scores_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape) {
     }
 }
 
-fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scores: &mut [f32], out: &mut [f32]) {
+fn portable<T: KvValue>(
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    mask: &[f32],
+    s: &AttendShape,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let d = s.head_dim;
     if s.len == 0 {
         out[..s.queries * d].fill(0.0);
@@ -71,7 +133,7 @@ fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scor
     for (j, row) in scores.chunks_exact_mut(s.len.max(1)).enumerate().take(s.queries) {
         let qj = &q[j * d..(j + 1) * d];
         for (t, sc) in row.iter_mut().enumerate() {
-            *sc = qj.iter().zip(&k[t * s.kv_stride..][..d]).map(|(a, b)| a * b).sum();
+            *sc = qj.iter().zip(&k[t * s.kv_stride..][..d]).map(|(a, b)| a * b.widen()).sum();
         }
         let mrow = &mask[(j % s.positions) * s.len..][..s.len];
         scores_row(row, mrow, s);
@@ -87,7 +149,7 @@ fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scor
         oj.fill(0.0);
         for (t, &p) in row.iter().enumerate() {
             for (o, &vv) in oj.iter_mut().zip(&v[t * s.kv_stride..][..d]) {
-                *o += p * vv;
+                *o += p * vv.widen();
             }
         }
     }
@@ -97,7 +159,7 @@ fn portable(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], s: &AttendShape, scor
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::AttendShape;
+    use super::{AttendShape, KvValue};
     use crate::vmath::exp8;
 
     /// Sum of the 8 lanes.
@@ -168,8 +230,8 @@ mod simd {
 
     /// Dot products of query `qj` (`d` values) with every key: `scores[t]`. Eight keys at a time, each with its
     /// own partial sums, reduced together.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots(qj: *const f32, k: *const f32, s: &AttendShape, scores: *mut f32) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots<T: KvValue>(qj: *const f32, k: *const T, s: &AttendShape, scores: *mut f32) {
         let (d, st) = (s.head_dim, s.kv_stride);
         let blocks = s.len / 8 * 8;
         for t0 in (0..blocks).step_by(8) {
@@ -178,7 +240,7 @@ mod simd {
             for c in (0..d).step_by(8) {
                 let qc = _mm256_loadu_ps(qj.add(c));
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kt.add(u * st + c)), *a);
+                    *a = _mm256_fmadd_ps(qc, T::load8(kt.add(u * st + c)), *a);
                 }
             }
             let u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
@@ -190,21 +252,26 @@ mod simd {
             let kt = k.add(t * st);
             let mut acc = _mm256_setzero_ps();
             for c in (0..d).step_by(8) {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj.add(c)), _mm256_loadu_ps(kt.add(c)), acc);
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj.add(c)), T::load8(kt.add(c)), acc);
             }
             *scores.add(t) = hsum_tree(acc);
         }
     }
 
     /// `out[j][c..c + 8 CN] = sum_t p[j][t] v[t][c..]` for `QN` queries (probabilities at `p`, rows of `len`).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted<const QN: usize, const CN: usize>(p: *const f32, v: *const f32, s: &AttendShape, out: *mut f32) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted<T: KvValue, const QN: usize, const CN: usize>(
+        p: *const f32,
+        v: *const T,
+        s: &AttendShape,
+        out: *mut f32,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); CN]; QN];
         for t in 0..s.len {
             let vt = v.add(t * s.kv_stride);
             let pt: [__m256; QN] = std::array::from_fn(|j| _mm256_broadcast_ss(&*p.add(j * s.len + t)));
             for c in 0..CN {
-                let vc = _mm256_loadu_ps(vt.add(8 * c));
+                let vc = T::load8(vt.add(8 * c));
                 for (acc_j, &pj) in acc.iter_mut().zip(&pt) {
                     acc_j[c] = _mm256_fmadd_ps(pj, vc, acc_j[c]);
                 }
@@ -218,30 +285,37 @@ mod simd {
     }
 
     /// Dispatches [`weighted`] on the group's queries (<= 3) and chunks of 8 dimensions (<= 4).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_any(qn: usize, cn: usize, p: *const f32, v: *const f32, s: &AttendShape, out: *mut f32) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_any<T: KvValue>(
+        qn: usize,
+        cn: usize,
+        p: *const f32,
+        v: *const T,
+        s: &AttendShape,
+        out: *mut f32,
+    ) {
         match (qn, cn) {
-            (1, 1) => weighted::<1, 1>(p, v, s, out),
-            (1, 2) => weighted::<1, 2>(p, v, s, out),
-            (1, 3) => weighted::<1, 3>(p, v, s, out),
-            (1, _) => weighted::<1, 4>(p, v, s, out),
-            (2, 1) => weighted::<2, 1>(p, v, s, out),
-            (2, 2) => weighted::<2, 2>(p, v, s, out),
-            (2, 3) => weighted::<2, 3>(p, v, s, out),
-            (2, _) => weighted::<2, 4>(p, v, s, out),
-            (_, 1) => weighted::<3, 1>(p, v, s, out),
-            (_, 2) => weighted::<3, 2>(p, v, s, out),
-            (_, 3) => weighted::<3, 3>(p, v, s, out),
-            _ => weighted::<3, 4>(p, v, s, out),
+            (1, 1) => weighted::<T, 1, 1>(p, v, s, out),
+            (1, 2) => weighted::<T, 1, 2>(p, v, s, out),
+            (1, 3) => weighted::<T, 1, 3>(p, v, s, out),
+            (1, _) => weighted::<T, 1, 4>(p, v, s, out),
+            (2, 1) => weighted::<T, 2, 1>(p, v, s, out),
+            (2, 2) => weighted::<T, 2, 2>(p, v, s, out),
+            (2, 3) => weighted::<T, 2, 3>(p, v, s, out),
+            (2, _) => weighted::<T, 2, 4>(p, v, s, out),
+            (_, 1) => weighted::<T, 3, 1>(p, v, s, out),
+            (_, 2) => weighted::<T, 3, 2>(p, v, s, out),
+            (_, 3) => weighted::<T, 3, 3>(p, v, s, out),
+            _ => weighted::<T, 3, 4>(p, v, s, out),
         }
     }
 
     /// [`super::attend`] with AVX2 + FMA; `head_dim` is a multiple of 8 and the sizes are checked.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend<T: KvValue>(
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        k: &[T],
+        v: &[T],
         mask: &[f32],
         s: &AttendShape,
         scores: &mut [f32],
@@ -290,8 +364,27 @@ mod tests {
             mask[..len].fill(-1e30);
         }
         let shape = AttendShape { queries, positions, len, head_dim: d, kv_stride: stride, scale: 0.3, softcap };
+        // Each cache dtype, against the reference on the values it holds.
+        let (kb, vb): (Vec<bf16>, Vec<bf16>) =
+            (k.iter().map(|&x| bf16::from_f32(x)).collect(), v.iter().map(|&x| bf16::from_f32(x)).collect());
+        let (kh, vh): (Vec<f16>, Vec<f16>) =
+            (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+        let widen = |xs: &[f32]| xs.to_vec();
         let mut out = vec![f32::NAN; queries * d];
         attend(&q, &k, &v, &mask, &shape, &mut out)?;
+        compare(&q, (&widen(&k), &widen(&v)), &mask, &shape, &out, "f32");
+        attend(&q, &kb, &vb, &mask, &shape, &mut out)?;
+        let wide = |xs: &[bf16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+        compare(&q, (&wide(&kb), &wide(&vb)), &mask, &shape, &out, "bf16");
+        attend(&q, &kh, &vh, &mask, &shape, &mut out)?;
+        let wide = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+        compare(&q, (&wide(&kh), &wide(&vh)), &mask, &shape, &out, "f16");
+        Ok(())
+    }
+
+    /// `out` against an f64 softmax attention over keys and values `(k, v)`.
+    fn compare(q: &[f32], (k, v): (&[f32], &[f32]), mask: &[f32], shape: &AttendShape, out: &[f32], dtype: &str) {
+        let AttendShape { queries, positions, len, head_dim: d, kv_stride: stride, softcap, .. } = *shape;
         for j in 0..queries {
             let s: Vec<f64> = (0..len)
                 .map(|t| {
@@ -307,11 +400,10 @@ mod tests {
             for i in 0..d {
                 let want: f64 = (0..len).map(|t| e[t] / sum * f64::from(v[t * stride + i])).sum();
                 let got = f64::from(out[j * d + i]);
-                let at = format!("{queries}q {positions}p {len} keys d {d} {softcap:?}: row {j} dim {i}");
+                let at = format!("{dtype} {queries}q {positions}p {len} keys d {d} {softcap:?}: row {j} dim {i}");
                 assert!((got - want).abs() < 2e-6, "{at}: {got} vs {want}");
             }
         }
-        Ok(())
     }
 
     #[test]

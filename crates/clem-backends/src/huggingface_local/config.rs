@@ -137,6 +137,9 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// `torch_dtype` / `dtype` as written.
     pub dtype: Option<String>,
+    /// The dtype the KV cache is kept in: the weights' (f32, bf16 or f16), as transformers keeps it. f32 until the
+    /// weights are opened ([`super::model`] sets it).
+    pub kv_dtype: candle_core::DType,
 }
 
 /// A config.json that cannot be used.
@@ -344,6 +347,7 @@ impl ModelConfig {
                 .iter()
                 .find_map(|key| text.get(*key).or_else(|| json.get(*key)).and_then(Value::as_str))
                 .map(String::from),
+            kv_dtype: candle_core::DType::F32,
         })
     }
 

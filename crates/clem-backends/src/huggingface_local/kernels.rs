@@ -80,16 +80,20 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     Tensor::from_vec(out, shape, gate_up.device())
 }
 
-/// The f32 values of a CPU tensor's storage.
-fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
+/// The values of a CPU tensor's storage.
+fn cpu_values<T: candle_core::WithDType>(storage: &Storage) -> Result<&[T]> {
     match storage {
-        Storage::Cpu(cpu) => cpu.as_slice::<f32>(),
-        _ => candle_core::bail!("kernel attention runs on the CPU only"),
+        Storage::Cpu(cpu) => cpu.as_slice::<T>(),
+        _ => candle_core::bail!("the kernels run on the CPU only"),
     }
 }
 
+fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
+    cpu_values::<f32>(storage)
+}
+
 /// `s` from `at` on (empty past the end: the kernel then reports the short buffer).
-fn tail(s: &[f32], at: usize) -> &[f32] {
+fn tail<T>(s: &[T], at: usize) -> &[T] {
     s.get(at..).unwrap_or_default()
 }
 
@@ -108,8 +112,6 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, sof
     }
     let qs = &cpu_f32(&q_store)?[q_lay.start_offset()..];
     let ms = &cpu_f32(&m_store)?[m_lay.start_offset()..];
-    let ks = &cpu_f32(&k_store)?[k_lay.start_offset()..];
-    let vs = &cpu_f32(&v_store)?[v_lay.start_offset()..];
     let shape = AttendShape {
         queries,
         positions,
@@ -120,13 +122,32 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, sof
         softcap: softcap.map(|c| c as f32),
     };
     let mut out = vec![0f32; b * kvh * queries * d];
+    let stores = (&*k_store, k_lay.start_offset(), &*v_store, v_lay.start_offset());
+    let dims = (&shape, kvh, kst);
+    match k.dtype() {
+        DType::F32 => attend_rows::<f32>(stores, (qs, ms), dims, &mut out)?,
+        DType::BF16 => attend_rows::<bf16>(stores, (qs, ms), dims, &mut out)?,
+        DType::F16 => attend_rows::<f16>(stores, (qs, ms), dims, &mut out)?,
+        other => candle_core::bail!("kernel attention: a {other:?} KV cache"),
+    }
+    Tensor::from_vec(out, (b, kvh, queries, d), q.device())
+}
+
+/// [`attend`] for a cache of `T`: each (row, KV head) on the current rayon pool.
+fn attend_rows<T: attention::KvValue + candle_core::WithDType>(
+    (k_store, k_at, v_store, v_at): (&Storage, usize, &Storage, usize),
+    (qs, ms): (&[f32], &[f32]),
+    (shape, kvh, kst): (&AttendShape, usize, &[usize]),
+    out: &mut [f32],
+) -> Result<()> {
+    let (ks, vs) = (&cpu_values::<T>(k_store)?[k_at..], &cpu_values::<T>(v_store)?[v_at..]);
+    let (queries, d, positions, len) = (shape.queries, shape.head_dim, shape.positions, shape.len);
     out.par_chunks_mut((queries * d).max(1)).enumerate().try_for_each(|(i, o)| {
         let kv_at = (i / kvh) * kst[0] + (i % kvh) * kst[1];
         let (q_at, m_at) = (i * queries * d, (i / kvh) * positions * len);
-        attention::attend(tail(qs, q_at), tail(ks, kv_at), tail(vs, kv_at), tail(ms, m_at), &shape, o)
+        attention::attend(tail(qs, q_at), tail(ks, kv_at), tail(vs, kv_at), tail(ms, m_at), shape, o)
             .map_err(kernel_err)
-    })?;
-    Tensor::from_vec(out, (b, kvh, queries, d), q.device())
+    })
 }
 
 /// The shapes of a decoding step's attention heads.
@@ -171,7 +192,18 @@ impl InplaceOp2 for CacheWrite<'_> {
     }
 
     fn cpu_fwd(&self, buf: &mut CpuStorage, bl: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
-        let CpuStorage::F32(buf) = buf else { candle_core::bail!("cache-write: the cache is not f32") };
+        match buf {
+            CpuStorage::F32(buf) => self.write(buf, bl, |x| x),
+            CpuStorage::BF16(buf) => self.write(buf, bl, bf16::from_f32),
+            CpuStorage::F16(buf) => self.write(buf, bl, f16::from_f32),
+            other => candle_core::bail!("cache-write: a {:?} cache", other.dtype()),
+        }
+    }
+}
+
+impl CacheWrite<'_> {
+    /// [`InplaceOp2::cpu_fwd`] into a cache of `T`, each value rounded by `store` (to nearest, as torch's casts).
+    fn write<T: Copy>(&self, buf: &mut [T], bl: &Layout, store: impl Fn(f32) -> T) -> Result<()> {
         let (b, kvh, cap, d) = bl.shape().dims4()?;
         let Some((o0, o1)) = bl.contiguous_offsets() else { candle_core::bail!("cache-write: a strided cache") };
         let buf = &mut buf[o0..o1];
@@ -181,17 +213,23 @@ impl InplaceOp2 for CacheWrite<'_> {
             candle_core::bail!("cache-write: a ({b}, {kvh}, {cap}, {d}) cache for a ({rows}, {seq}, {width}) step");
         }
         let first = if self.rope.is_some() { heads } else { heads + kvh };
+        let mut rotated = vec![0f32; d];
         for r in 0..b {
             for t in 0..seq {
                 let step = r * seq + t;
                 for g in 0..kvh {
                     let src = &self.qkv[step * width + (first + g) * d..][..d];
                     let dst = &mut buf[((r * kvh + g) * cap + self.at + t) * d..][..d];
-                    match self.rope {
+                    let src = match self.rope {
                         Some((cos, sin)) => {
-                            rotate(src, &cos[step * d / 2..][..d / 2], &sin[step * d / 2..][..d / 2], dst)
+                            let half = d / 2;
+                            rotate(src, &cos[step * half..][..half], &sin[step * half..][..half], &mut rotated);
+                            &rotated
                         }
-                        None => dst.copy_from_slice(src),
+                        None => src,
+                    };
+                    for (o, &x) in dst.iter_mut().zip(src) {
+                        *o = store(x);
                     }
                 }
             }
@@ -233,4 +271,53 @@ pub fn split_step(
         }
     }
     Tensor::from_vec(q, (b, kvh, h / kvh * seq, d), qkv.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoding step's split: keys rotated as candle's `rope` rotates them and values copied into the cache at
+    /// the step's position, rounded to the cache's dtype; queries rotated and stacked by KV head.
+    #[test]
+    fn a_step_is_split_rotated_and_cached_in_the_cache_dtype() -> Result<()> {
+        let dev = Device::Cpu;
+        let heads = Heads { heads: 4, kv_heads: 2, head_dim: 8 };
+        let (b, seq, cap, at) = (2, 1, 6, 3);
+        let width = (heads.heads + 2 * heads.kv_heads) * heads.head_dim;
+        let qkv = Tensor::randn(0f32, 1.0, (b, seq, width), &dev)?;
+        let cos = Tensor::randn(0f32, 1.0, (b, seq, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1.0, (b, seq, 4), &dev)?;
+        // What the prefill path computes: (b, heads, seq, d) parts, candle's rope.
+        let part = |from: usize, n: usize| -> Result<Tensor> {
+            qkv.narrow(2, from * 8, n * 8)?.reshape((b, seq, n, 8))?.transpose(1, 2)?.contiguous()
+        };
+        let q_want = candle_nn::rotary_emb::rope(&part(0, 4)?, &cos, &sin)?;
+        let k_want = candle_nn::rotary_emb::rope(&part(4, 2)?, &cos, &sin)?;
+        let v_want = part(6, 2)?;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let k = Tensor::zeros((b, 2, cap, 8), dtype, &dev)?;
+            let v = Tensor::zeros((b, 2, cap, 8), dtype, &dev)?;
+            let q = split_step(&qkv, &cos, &sin, heads, (&k, &v, at))?;
+            assert_eq!(q.dims(), [b, 2, 2 * seq, 8]);
+            let same = |got: &Tensor, want: &Tensor| -> Result<bool> {
+                let got = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let want = want.to_dtype(dtype)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(got == want)
+            };
+            assert!(same(&k.narrow(2, at, seq)?, &k_want)?, "{dtype:?} keys");
+            assert!(same(&v.narrow(2, at, seq)?, &v_want)?, "{dtype:?} values");
+            // Nothing else written.
+            let before = k.narrow(2, 0, at)?.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+            assert_eq!(before, 0.0);
+        }
+        // Queries stay f32 whatever the cache.
+        let k = Tensor::zeros((b, 2, cap, 8), DType::BF16, &dev)?;
+        let q = split_step(&qkv, &cos, &sin, heads, (&k, &k.clone(), 0))?;
+        let q_f32 = q.reshape((b, 4, seq, 8))?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(q_f32, q_want.flatten_all()?.to_vec1::<f32>()?);
+        // A cache too short for the step is an error, not a panic.
+        assert!(split_step(&qkv, &cos, &sin, heads, (&k, &k.clone(), cap)).is_err());
+        Ok(())
+    }
 }

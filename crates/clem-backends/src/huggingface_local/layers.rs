@@ -199,12 +199,13 @@ pub struct LayerKv {
 }
 
 impl LayerKv {
-    /// Appends `k`, `v` `(batch, kv_heads, seq, head_dim)` and returns the keys and values so far.
-    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Appends `k`, `v` `(batch, kv_heads, seq, head_dim)` (stored in `dtype`) and returns the keys and values so
+    /// far.
+    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
         let (b, heads, seq, d) = k.dims4()?;
-        let kv = Self::reserve(slot, (b, heads, seq, d), k.dtype(), k.device())?;
-        kv.k.slice_set(&k.contiguous()?, 2, kv.len)?;
-        kv.v.slice_set(&v.contiguous()?, 2, kv.len)?;
+        let kv = Self::reserve(slot, (b, heads, seq, d), dtype, k.device())?;
+        kv.k.slice_set(&k.to_dtype(dtype)?.contiguous()?, 2, kv.len)?;
+        kv.v.slice_set(&v.to_dtype(dtype)?.contiguous()?, 2, kv.len)?;
         kv.len += seq;
         kv.views()
     }
@@ -408,6 +409,8 @@ pub struct Attention {
     head_dim: usize,
     scale: f64,
     softcap: Option<f64>,
+    /// The KV cache's dtype (see [`ModelConfig::kv_dtype`]).
+    kv_dtype: DType,
 }
 
 impl Attention {
@@ -423,6 +426,7 @@ impl Attention {
             head_dim: c.head_dim,
             scale: c.attn_scale,
             softcap: c.attn_softcap,
+            kv_dtype: c.kv_dtype,
         }
     }
 
@@ -453,7 +457,7 @@ impl Attention {
         let decoding = seq <= DECODE_STEP && x.device().is_cpu();
         if let (true, None, Some((cos, sin))) = (decoding, &self.qk_norms, rope.full(hd)) {
             // A decoding step: split, rotate and cache in one pass, then attend reading the cache in place.
-            let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), DType::F32, x.device())?;
+            let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), self.kv_dtype, x.device())?;
             let heads = kernels::Heads { heads: h, kv_heads: kvh, head_dim: hd };
             let q = kernels::split_step(&qkv, cos, sin, heads, (&cache.k, &cache.v, cache.len))?;
             cache.len += seq;
@@ -474,7 +478,7 @@ impl Attention {
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?;
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?;
         let v = part(h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
-        let (k, v) = LayerKv::append(kv, &k, &v)?;
+        let (k, v) = LayerKv::append(kv, &k, &v, self.kv_dtype)?;
         let kv_len = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the query heads sharing a KV head are stacked.
         let rep = h / kvh;
@@ -485,6 +489,8 @@ impl Attention {
             let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
             return self.o.forward(&out);
         }
+        // A prompt: candle's matmuls, in f32.
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
         if let Some(cap) = self.softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;

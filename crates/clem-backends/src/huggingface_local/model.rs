@@ -59,7 +59,7 @@ impl HfLocalModel {
         let mut cleaner = Cleaner::from_spec(spec).map_err(|e| config_err(e.to_string()))?;
         let token = crate::hub::token_for(spec, &ctx.keys);
         let dir = files::model_dir(&settings.huggingface_id, token).map_err(|e| config_err(e.to_string()))?;
-        let config = ModelConfig::load(&dir).map_err(|e| config_err(e.to_string()))?;
+        let mut config = ModelConfig::load(&dir).map_err(|e| config_err(e.to_string()))?;
         let gen_config = GenerationConfig::load(&dir).map_err(|e| config_err(e.to_string()))?;
         let tok_files = TokenizerFiles::load(&dir).map_err(|e| config_err(e.to_string()))?;
 
@@ -89,12 +89,13 @@ impl HfLocalModel {
         let weight_files = files::weight_files(&dir).map_err(|e| config_err(e.to_string()))?;
         let safetensors = SafetensorsFiles::open(&weight_files).map_err(|e| config_err(e.to_string()))?;
         let footprint = safetensors.footprint();
+        config.kv_dtype = footprint.matrix_dtype;
         files::check_memory(
             &MemoryNeed {
                 model: &name,
                 weights: footprint.loaded_bytes,
                 dtype: footprint.matrix_dtype.as_str(),
-                kv_bytes_per_token: config.kv_bytes_per_token(4),
+                kv_bytes_per_token: config.kv_bytes_per_token(config.kv_dtype.size_in_bytes() as u64),
                 tokens: context_size,
                 batch: 1,
                 work_per_token: config.vocab_size as u64 * 4,
@@ -250,7 +251,7 @@ impl HfLocalModel {
                 model: &self.name,
                 weights: 0,
                 dtype: "f32",
-                kv_bytes_per_token: c.kv_bytes_per_token(4) * 2,
+                kv_bytes_per_token: c.kv_bytes_per_token(c.kv_dtype.size_in_bytes() as u64) * 2,
                 tokens: longest,
                 batch: rows,
                 work_per_token: scores / rows.max(1) + c.vocab_size as u64 * 4,
