@@ -19,8 +19,9 @@
 //!
 //! Compute dtype: weight matrices stay as stored (f32, bf16 or f16: half the memory and half the bytes read per
 //! token for bf16/f16) and are multiplied with f32 activations, summed in f32 ([`clem_kernels`]); everything else
-//! (norms, attention, softmax, RoPE) is f32. That is more precise than transformers' bf16 compute, and a batched
-//! row gets bit-identical linear-layer results to the same row run alone.
+//! (norms, attention, softmax, RoPE) is f32, and the KV cache is kept in the weights' dtype as transformers keeps
+//! it. That is more precise than transformers' bf16 compute, and a batched row gets bit-identical linear-layer
+//! results to the same row run alone.
 
 pub mod causal_lm;
 pub mod config;
