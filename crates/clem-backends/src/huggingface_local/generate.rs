@@ -122,7 +122,9 @@ fn with_workers_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
                 }
                 while !done.load(Ordering::Acquire) {
                     if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
+                        // Awake but yielding the core: other processes' threads (parallel tests, a second
+                        // model) still get it.
+                        std::thread::yield_now();
                     }
                 }
             });
