@@ -11,6 +11,8 @@ use crate::{KernelError, Result};
 /// The element type of cached keys and values.
 pub trait KvValue: Copy + Send + Sync + 'static {
     fn widen(self) -> f32;
+    /// `x` rounded to this type (to nearest even).
+    fn narrow(x: f32) -> Self;
     /// 8 consecutive values, widened.
     ///
     /// # Safety
@@ -23,6 +25,9 @@ impl KvValue for f32 {
     fn widen(self) -> f32 {
         self
     }
+    fn narrow(x: f32) -> f32 {
+        x
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
@@ -34,6 +39,9 @@ impl KvValue for f32 {
 impl KvValue for bf16 {
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+    fn narrow(x: f32) -> bf16 {
+        bf16::from_f32(x)
     }
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -49,6 +57,9 @@ impl KvValue for bf16 {
 impl KvValue for f16 {
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+    fn narrow(x: f32) -> f16 {
+        f16::from_f32(x)
     }
     #[cfg(target_arch = "x86_64")]
     #[inline]

@@ -18,6 +18,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod rope;
 mod vmath;
 
 use std::mem::MaybeUninit;

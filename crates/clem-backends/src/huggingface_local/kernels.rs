@@ -6,6 +6,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp2, Layout, Result, Shape, Storage, Tensor};
 use clem_kernels::attention::{self, AttendShape};
+use clem_kernels::rope;
 use clem_kernels::PackedMatrix;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -158,17 +159,6 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-/// Rotates `x` (`d` values) into `out`, half-split style, with `cos`/`sin` (`d / 2` values), computing exactly what
-/// candle's `rope` computes (the prefill path), so that cached keys do not depend on the path that wrote them.
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
-    let half = cos.len();
-    for i in 0..half {
-        let (a, b) = (x[i], x[i + half]);
-        out[i] = a * cos[i] - b * sin[i];
-        out[i + half] = a * sin[i] + b * cos[i];
-    }
-}
-
 /// The fused projection `qkv (b, seq, (heads + 2 kv_heads) d)` of a decoding step as f32 values, with its shape.
 fn step_values(t: &Tensor) -> Result<(Vec<f32>, (usize, usize, usize))> {
     let dims = t.dims3()?;
@@ -193,17 +183,17 @@ impl InplaceOp2 for CacheWrite<'_> {
 
     fn cpu_fwd(&self, buf: &mut CpuStorage, bl: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
         match buf {
-            CpuStorage::F32(buf) => self.write(buf, bl, |x| x),
-            CpuStorage::BF16(buf) => self.write(buf, bl, bf16::from_f32),
-            CpuStorage::F16(buf) => self.write(buf, bl, f16::from_f32),
+            CpuStorage::F32(buf) => self.write(buf, bl),
+            CpuStorage::BF16(buf) => self.write(buf, bl),
+            CpuStorage::F16(buf) => self.write(buf, bl),
             other => candle_core::bail!("cache-write: a {:?} cache", other.dtype()),
         }
     }
 }
 
 impl CacheWrite<'_> {
-    /// [`InplaceOp2::cpu_fwd`] into a cache of `T`, each value rounded by `store` (to nearest, as torch's casts).
-    fn write<T: Copy>(&self, buf: &mut [T], bl: &Layout, store: impl Fn(f32) -> T) -> Result<()> {
+    /// [`InplaceOp2::cpu_fwd`] into a cache of `T`, each value rounded to it (to nearest, as torch's casts).
+    fn write<T: attention::KvValue>(&self, buf: &mut [T], bl: &Layout) -> Result<()> {
         let (b, kvh, cap, d) = bl.shape().dims4()?;
         let Some((o0, o1)) = bl.contiguous_offsets() else { candle_core::bail!("cache-write: a strided cache") };
         let buf = &mut buf[o0..o1];
@@ -223,14 +213,17 @@ impl CacheWrite<'_> {
                     let src = match self.rope {
                         Some((cos, sin)) => {
                             let half = d / 2;
-                            rotate(src, &cos[step * half..][..half], &sin[step * half..][..half], &mut rotated);
+                            rope::rotate_half(
+                                src,
+                                &cos[step * half..][..half],
+                                &sin[step * half..][..half],
+                                &mut rotated,
+                            );
                             &rotated
                         }
                         None => src,
                     };
-                    for (o, &x) in dst.iter_mut().zip(src) {
-                        *o = store(x);
-                    }
+                    rope::store(src, dst);
                 }
             }
         }
@@ -266,7 +259,7 @@ pub fn split_step(
                 let step = r * seq + t;
                 let src = &values[step * width + hh * d..][..d];
                 let dst = &mut q[((r * h + hh) * seq + t) * d..][..d];
-                rotate(src, &cos[step * d / 2..][..d / 2], &sin[step * d / 2..][..d / 2], dst);
+                rope::rotate_half(src, &cos[step * d / 2..][..d / 2], &sin[step * d / 2..][..d / 2], dst);
             }
         }
     }
