@@ -461,10 +461,7 @@ impl Attention {
             let heads = kernels::Heads { heads: h, kv_heads: kvh, head_dim: hd };
             let q = kernels::split_step(&qkv, cos, sin, heads, (&cache.k, &cache.v, cache.len))?;
             cache.len += seq;
-            let (k, v) = cache.views()?;
-            let out = kernels::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
-            let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
-            return self.o.forward(&out);
+            return self.attend_cached(&q, cache.views()?, mask, (b, seq));
         }
         let part = |from: usize, heads: usize| -> Result<Tensor> {
             qkv.narrow(2, from * hd, heads * hd)?.contiguous()?.reshape((b, seq, heads, hd))
@@ -484,10 +481,7 @@ impl Attention {
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * seq, hd))?;
         if decoding {
-            // A few positions: read the cache in place instead of a general matmul packing it on every call.
-            let out = kernels::attend(&q, &k, &v, mask, self.scale, self.softcap)?;
-            let out = out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
-            return self.o.forward(&out);
+            return self.attend_cached(&q, (k, v), mask, (b, seq));
         }
         // A prompt: candle's matmuls, in f32.
         let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
@@ -499,6 +493,20 @@ impl Attention {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * seq, kv_len))?;
         let out = probs.matmul(&v)?.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
         self.o.forward(&out)
+    }
+
+    /// A decoding step's attention of `q (b, kv_heads, heads / kv_heads * seq, d)` reading the cache views `(k, v)`
+    /// in place (a general matmul would pack the whole cache on every call), then the output projection.
+    fn attend_cached(
+        &self,
+        q: &Tensor,
+        (k, v): (Tensor, Tensor),
+        mask: &Tensor,
+        (b, seq): (usize, usize),
+    ) -> Result<Tensor> {
+        let (h, hd) = (self.heads, self.head_dim);
+        let out = kernels::attend(q, &k, &v, mask, self.scale, self.softcap)?;
+        self.o.forward(&out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?)
     }
 }
 
