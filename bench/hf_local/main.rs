@@ -163,7 +163,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let compute_ceiling = peak_macs_per_core().map_or(0.0, |p| p * cores as f64 / macs_per_token);
+    let peak = peak_macs_per_core().unwrap_or(0.0);
+    let compute_ceiling = peak * cores as f64 / macs_per_token;
     // Before the bandwidth probe, whose two 256 MiB buffers would otherwise be the peak.
     let peak_rss = peak_rss_mib();
     let bw = copy_bandwidth();
@@ -185,7 +186,7 @@ fn main() {
         bw / 1e9,
         bytes_per_token as f64 / 1e6,
         100.0 * decode_tps / ceiling,
-        peak_macs_per_core().unwrap_or(0.0) / 1e9,
+        peak / 1e9,
         macs_per_token / 1e6,
         compute_ceiling / b1,
         100.0 * b8 / compute_ceiling,

@@ -351,8 +351,9 @@ impl ModelConfig {
         })
     }
 
-    /// Bytes of KV cache one token takes, at `elem_bytes` per element.
-    pub fn kv_bytes_per_token(&self, elem_bytes: u64) -> u64 {
+    /// Bytes of KV cache one token takes, in [`ModelConfig::kv_dtype`].
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        let elem_bytes = self.kv_dtype.size_in_bytes() as u64;
         2 * self.num_layers as u64 * self.num_kv_heads as u64 * self.head_dim as u64 * elem_bytes
     }
 

@@ -4,7 +4,7 @@
 //! one pass; the gated SiLU of an MLP in one pass.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp1, Layout, Result, Shape, Storage, Tensor};
 use clem_kernels::attention::{self, AttendShape};
 use clem_kernels::rope;
 use clem_kernels::PackedMatrix;
@@ -72,8 +72,7 @@ impl CustomOp1 for PackedWeight {
 pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     let gate_up = gate_up.contiguous()?;
     let (store, layout) = gate_up.storage_and_layout();
-    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("silu_mul needs a contiguous input") };
-    let out = clem_kernels::activation::silu_mul(&cpu_f32(&store)?[a..b], inter).map_err(kernel_err)?;
+    let out = clem_kernels::activation::silu_mul(contiguous_f32(&store, layout)?, inter).map_err(kernel_err)?;
     let mut shape = gate_up.dims().to_vec();
     if let Some(last) = shape.last_mut() {
         *last = inter;
@@ -91,6 +90,12 @@ fn cpu_values<T: candle_core::WithDType>(storage: &Storage) -> Result<&[T]> {
 
 fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
     cpu_values::<f32>(storage)
+}
+
+/// The values of a contiguous f32 CPU tensor, read in place.
+fn contiguous_f32<'a>(store: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("the kernels need contiguous input") };
+    Ok(&cpu_f32(store)?[a..b])
 }
 
 /// `s` from `at` on (empty past the end: the kernel then reports the short buffer).
@@ -159,12 +164,6 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-/// The fused projection `qkv (b, seq, (heads + 2 kv_heads) d)` of a decoding step as f32 values, with its shape.
-fn step_values(t: &Tensor) -> Result<(Vec<f32>, (usize, usize, usize))> {
-    let dims = t.dims3()?;
-    Ok((t.flatten_all()?.to_vec1::<f32>()?, dims))
-}
-
 /// Writes one part of a decoding step's projection into a cache buffer `(b, kv_heads, cap, d)` at positions
 /// `at..at + seq`: the keys rotated, or the values as they are.
 struct CacheWrite<'a> {
@@ -176,12 +175,12 @@ struct CacheWrite<'a> {
     rope: Option<(&'a [f32], &'a [f32])>,
 }
 
-impl InplaceOp2 for CacheWrite<'_> {
+impl InplaceOp1 for CacheWrite<'_> {
     fn name(&self) -> &'static str {
         "cache-write"
     }
 
-    fn cpu_fwd(&self, buf: &mut CpuStorage, bl: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+    fn cpu_fwd(&self, buf: &mut CpuStorage, bl: &Layout) -> Result<()> {
         match buf {
             CpuStorage::F32(buf) => self.write(buf, bl),
             CpuStorage::BF16(buf) => self.write(buf, bl),
@@ -192,7 +191,7 @@ impl InplaceOp2 for CacheWrite<'_> {
 }
 
 impl CacheWrite<'_> {
-    /// [`InplaceOp2::cpu_fwd`] into a cache of `T`, each value rounded to it (to nearest, as torch's casts).
+    /// [`InplaceOp1::cpu_fwd`] into a cache of `T`, each value rounded to it (to nearest, as torch's casts).
     fn write<T: attention::KvValue>(&self, buf: &mut [T], bl: &Layout) -> Result<()> {
         let (b, kvh, cap, d) = bl.shape().dims4()?;
         let Some((o0, o1)) = bl.contiguous_offsets() else { candle_core::bail!("cache-write: a strided cache") };
@@ -243,15 +242,20 @@ pub fn split_step(
     heads: Heads,
     (k, v, at): (&Tensor, &Tensor, usize),
 ) -> Result<Tensor> {
-    let (values, shape) = step_values(qkv)?;
-    let (cos, sin) = (cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?);
+    // Read in place (the step's values are not copied): contiguous f32 on the CPU.
+    let (qkv, cos, sin) = (qkv.contiguous()?, cos.contiguous()?, sin.contiguous()?);
+    let ((qkv_store, qkv_lay), (cos_store, cos_lay), (sin_store, sin_lay)) =
+        (qkv.storage_and_layout(), cos.storage_and_layout(), sin.storage_and_layout());
+    let values = contiguous_f32(&qkv_store, qkv_lay)?;
+    let (cos, sin) = (contiguous_f32(&cos_store, cos_lay)?, contiguous_f32(&sin_store, sin_lay)?);
+    let shape = qkv.dims3()?;
     let (b, seq, width) = shape;
     let Heads { heads: h, kv_heads: kvh, head_dim: d } = heads;
     if width != (h + 2 * kvh) * d || cos.len() != b * seq * d / 2 || sin.len() != cos.len() || kvh == 0 {
         candle_core::bail!("split_step: a ({b}, {seq}, {width}) step for {h} heads, {kvh} KV heads of {d}");
     }
-    k.inplace_op2(qkv, &CacheWrite { qkv: &values, shape, heads, at, rope: Some((&cos, &sin)) })?;
-    v.inplace_op2(qkv, &CacheWrite { qkv: &values, shape, heads, at, rope: None })?;
+    k.inplace_op1(&CacheWrite { qkv: values, shape, heads, at, rope: Some((cos, sin)) })?;
+    v.inplace_op1(&CacheWrite { qkv: values, shape, heads, at, rope: None })?;
     let mut q = vec![0f32; b * h * seq * d];
     for r in 0..b {
         for hh in 0..h {
