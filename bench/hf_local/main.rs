@@ -1,7 +1,8 @@
 //! huggingface_local benchmark on SmolLM2-135M-Instruct: a fixed chat prompt, exactly 128 new tokens, greedy;
 //! prefill time, decode tokens/s, batch-8 throughput, peak RSS, the memory-bandwidth ceiling of decoding (measured
 //! copy bandwidth over the bytes of weights read per token) and the compute ceiling of batch 8 (measured
-//! multiply-add rate over the multiply-adds per token), with the fractions of them reached. Each timed run is
+//! multiply-add rate over the multiply-adds of each row's prefill and decoding steps, per token generated), with
+//! the fractions of them reached, and the fraction of the FMA peak that batch 8 at 3x batch 1 would need. Each timed run is
 //! repeated (`BENCH_REPEATS`, default 3) and the fastest kept: single runs on this shared machine vary by ±20%.
 //!
 //! Run by `python3 bench/hf_local/run.py` (which sets RAYON_NUM_THREADS per run and runs transformers after
@@ -164,7 +165,16 @@ fn main() {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let peak = peak_macs_per_core().unwrap_or(0.0);
-    let compute_ceiling = peak * cores as f64 / macs_per_token;
+    // A batch's work: each row's prompt through every matrix but the output projection (run for its last position
+    // only), then NEW_TOKENS - 1 full decoding steps. At the FMA peak that bounds batch throughput from above.
+    let config: serde_json::Value = std::fs::read(std::path::Path::new(&dir).join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let lm_head = ["hidden_size", "vocab_size"].iter().map(|k| config[k].as_f64().unwrap_or(0.0)).product::<f64>();
+    let macs_per_row =
+        prompt.len() as f64 * (macs_per_token - lm_head) + lm_head + (NEW_TOKENS - 1) as f64 * macs_per_token;
+    let compute_ceiling = peak * cores as f64 * NEW_TOKENS as f64 / macs_per_row;
     // Before the bandwidth probe, whose two 256 MiB buffers would otherwise be the peak.
     let peak_rss = peak_rss_mib();
     let bw = copy_bandwidth();
@@ -173,8 +183,9 @@ fn main() {
         "clemrs huggingface_local threads={threads} dir={dir}\n  load {:.2}s, prompt {} tokens, prefill {:.3}s, \
          decode {decode_tps:.1} tok/s ({} tokens)\n  batch 1 throughput {b1:.1} tok/s, batch 8 throughput {b8:.1} tok/s \
          ({:.2}x; its prefill {:.3}s, decode {:.1} steps/s)\n  peak RSS {} MiB\n  bandwidth {:.1} GB/s, {:.0} MB read per token -> ceiling {ceiling:.1} tok/s, \
-         reached {:.0}%\n  compute {:.1} GMAC/s per core x {cores}, {:.0} M multiply-adds per token -> batch ceiling \
-         {compute_ceiling:.1} tok/s ({:.2}x batch 1), batch 8 reached {:.0}%",
+         reached {:.0}%\n  compute {:.1} GMAC/s per core x {cores}, {:.0} M multiply-adds per token ({:.0} M per row with its \
+         prefill) -> batch ceiling {compute_ceiling:.1} tok/s ({:.2}x batch 1), batch 8 reached {:.0}%; 3x batch 1 \
+         needs {:.0}% of the FMA peak",
         load.as_secs_f64(),
         prompt.len(),
         t1.prefill.as_secs_f64(),
@@ -188,8 +199,10 @@ fn main() {
         100.0 * decode_tps / ceiling,
         peak / 1e9,
         macs_per_token / 1e6,
+        macs_per_row / NEW_TOKENS as f64 / 1e6,
         compute_ceiling / b1,
         100.0 * b8 / compute_ceiling,
+        100.0 * 3.0 * b1 / compute_ceiling,
     );
     // One machine-readable line for bench/hf_local/run.py, which prints the side-by-side table.
     println!(

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use clem_kernels::attention::{attend, AttendShape};
+use clem_kernels::attention::{attend, prefetch, AttendShape, KvValue};
 use clem_kernels::{PackedMatrix, Result};
 use half::bf16;
 
@@ -66,12 +66,14 @@ fn steps(as_bf16: bool) -> Result<()> {
     Ok(())
 }
 
-/// 8 rows x 30 layers x 3 KV heads, each attending 3 query heads to 110 keys of 64 dimensions.
-fn attention() -> Result<()> {
+/// 8 rows x 30 layers x 3 KV heads, each attending 3 query heads to 110 keys of 64 dimensions, over a cache of
+/// `T` (f32 for f32 checkpoints, bf16 for bf16 ones).
+fn attention<T: KvValue>(dtype: &str) -> Result<()> {
     let (len, d, calls, cap) = (110usize, 64usize, 8 * LAYERS * 3, 256usize);
-    let k: Vec<Vec<f32>> = (0..calls).map(|c| (0..cap * d).map(|i| ((i + c) % 13) as f32 * 0.01).collect()).collect();
-    let v: Vec<Vec<f32>> =
-        (0..calls).map(|c| (0..cap * d).map(|i| ((i + 2 * c) % 11) as f32 * 0.01).collect()).collect();
+    let fill =
+        |c: usize, m: usize| -> Vec<T> { (0..cap * d).map(|i| T::narrow(((i + c) % m) as f32 * 0.01)).collect() };
+    let k: Vec<Vec<T>> = (0..calls).map(|c| fill(c, 13)).collect();
+    let v: Vec<Vec<T>> = (0..calls).map(|c| fill(2 * c, 11)).collect();
     let q: Vec<f32> = (0..3 * d).map(|i| (i % 5) as f32 * 0.1).collect();
     let mask = vec![0f32; len];
     let s = AttendShape { queries: 3, positions: 1, len, head_dim: d, kv_stride: d, scale: 0.125, softcap: None };
@@ -79,17 +81,21 @@ fn attention() -> Result<()> {
     let mut best = f64::MAX;
     for _ in 0..10 {
         let t = Instant::now();
-        for (k, v) in k.iter().zip(&v) {
-            attend(&q, k, v, &mask, &s, &mut out)?;
+        for (i, (k_i, v_i)) in k.iter().zip(&v).enumerate() {
+            if let Some(next) = k.get(i + 1) {
+                prefetch(next, &s);
+            }
+            attend(&q, k_i, v_i, &mask, &s, &mut out)?;
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    println!("attention of a step (8 rows, {calls} calls, {len} keys): {:.2} ms", best * 1e3);
+    println!("{dtype} attention of a step (8 rows, {calls} calls, {len} keys): {:.2} ms", best * 1e3);
     Ok(())
 }
 
 fn main() -> Result<()> {
     steps(false)?;
     steps(true)?;
-    attention()
+    attention::<f32>("f32")?;
+    attention::<bf16>("bf16")
 }

@@ -115,6 +115,22 @@ pub fn attend<T: KvValue>(q: &[f32], k: &[T], v: &[T], mask: &[f32], s: &AttendS
     Ok(())
 }
 
+/// Asks the CPU to fetch the first keys [`attend`] reads from `k` (at most its look-ahead): called for the next
+/// (row, KV head) before attending to this one, so that the next call does not start by waiting on memory.
+pub fn prefetch<T: KvValue>(k: &[T], s: &AttendShape) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd_available() {
+        let keys = simd::AHEAD.min(s.len);
+        let need = if keys == 0 { 0 } else { (keys - 1) * s.kv_stride + s.head_dim };
+        if k.len() >= need {
+            // SAFETY: SSE is part of x86-64; the rows prefetched lie within `k` (checked).
+            unsafe { simd::fetch_rows(k.as_ptr(), keys, s) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (k, s);
+}
+
 /// Scores of one query from its raw dot products in `row`: scaled, capped, masked.
 fn scores_row(row: &mut [f32], mask_row: &[f32], s: &AttendShape) {
     for (sc, m) in row.iter_mut().zip(mask_row) {
@@ -173,6 +189,24 @@ mod simd {
     use super::{AttendShape, KvValue};
     use crate::vmath::exp8;
 
+    /// Keys [`dots`] fetches ahead of the block it reads.
+    pub(super) const AHEAD: usize = 16;
+
+    /// Prefetches all cache lines of one key (or value) row.
+    #[inline(always)]
+    unsafe fn fetch_row<T>(row: *const T, bytes: usize) {
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(row.cast::<i8>().wrapping_add(line));
+        }
+    }
+
+    /// Prefetches the first `keys` rows at `k`.
+    pub(super) unsafe fn fetch_rows<T>(k: *const T, keys: usize, s: &AttendShape) {
+        for t in 0..keys {
+            fetch_row(k.wrapping_add(t * s.kv_stride), s.head_dim * std::mem::size_of::<T>());
+        }
+    }
+
     /// Sum of the 8 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -229,7 +263,7 @@ mod simd {
         }
     }
 
-    /// The sum of one key's 8 partial sums, in the order [`dots`] reduces 8 keys at once:
+    /// The sum of one key's 8 partial sums, in the order [`dots`] reduces 4 keys at once:
     /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`, so a key's score does not depend on its block.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -239,33 +273,63 @@ mod simd {
         _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h)))
     }
 
-    /// Dot products of query `qj` (`d` values) with every key: `scores[t]`. Eight keys at a time, each with its
-    /// own partial sums, reduced together.
+    /// Dot products of `QN` queries (`d` values each, rows at `q`) with every key: `scores[j * len + t]`. Each
+    /// key chunk is read and widened once for all the queries; four keys at a time, each with its own partial
+    /// sums, reduced together in [`hsum_tree`]'s order.
+    ///
+    /// A cache is read once per step, too briefly for the hardware prefetcher to ramp up: each block fetches the
+    /// keys [`AHEAD`] keys on and, when `v` is given, its own keys' values (read next, by [`weighted`]).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots<T: KvValue>(qj: *const f32, k: *const T, s: &AttendShape, scores: *mut f32) {
+    unsafe fn dots<T: KvValue, const QN: usize>(
+        q: *const f32,
+        (k, v): (*const T, Option<*const T>),
+        s: &AttendShape,
+        scores: *mut f32,
+    ) {
         let (d, st) = (s.head_dim, s.kv_stride);
-        let blocks = s.len / 8 * 8;
-        for t0 in (0..blocks).step_by(8) {
+        let row_bytes = d * std::mem::size_of::<T>();
+        let fetch = |row: *const T| fetch_row(row, row_bytes);
+        fetch_rows(k, AHEAD.min(s.len), s);
+        let blocks = s.len / 4 * 4;
+        for t0 in (0..blocks).step_by(4) {
             let kt = k.add(t0 * st);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..d).step_by(8) {
-                let qc = _mm256_loadu_ps(qj.add(c));
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, T::load8(kt.add(u * st + c)), *a);
+            for u in 0..4 {
+                // Prefetches never fault: past the end, they fetch nothing useful and do no harm.
+                fetch(kt.wrapping_add((u + AHEAD) * st));
+                if let Some(v) = v {
+                    fetch(v.wrapping_add((t0 + u) * st));
                 }
             }
-            let u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-            let u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-            let sums = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1));
-            _mm256_storeu_ps(scores.add(t0), sums);
+            let mut acc = [[_mm256_setzero_ps(); 4]; QN];
+            for c in (0..d).step_by(8) {
+                for u in 0..4 {
+                    let kc = T::load8(kt.add(u * st + c));
+                    for (j, acc_j) in acc.iter_mut().enumerate() {
+                        acc_j[u] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j * d + c)), kc, acc_j[u]);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                _mm_storeu_ps(scores.add(j * s.len + t0), sums);
+            }
         }
         for t in blocks..s.len {
             let kt = k.add(t * st);
-            let mut acc = _mm256_setzero_ps();
-            for c in (0..d).step_by(8) {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj.add(c)), T::load8(kt.add(c)), acc);
+            if let Some(v) = v {
+                fetch(v.wrapping_add(t * st));
             }
-            *scores.add(t) = hsum_tree(acc);
+            let mut acc = [_mm256_setzero_ps(); QN];
+            for c in (0..d).step_by(8) {
+                let kc = T::load8(kt.add(c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j * d + c)), kc, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                *scores.add(j * s.len + t) = hsum_tree(*a);
+            }
         }
     }
 
@@ -334,8 +398,14 @@ mod simd {
     ) {
         let d = s.head_dim;
         let sp = scores.as_mut_ptr();
-        for j in 0..s.queries {
-            dots(q.as_ptr().add(j * d), k.as_ptr(), s, sp.add(j * s.len));
+        for j0 in (0..s.queries).step_by(3) {
+            let (qj, sj) = (q.as_ptr().add(j0 * d), sp.add(j0 * s.len));
+            let kv = (k.as_ptr(), (j0 == 0).then_some(v.as_ptr()));
+            match s.queries - j0 {
+                1 => dots::<T, 1>(qj, kv, s, sj),
+                2 => dots::<T, 2>(qj, kv, s, sj),
+                _ => dots::<T, 3>(qj, kv, s, sj),
+            }
         }
         if s.len == 0 {
             out[..s.queries * d].fill(0.0);

@@ -148,10 +148,12 @@ fn attend_rows<T: attention::KvValue + candle_core::WithDType>(
 ) -> Result<()> {
     let (ks, vs) = (&cpu_values::<T>(k_store)?[k_at..], &cpu_values::<T>(v_store)?[v_at..]);
     let (queries, d, positions, len) = (shape.queries, shape.head_dim, shape.positions, shape.len);
+    let kv_at = |i: usize| (i / kvh) * kst[0] + (i % kvh) * kst[1];
     out.par_chunks_mut((queries * d).max(1)).enumerate().try_for_each(|(i, o)| {
-        let kv_at = (i / kvh) * kst[0] + (i % kvh) * kst[1];
+        // The next (row, KV head) is most often this thread's next call.
+        attention::prefetch(tail(ks, kv_at(i + 1)), shape);
         let (q_at, m_at) = (i * queries * d, (i / kvh) * positions * len);
-        attention::attend(tail(qs, q_at), tail(ks, kv_at), tail(vs, kv_at), tail(ms, m_at), shape, o)
+        attention::attend(tail(qs, q_at), tail(ks, kv_at(i)), tail(vs, kv_at(i)), tail(ms, m_at), shape, o)
             .map_err(kernel_err)
     })
 }
