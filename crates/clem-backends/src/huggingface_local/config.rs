@@ -198,6 +198,9 @@ fn arch_default(arch: Arch, key: &str) -> Option<Value> {
     Some(v)
 }
 
+/// The largest size (layers, heads, widths, vocabulary, window) a config.json may give: 2^24.
+const MAX_SIZE: usize = 1 << 24;
+
 /// The language model's keys (`text_config` for multimodal configs), with transformers' defaults behind them.
 struct Keys<'a> {
     text: &'a Value,
@@ -214,13 +217,16 @@ impl Keys<'_> {
         }
     }
 
+    /// A positive size, at most [`MAX_SIZE`]: larger ones belong to no model, and would only make the
+    /// allocations sized by them fail.
     fn opt_usize(&self, key: &str) -> Result<Option<usize>, String> {
         self.get(key)
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("\"{key}\" must be a positive integer, not {v}"))
+            .map(|v| match v.as_u64().filter(|&n| n > 0) {
+                None => Err(format!("\"{key}\" must be a positive integer, not {v}")),
+                Some(n) if n > MAX_SIZE as u64 => {
+                    Err(format!("\"{key}\" is {n}, larger than any model's (at most {MAX_SIZE})"))
+                }
+                Some(n) => Ok(n as usize),
             })
             .transpose()
     }
@@ -353,8 +359,10 @@ impl ModelConfig {
 
     /// Bytes of KV cache one token takes, in [`ModelConfig::kv_dtype`].
     pub fn kv_bytes_per_token(&self) -> u64 {
-        let elem_bytes = self.kv_dtype.size_in_bytes() as u64;
-        2 * self.num_layers as u64 * self.num_kv_heads as u64 * self.head_dim as u64 * elem_bytes
+        // Saturating: sizes come from config.json, and a saturated need fails the memory check, as it should.
+        [self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype.size_in_bytes()]
+            .iter()
+            .fold(2u64, |n, &d| n.saturating_mul(d as u64))
     }
 
     /// The sequence length at which the KV cache must be computed anew: LongRoPE switches every position to its
@@ -748,6 +756,9 @@ mod tests {
             ("mlp_bias", json!(true), "mlp_bias"),
             ("hidden_act", json!("relu"), "hidden_act"),
             ("rope_theta", json!(-1), "rope_theta"),
+            // Sizes no model has would size allocations (layer lists, tables) that fail.
+            ("num_hidden_layers", json!(1u64 << 40), "num_hidden_layers\" is 1099511627776, larger than any"),
+            ("vocab_size", json!(u64::MAX), "vocab_size"),
         ] {
             let mut c = base();
             c[key] = value;

@@ -77,7 +77,7 @@ pub struct MemoryError {
 
 impl MemoryError {
     pub fn needed(&self) -> u64 {
-        self.weights + self.kv_cache + self.overhead
+        self.weights.saturating_add(self.kv_cache).saturating_add(self.overhead)
     }
 }
 
@@ -99,7 +99,7 @@ pub struct MemoryNeed<'a> {
 pub fn check_memory(need: &MemoryNeed, available: Option<u64>) -> Result<(), MemoryError> {
     let Some(available) = available else { return Ok(()) };
     let kv_cache = need.kv_bytes_per_token.saturating_mul(need.tokens).saturating_mul(need.batch);
-    let overhead = (64u64 << 20) + need.work_per_token.saturating_mul(need.batch);
+    let overhead = (64u64 << 20).saturating_add(need.work_per_token.saturating_mul(need.batch));
     let err = MemoryError {
         model: need.model.into(),
         weights: need.weights,

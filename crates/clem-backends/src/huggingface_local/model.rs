@@ -98,7 +98,7 @@ impl HfLocalModel {
                 kv_bytes_per_token: config.kv_bytes_per_token(),
                 tokens: context_size,
                 batch: 1,
-                work_per_token: config.vocab_size as u64 * 4,
+                work_per_token: (config.vocab_size as u64).saturating_mul(4),
             },
             crate::memory::mem_available(),
         )
@@ -237,7 +237,8 @@ impl HfLocalModel {
     /// A batch needs KV cache and attention scores for every row; check memory when it is more than before.
     fn check_batch_memory(&self, prompts: &[Vec<u32>], budgets: &[usize]) -> Result<(), ModelError> {
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0) as u64;
-        let longest = width + budgets.iter().copied().max().unwrap_or(0) as u64;
+        // Saturating: budgets may be as large as a registry's context size says.
+        let longest = width.saturating_add(budgets.iter().copied().max().unwrap_or(0) as u64);
         let rows = prompts.len() as u64;
         let tokens = longest.saturating_mul(rows);
         if tokens <= self.tokens_checked.load(Ordering::Relaxed).max(self.context_size) {
@@ -245,16 +246,16 @@ impl HfLocalModel {
         }
         let c = self.model.config();
         // Prefill holds scores and probabilities of every head: rows x heads x width^2, twice.
-        let scores = rows * c.num_heads as u64 * width * width * 4 * 2;
+        let scores = [c.num_heads as u64, width, width, 4 * 2].iter().fold(rows, |n, &d| n.saturating_mul(d));
         files::check_memory(
             &MemoryNeed {
                 model: &self.name,
                 weights: 0,
                 dtype: "f32",
-                kv_bytes_per_token: c.kv_bytes_per_token() * 2,
+                kv_bytes_per_token: c.kv_bytes_per_token().saturating_mul(2),
                 tokens: longest,
                 batch: rows,
-                work_per_token: scores / rows.max(1) + c.vocab_size as u64 * 4,
+                work_per_token: (scores / rows.max(1)).saturating_add((c.vocab_size as u64).saturating_mul(4)),
             },
             crate::memory::mem_available(),
         )

@@ -87,8 +87,12 @@ impl Weights {
                     [s, e] => (s.as_u64().ok_or_else(bad)?, e.as_u64().ok_or_else(bad)?),
                     _ => return Err(bad()),
                 };
-                let bytes = shape.iter().product::<usize>() as u64 * dt.size_in_bytes() as u64;
-                if end < start || end - start != bytes || data + end > file_len {
+                // Checked: a header is outside input, and its sizes may be anything.
+                let bytes = shape
+                    .iter()
+                    .try_fold(dt.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64))
+                    .ok_or_else(|| err(path, format!("{name}: shape {shape:?} too large")))?;
+                if end < start || end - start != bytes || data.checked_add(end).is_none_or(|e| e > file_len) {
                     return Err(bad());
                 }
                 entries.insert(name, Entry { file: i, dtype: dt, shape, start: data + start, end: data + end });
