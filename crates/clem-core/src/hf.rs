@@ -39,8 +39,11 @@ pub fn cached_snapshot(cache: &Path, repo_id: &str) -> Option<PathBuf> {
     let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
     let snapshots = repo.join("snapshots");
     if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
-        let dir = snapshots.join(rev.trim());
-        if dir.is_dir() {
+        // A commit hash names one folder; an empty or path-like ref (outside input) names none.
+        let rev = rev.trim();
+        let plain = !matches!(rev, "" | "." | "..") && !rev.contains(['/', '\\']);
+        let dir = snapshots.join(rev);
+        if plain && dir.is_dir() {
             return Some(dir);
         }
     }
@@ -194,6 +197,11 @@ mod tests {
         .expect("write");
         assert_eq!(cached_snapshot(tmp.path(), "org/tiny"), Some(snap.clone()));
         assert_eq!(cached_snapshot(tmp.path(), "org/other"), None);
+        // A ref naming no snapshot (empty, or a path) falls back to the newest snapshot.
+        for bad in ["", "\n", "..", "../snapshots", "."] {
+            std::fs::write(repo.join("refs").join("main"), bad).expect("write");
+            assert_eq!(cached_snapshot(tmp.path(), "org/tiny"), Some(snap.clone()), "{bad:?}");
+        }
         let tf = TokenizerFiles::load(&snap).expect("loads");
         assert_eq!(tf.chat_template(None), Some("A"));
         assert_eq!(tf.chat_template(Some("tool_use")), Some("B"));

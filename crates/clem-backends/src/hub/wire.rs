@@ -412,7 +412,8 @@ async fn attempt(
             return Err(Stop::Fatal(ctx.status_error(url, status, &headers, &body, &fetch.revision, &fetch.file)));
         }
     }
-    if let Some(total) = fetch.meta.size.or_else(|| resp.content_length().map(|n| n + *written)) {
+    // A server's Content-Length may be anything up to u64::MAX: no total rather than an overflow.
+    if let Some(total) = fetch.meta.size.or_else(|| resp.content_length().and_then(|n| n.checked_add(*written))) {
         fetch.progress.set_length(total);
     }
     loop {

@@ -58,7 +58,8 @@ pub fn free_port() -> Result<u16, LaunchError> {
 
 /// The full argument list: `serve MODEL --host 127.0.0.1 --port PORT ARGS...`.
 pub fn serve_args(spec: &LaunchSpec, port: u16) -> Vec<String> {
-    let mut argv: Vec<String> = spec.command[1..].to_vec();
+    // An empty command stands for `vllm` (see `launch`): no leading arguments then.
+    let mut argv: Vec<String> = spec.command.get(1..).unwrap_or_default().to_vec();
     argv.extend(["serve".into(), spec.model.clone(), "--host".into(), "127.0.0.1".into()]);
     argv.extend(["--port".into(), port.to_string()]);
     argv.extend(spec.args.iter().cloned());
