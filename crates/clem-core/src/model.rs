@@ -33,14 +33,16 @@ pub struct ContextExceeded {
 impl ContextExceeded {
     /// clemcore's check: `used = prompt + max_new_tokens`, fits when `used <= size`.
     pub fn check(model: &str, context_size: u64, prompt_tokens: u64, max_tokens: u32) -> Result<(), ContextExceeded> {
-        let tokens_used = prompt_tokens + u64::from(max_tokens);
+        let tokens_used = prompt_tokens.saturating_add(u64::from(max_tokens));
         if tokens_used <= context_size {
             return Ok(());
         }
         Err(ContextExceeded {
             model: model.into(),
             tokens_used,
-            tokens_left: context_size as i64 - tokens_used as i64,
+            // Exact in i128, clamped to clemcore's int (sizes come from registries and configs: any u64).
+            tokens_left: (i128::from(context_size) - i128::from(tokens_used)).clamp(i64::MIN.into(), i64::MAX.into())
+                as i64,
             context_size,
             batch_index: None,
         })
@@ -232,5 +234,9 @@ mod tests {
         let e = ContextExceeded::check("m", 100, 51, 50).expect_err("exceeds");
         assert_eq!((e.tokens_used, e.tokens_left, e.context_size), (101, -1, 100));
         assert!(e.to_string().contains("101 tokens needed"));
+        // Any sizes: no overflow, the shortfall clamped.
+        let e = ContextExceeded::check("m", 0, u64::MAX, u32::MAX).expect_err("exceeds");
+        assert_eq!((e.tokens_used, e.tokens_left), (u64::MAX, i64::MIN));
+        assert!(ContextExceeded::check("m", u64::MAX, u64::MAX - 1, 1).is_ok());
     }
 }

@@ -1,8 +1,9 @@
 //! The kernels over one decoding step of SmolLM2-135M: 30 layers of distinct matrices plus the output projection
 //! (so the weights stream from memory, as in a model; a repeated matrix would stay in cache), for 1 to 16 rows, in
-//! f32 and bf16; then the decoding attention of 8 rows at 110 positions over distinct KV buffers. Time per step,
-//! GMAC/s and the time per matrix shape. A development aid for the kernels; `bench/hf_local/run.py` is the
-//! benchmark against transformers. `cargo bench -p clem-kernels --bench step` (RAYON_NUM_THREADS sets the threads).
+//! f32 and bf16; then the decoding attention of 8 rows at 110 positions over distinct f32 and bf16 KV buffers.
+//! Time per step, GMAC/s and the time per matrix shape. A development aid for the kernels; `bench/hf_local/run.py`
+//! is the benchmark against transformers. `cargo bench -p clem-kernels --bench step` (RAYON_NUM_THREADS sets the
+//! threads).
 
 use std::time::Instant;
 

@@ -152,12 +152,13 @@ pub fn finish_reason(g: &Generation) -> &str {
     }
 }
 
-/// Token usage when the backend counted it.
+/// Token usage when the backend counted it (counts whose sum overflows are nonsense: no usage).
 pub fn usage(g: &Generation) -> Option<Value> {
     let u = completion_object(g).get("usage")?;
     let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
     let completion = u.get("completion_tokens").and_then(Value::as_u64)?;
-    Some(json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}))
+    let total = prompt.checked_add(completion)?;
+    Some(json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}))
 }
 
 /// One `chat.completion` object carrying the cleaned reply.

@@ -77,6 +77,16 @@ impl ApiError {
             .with_code("unknown_url")
     }
 
+    /// A known route asked with a method it does not answer (axum's own 405 has no body).
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{method} is not allowed on {path}."),
+        )
+        .with_code("method_not_allowed")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -122,6 +122,9 @@ impl App {
             .route("/v1/models", get(models))
             .route("/health", get(health))
             .fallback(|req: Request| async move { ApiError::not_found_route(req.uri().path()) })
+            .method_not_allowed_fallback(|req: Request| async move {
+                ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+            })
             .with_state(self.state.clone())
     }
 }
