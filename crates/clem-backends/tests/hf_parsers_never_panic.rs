@@ -1,5 +1,5 @@
-//! Property tests of huggingface_local's readers of outside input: `config.json`, safetensors headers and the
-//! memory check fed by them. A panic (an index, an unwrap, an arithmetic overflow in this debug build) fails the
+//! Property tests of huggingface_local's readers of outside input: `config.json`, safetensors headers, the
+//! memory check fed by them, and `tokenizer.json` (read by the `tokenizers` crate, then used on any text and ids). A panic (an index, an unwrap, an arithmetic overflow in this debug build) fails the
 //! test; where a reader accepts its input, what it reports must also be consistent with that input.
 #![cfg(feature = "huggingface_local")]
 
@@ -7,6 +7,7 @@ use std::io::Write;
 
 use clem_backends::huggingface_local::config::{registry_context_size, ModelConfig};
 use clem_backends::huggingface_local::files::{check_memory, MemoryNeed};
+use clem_backends::huggingface_local::tokenizer::HfTokenizer;
 use clem_backends::huggingface_local::weights::SafetensorsFiles;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -159,8 +160,79 @@ fn write_safetensors(dir: &std::path::Path, header: &Value, data: usize, raw: Op
     path
 }
 
+/// A small `tokenizer.json` (a word-level or BPE model over a few tokens), valid or mutated: ids past the
+/// vocabulary, duplicate tokens, unknown component types, wrong value types.
+fn tokenizer_json() -> impl Strategy<Value = Value> {
+    // Mostly valid pieces, so that most tokenizers load; the rest broken in one place or another.
+    let id = prop_oneof![8 => 0i64..6, 1 => prop::sample::select(vec![1000i64, -1, u32::MAX as i64])];
+    let token = prop::sample::select(vec!["a", "b", "ab", "<s>", "</s>", "[UNK]", "", " ", "\u{0120}a"]);
+    let vocab = prop::collection::btree_map(token.clone(), id.clone(), 0..6);
+    let added = prop::collection::vec((id.clone(), token.clone(), any::<bool>()), 0..3);
+    let component = prop_oneof![
+        6 => Just(Value::Null),
+        2 => prop::sample::select(vec![
+            json!({"type": "Whitespace"}),
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+            json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true}),
+        ]),
+        1 => prop::sample::select(vec![
+            json!({"type": "Split", "pattern": {"Regex": "(("}, "behavior": "Isolated", "invert": false}),
+            json!({"type": "NoSuchThing"}),
+            json!(3),
+        ]),
+    ];
+    let model_kind = prop_oneof![4 => Just("WordLevel"), 4 => Just("BPE"), 1 => Just("Unigram"), 1 => Just("Nope")];
+    let merges = prop::collection::vec(prop::sample::select(vec!["a b", "b a", "a", "x y", ""]), 0..3);
+    (vocab, added, component.clone(), component, model_kind, merges).prop_map(
+        |(vocab, added, pre, decoder, kind, merges)| {
+            let vocab: Map<String, Value> = vocab.into_iter().map(|(t, i)| (t.to_string(), json!(i))).collect();
+            let model = match kind {
+                "WordLevel" => json!({"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}),
+                "BPE" => json!({"type": "BPE", "vocab": vocab, "merges": merges, "unk_token": null,
+                    "dropout": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                    "fuse_unk": false, "byte_fallback": false}),
+                other => json!({"type": other, "vocab": vocab}),
+            };
+            let added: Vec<Value> = added
+                .into_iter()
+                .map(|(id, content, special)| {
+                    json!({"id": id, "content": content, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": special})
+                })
+                .collect();
+            json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                "normalizer": null, "pre_tokenizer": pre, "post_processor": null, "decoder": decoder, "model": model})
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any tokenizer.json is loaded or refused naming the file; a loaded one encodes any text and decodes any ids
+    /// (past its vocabulary too) without panicking, and the ids of a text decode to tokens of the vocabulary.
+    #[test]
+    fn tokenizer_json_never_panics(
+        tok in tokenizer_json(),
+        text in "[ab </>\\[\\]UNKé\u{0120}]{0,12}",
+        ids in prop::collection::vec(prop::sample::select(vec![0u32, 1, 2, 3, 7, 1000, u32::MAX]), 0..6),
+        clean in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).expect("write a temporary file");
+        match HfTokenizer::load(dir.path(), clean) {
+            Err(e) => prop_assert!(e.to_string().contains("tokenizer.json"), "{}", e),
+            Ok(t) => {
+                if let Ok(encoded) = t.encode(&text) {
+                    if !encoded.is_empty() {
+                        prop_assert!(t.decode(&encoded).is_ok(), "ids {:?} of {:?} do not decode", encoded, text);
+                    }
+                }
+                let _ = t.decode(&ids);
+                let _ = t.token_id(&text);
+            }
+        }
+    }
 
     /// Any config.json is read or refused with a message; an accepted one has sizes the model can be built with,
     /// and its KV bytes per token do not overflow.
