@@ -93,13 +93,11 @@ pub struct AttendShape {
 /// and value once, the exponentials are computed 8 at a time; otherwise a portable loop computes the same.
 pub fn attend<T: KvValue>(q: &[f32], k: &[T], v: &[T], mask: &[f32], s: &AttendShape, out: &mut [f32]) -> Result<()> {
     let d = s.head_dim;
-    let kv_need = if s.len == 0 { 0 } else { (s.len - 1) * s.kv_stride + d };
-    let sizes_ok = q.len() >= s.queries * d
-        && out.len() >= s.queries * d
-        && k.len() >= kv_need
-        && v.len() >= kv_need
+    let kv_need = rows_len(s.len, s);
+    let sizes_ok = s.queries.checked_mul(d).is_some_and(|n| q.len() >= n && out.len() >= n)
+        && kv_need.is_some_and(|n| k.len() >= n && v.len() >= n)
         && s.positions > 0
-        && mask.len() >= s.positions * s.len
+        && s.positions.checked_mul(s.len).is_some_and(|n| mask.len() >= n)
         && s.kv_stride >= d;
     if !sizes_ok {
         return Err(KernelError::AttentionShape);
@@ -119,16 +117,23 @@ pub fn attend<T: KvValue>(q: &[f32], k: &[T], v: &[T], mask: &[f32], s: &AttendS
 /// (row, KV head) before attending to this one, so that the next call does not start by waiting on memory.
 pub fn prefetch<T: KvValue>(k: &[T], s: &AttendShape) {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd_available() {
+    {
         let keys = simd::AHEAD.min(s.len);
-        let need = if keys == 0 { 0 } else { (keys - 1) * s.kv_stride + s.head_dim };
-        if k.len() >= need {
+        if rows_len(keys, s).is_some_and(|n| k.len() >= n) {
             // SAFETY: SSE is part of x86-64; the rows prefetched lie within `k` (checked).
             unsafe { simd::fetch_rows(k.as_ptr(), keys, s) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (k, s);
+}
+
+/// Elements spanned by `keys` key rows at the shape's stride (None when the sizes overflow).
+fn rows_len(keys: usize, s: &AttendShape) -> Option<usize> {
+    match keys.checked_sub(1) {
+        None => Some(0),
+        Some(last) => last.checked_mul(s.kv_stride)?.checked_add(s.head_dim),
+    }
 }
 
 /// Scores of one query from its raw dot products in `row`: scaled, capped, masked.
@@ -507,5 +512,14 @@ mod tests {
         let mut out = [0f32; 4];
         assert!(attend(&[0.0; 4], &[0.0; 11], &[0.0; 12], &[0.0; 3], &shape, &mut out).is_err());
         assert!(attend(&[0.0; 4], &[0.0; 12], &[0.0; 12], &[0.0; 3], &shape, &mut out).is_ok());
+        // Shapes whose sizes overflow are refused, not a panic; prefetching them does nothing.
+        for absurd in [
+            AttendShape { kv_stride: usize::MAX, ..shape },
+            AttendShape { queries: usize::MAX, ..shape },
+            AttendShape { positions: usize::MAX, ..shape },
+        ] {
+            assert!(attend(&[0.0; 4], &[0.0; 12], &[0.0; 12], &[0.0; 3], &absurd, &mut out).is_err());
+            prefetch(&[0f32; 12], &absurd);
+        }
     }
 }

@@ -434,7 +434,7 @@ fn pack<W: Weight>(w: &[W], out: usize, inp: usize) -> Vec<W> {
 
 impl PackedMatrix {
     fn check(len: usize, out: usize, inp: usize) -> Result<()> {
-        if len == out * inp {
+        if out.checked_mul(inp) == Some(len) {
             Ok(())
         } else {
             Err(KernelError::MatrixSize { out, inp, got: len })
@@ -474,7 +474,7 @@ impl PackedMatrix {
 
     /// `x (rows, inp) . W^T` -> `(rows, out)`.
     pub fn matmul_t(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        if x.len() != rows * self.inp {
+        if rows.checked_mul(self.inp) != Some(x.len()) {
             return Err(KernelError::InputSize { inp: self.inp, got: x.len() });
         }
         if self.inp == 0 || rows == 0 {
@@ -668,6 +668,9 @@ mod tests {
         );
         let m = PackedMatrix::from_f32(&[1.0; 8], 2, 4)?;
         assert_eq!(m.matmul_t(&[1.0; 5], 1), Err(KernelError::InputSize { inp: 4, got: 5 }));
+        // Sizes that overflow are wrong sizes too.
+        assert!(m.matmul_t(&[1.0; 4], usize::MAX).is_err());
+        assert!(PackedMatrix::from_f32(&[1.0; 4], usize::MAX, 2).is_err());
         assert_eq!(m.matmul_t(&[1.0; 8], 2)?, [4.0; 4]);
         // Degenerate shapes: no inputs sums to zero, no rows gives nothing.
         assert_eq!(PackedMatrix::from_f32(&[], 3, 0)?.matmul_t(&[], 2)?, [0.0; 6]);
