@@ -167,11 +167,8 @@ fn main() {
     let peak = peak_macs_per_core().unwrap_or(0.0);
     // A batch's work: each row's prompt through every matrix but the output projection (run for its last position
     // only), then NEW_TOKENS - 1 full decoding steps. At the FMA peak that bounds batch throughput from above.
-    let config: serde_json::Value = std::fs::read(std::path::Path::new(&dir).join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let lm_head = ["hidden_size", "vocab_size"].iter().map(|k| config[k].as_f64().unwrap_or(0.0)).product::<f64>();
+    let lm_head = clem_backends::huggingface_local::config::ModelConfig::load(std::path::Path::new(&dir))
+        .map_or(0.0, |c| (c.hidden_size * c.vocab_size) as f64);
     let macs_per_row =
         prompt.len() as f64 * (macs_per_token - lm_head) + lm_head + (NEW_TOKENS - 1) as f64 * macs_per_token;
     let compute_ceiling = peak * cores as f64 * NEW_TOKENS as f64 / macs_per_row;

@@ -6,11 +6,10 @@
 
 use half::{bf16, f16};
 
-use crate::{KernelError, Result};
+use crate::{KernelError, Result, Weight};
 
-/// The element type of cached keys and values.
-pub trait KvValue: Copy + Send + Sync + 'static {
-    fn widen(self) -> f32;
+/// The element type of cached keys and values: a [`Weight`] type (widened the same way), also narrowed into.
+pub trait KvValue: Weight {
     /// `x` rounded to this type (to nearest even).
     fn narrow(x: f32) -> Self;
     /// 8 consecutive values, widened.
@@ -22,9 +21,6 @@ pub trait KvValue: Copy + Send + Sync + 'static {
 }
 
 impl KvValue for f32 {
-    fn widen(self) -> f32 {
-        self
-    }
     fn narrow(x: f32) -> f32 {
         x
     }
@@ -37,9 +33,6 @@ impl KvValue for f32 {
 }
 
 impl KvValue for bf16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
     fn narrow(x: f32) -> bf16 {
         bf16::from_f32(x)
     }
@@ -55,9 +48,6 @@ impl KvValue for bf16 {
 }
 
 impl KvValue for f16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
     fn narrow(x: f32) -> f16 {
         f16::from_f32(x)
     }

@@ -88,14 +88,10 @@ fn cpu_values<T: candle_core::WithDType>(storage: &Storage) -> Result<&[T]> {
     }
 }
 
-fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
-    cpu_values::<f32>(storage)
-}
-
 /// The values of a contiguous f32 CPU tensor, read in place.
 fn contiguous_f32<'a>(store: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("the kernels need contiguous input") };
-    Ok(&cpu_f32(store)?[a..b])
+    Ok(&cpu_values::<f32>(store)?[a..b])
 }
 
 /// `s` from `at` on (empty past the end: the kernel then reports the short buffer).
@@ -116,8 +112,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, sof
     if kst.len() != 4 || kst[3] != 1 || kst != v_lay.stride() {
         candle_core::bail!("kernel attention needs K and V laid out alike, rows contiguous");
     }
-    let qs = &cpu_f32(&q_store)?[q_lay.start_offset()..];
-    let ms = &cpu_f32(&m_store)?[m_lay.start_offset()..];
+    let qs = &cpu_values::<f32>(&q_store)?[q_lay.start_offset()..];
+    let ms = &cpu_values::<f32>(&m_store)?[m_lay.start_offset()..];
     let shape = AttendShape {
         queries,
         positions,
