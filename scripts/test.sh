@@ -3,6 +3,8 @@
 # then formatting, lints, and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A clean CI build has nothing to reuse incrementally; the incremental cache only costs disk there.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
 scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
