@@ -9,6 +9,7 @@ use clem_backends::huggingface_local::config::{registry_context_size, ModelConfi
 use clem_backends::huggingface_local::files::{check_memory, MemoryNeed};
 use clem_backends::huggingface_local::tokenizer::HfTokenizer;
 use clem_backends::huggingface_local::weights::SafetensorsFiles;
+use clem_json_strategies as strategies;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -37,33 +38,27 @@ fn config_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         Just(Value::Null),
     ];
-    scalar.prop_recursive(2, 16, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop::sample::select(vec![
-                    "rope_type",
-                    "type",
-                    "factor",
-                    "rope_theta",
-                    "short_factor",
-                    "long_factor",
-                    "original_max_position_embeddings",
-                    "low_freq_factor",
-                    "high_freq_factor",
-                    "beta_fast",
-                    "beta_slow",
-                    "attention_factor",
-                    "full_attention",
-                    "sliding_attention"
-                ]),
-                inner,
-                0..4,
-            )
-            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
-        ]
-    })
+    // Keys of nested values (rope_scaling, layer_types): only the ones the reader looks for.
+    let key = prop::sample::select(NESTED_KEYS).prop_map(String::from).boxed();
+    strategies::tree(scalar.boxed(), key, 2, 16, 4)
 }
+
+const NESTED_KEYS: &[&str] = &[
+    "rope_type",
+    "type",
+    "factor",
+    "rope_theta",
+    "short_factor",
+    "long_factor",
+    "original_max_position_embeddings",
+    "low_freq_factor",
+    "high_freq_factor",
+    "beta_fast",
+    "beta_slow",
+    "attention_factor",
+    "full_attention",
+    "sliding_attention",
+];
 
 const CONFIG_KEYS: &[&str] = &[
     "hidden_size",

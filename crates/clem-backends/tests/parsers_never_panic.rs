@@ -27,6 +27,7 @@ use clem_core::cleaning::{py_strip, Cleaner};
 use clem_core::keys::Secret;
 use clem_core::template::ChatTemplate;
 use clem_core::{GenArgs, Message, Role};
+use clem_json_strategies as strategies;
 use proptest::prelude::*;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
@@ -89,32 +90,16 @@ const WORDS: &[&str] = &[
 ];
 
 fn key() -> BoxedStrategy<String> {
-    prop_oneof![4 => prop::sample::select(KEYS).prop_map(String::from), 1 => any::<String>()].boxed()
+    strategies::key(KEYS)
 }
 
 fn scalar() -> BoxedStrategy<Value> {
-    prop_oneof![
-        1 => Just(Value::Null),
-        1 => any::<bool>().prop_map(Value::Bool),
-        1 => any::<i64>().prop_map(Value::from),
-        1 => any::<u64>().prop_map(Value::from),
-        1 => any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        2 => prop::sample::select(WORDS).prop_map(Value::from),
-        2 => any::<String>().prop_map(Value::from),
-    ]
-    .boxed()
+    strategies::scalar(WORDS, strategies::number(), 3)
 }
 
 /// Any JSON, a few levels deep, with the readers' keys and words favoured.
 fn tree() -> BoxedStrategy<Value> {
-    scalar()
-        .prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::vec((key(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-        .boxed()
+    strategies::tree(scalar(), key(), 4, 48, 6)
 }
 
 /// A content block or part: `type`, `text` and `thought`, each maybe missing or of the wrong kind.

@@ -6,6 +6,7 @@ use clem_core::keys::Keys;
 use clem_core::pyregex::PyRegex;
 use clem_core::registry::Registry;
 use clem_core::ModelSpec;
+use clem_json_strategies as strategies;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -20,13 +21,13 @@ fn scalar() -> impl Strategy<Value = Value> {
 }
 
 fn value() -> impl Strategy<Value = Value> {
-    scalar().prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            prop::collection::btree_map(prop::sample::select(vec!["k", "l", "m"]), inner, 0..3)
-                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
-        ]
-    })
+    strategies::tree(
+        scalar().boxed(),
+        prop::sample::select(&["k", "l", "m"][..]).prop_map(String::from).boxed(),
+        3,
+        24,
+        3,
+    )
 }
 
 fn spec() -> impl Strategy<Value = ModelSpec> {

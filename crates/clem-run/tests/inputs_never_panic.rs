@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clem_backends::{load_spec, LoadContext};
 use clem_core::{GenArgs, LoadedModel, ModelSpec};
+use clem_json_strategies as strategies;
 use clem_run::check_hf::{check, CheckOptions};
 use clem_run::hellogame::HelloGame;
 use clem_run::instances::{self, Experiment};
@@ -58,33 +59,16 @@ const WORDS: &[&str] =
     &["GM", "Player 1", "", "greet_en", "Hello", "the name:\nAna", "GREET: Hello Ana, welcome!", "2024-01-01T00:00:00"];
 
 fn key() -> BoxedStrategy<String> {
-    prop_oneof![4 => prop::sample::select(KEYS).prop_map(String::from), 1 => any::<String>()].boxed()
+    strategies::key(KEYS)
 }
 
 fn scalar() -> BoxedStrategy<Value> {
-    prop_oneof![
-        1 => Just(Value::Null),
-        1 => any::<bool>().prop_map(Value::Bool),
-        1 => any::<i64>().prop_map(Value::from),
-        1 => any::<u64>().prop_map(Value::from),
-        1 => (0u64..4).prop_map(Value::from),
-        1 => any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        2 => prop::sample::select(WORDS).prop_map(Value::from),
-        2 => any::<String>().prop_map(Value::from),
-    ]
-    .boxed()
+    strategies::scalar(WORDS, prop_oneof![3 => strategies::number(), 1 => (0u64..4).prop_map(Value::from)].boxed(), 4)
 }
 
 /// Any JSON, a few levels deep, with the readers' keys and words favoured.
 fn tree() -> BoxedStrategy<Value> {
-    scalar()
-        .prop_recursive(3, 32, 5, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::vec((key(), inner), 0..5).prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-        .boxed()
+    strategies::tree(scalar(), key(), 3, 32, 5)
 }
 
 /// JSON along `path` (`"0"` is a list, its items all built the same way), with noise beside every step and,

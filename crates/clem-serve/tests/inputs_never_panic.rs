@@ -15,6 +15,7 @@ use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use clem_core::{
     BatchMode, ContextExceeded, GenArgs, Generation, LoadedModel, Message, Model, ModelError, ModelSpec, Role,
 };
+use clem_json_strategies as strategies;
 use clem_serve::{parse_chat, App, ServeConfig};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -57,7 +58,7 @@ const WORDS: &[&str] =
     &["system", "developer", "user", "assistant", "tool", "text", "image_url", "", "seq", "fwd", "length", "stop"];
 
 fn key() -> BoxedStrategy<String> {
-    prop_oneof![4 => prop::sample::select(KEYS).prop_map(String::from), 1 => any::<String>()].boxed()
+    strategies::key(KEYS)
 }
 
 fn number() -> BoxedStrategy<Value> {
@@ -65,33 +66,19 @@ fn number() -> BoxedStrategy<Value> {
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
         (0u64..300).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        strategies::float(),
         (-1.0f64..3.0).prop_map(Value::from),
     ]
     .boxed()
 }
 
 fn scalar() -> BoxedStrategy<Value> {
-    prop_oneof![
-        1 => Just(Value::Null),
-        1 => any::<bool>().prop_map(Value::Bool),
-        2 => number(),
-        2 => prop::sample::select(WORDS).prop_map(Value::from),
-        2 => any::<String>().prop_map(Value::from),
-    ]
-    .boxed()
+    strategies::scalar(WORDS, number(), 2)
 }
 
 /// Any JSON, a few levels deep, with the parser's keys and words favoured.
 fn tree() -> BoxedStrategy<Value> {
-    scalar()
-        .prop_recursive(3, 32, 5, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::vec((key(), inner), 0..5).prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-        .boxed()
+    strategies::tree(scalar(), key(), 3, 32, 5)
 }
 
 /// `Some(v)` from `good`, unless `mangle`: then now and then missing or anything.
