@@ -144,11 +144,7 @@ fn shaped(path: &'static [&'static str], leaf: BoxedStrategy<Value>) -> BoxedStr
             .boxed()
     } else {
         (inner, prop::collection::vec((key(), tree()), 0..3))
-            .prop_map(move |(v, noise)| {
-                let mut m: Map<String, Value> = noise.into_iter().collect();
-                m.insert((*step).into(), v);
-                Value::Object(m)
-            })
+            .prop_map(move |(v, noise)| strategies::object([(*step, Some(v))], noise))
             .boxed()
     };
     prop_oneof![5 => right, 1 => tree()].boxed()

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use proptest::strategy::Union;
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
 /// An object key: one of `keys` four times out of five, any string otherwise.
 pub fn key(keys: &'static [&'static str]) -> BoxedStrategy<String> {
@@ -58,6 +58,19 @@ pub fn tree(
         .boxed()
 }
 
+/// An object made of the `noise` pairs, then each of `fields` set (`Some`) or taken out (`None`): the fields a
+/// reader looks for, present or missing on purpose, among keys it must ignore.
+pub fn object<'a>(fields: impl IntoIterator<Item = (&'a str, Option<Value>)>, noise: Vec<(String, Value)>) -> Value {
+    let mut map: Map<String, Value> = noise.into_iter().collect();
+    for (key, value) in fields {
+        match value {
+            Some(value) => map.insert(key.into(), value),
+            None => map.remove(key),
+        };
+    }
+    Value::Object(map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +104,12 @@ mod tests {
             saw_nested |= depth(&value) >= 2;
         }
         assert!(saw_key && saw_word && saw_nested, "key {saw_key}, word {saw_word}, nested {saw_nested}");
+    }
+
+    #[test]
+    fn object_fields_override_noise_and_none_removes() {
+        let noise = vec![("a".to_string(), Value::from(1)), ("b".to_string(), Value::from(2))];
+        let made = object([("a", Some(Value::from("x"))), ("b", None), ("c", Some(Value::Null))], noise);
+        assert_eq!(made, serde_json::json!({"a": "x", "c": null}));
     }
 }

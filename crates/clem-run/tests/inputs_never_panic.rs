@@ -80,11 +80,7 @@ fn shaped(path: &'static [&'static str], leaf: BoxedStrategy<Value>) -> BoxedStr
         prop::collection::vec(inner, 0..4).prop_map(Value::Array).boxed()
     } else {
         (inner, prop::collection::vec((key(), tree()), 0..3))
-            .prop_map(move |(v, noise)| {
-                let mut m: Map<String, Value> = noise.into_iter().collect();
-                m.insert((*step).into(), v);
-                Value::Object(m)
-            })
+            .prop_map(move |(v, noise)| strategies::object([(*step, Some(v))], noise))
             .boxed()
     };
     prop_oneof![8 => right, 1 => tree()].boxed()
@@ -95,16 +91,7 @@ fn with_fields(fields: Vec<(&'static str, BoxedStrategy<Value>)>) -> BoxedStrate
     let strategies: Vec<_> =
         fields.into_iter().map(|(k, s)| prop::option::weighted(0.9, s).prop_map(move |v| (k, v))).collect();
     (strategies, prop::collection::vec((key(), tree()), 0..2))
-        .prop_map(|(fields, noise)| {
-            let mut m: Map<String, Value> = noise.into_iter().collect();
-            for (k, v) in fields {
-                match v {
-                    Some(v) => m.insert(k.into(), v),
-                    None => m.remove(k),
-                };
-            }
-            Value::Object(m)
-        })
+        .prop_map(|(fields, noise)| strategies::object(fields, noise))
         .boxed()
 }
 

@@ -89,17 +89,6 @@ fn field(mangle: bool, good: BoxedStrategy<Value>) -> BoxedStrategy<Option<Value
     prop_oneof![24 => good.prop_map(Some), 1 => Just(None), 1 => tree().prop_map(Some)].boxed()
 }
 
-fn object(fields: Vec<(&'static str, Option<Value>)>, noise: Vec<(String, Value)>) -> Value {
-    let mut m: Map<String, Value> = noise.into_iter().collect();
-    for (k, v) in fields {
-        match v {
-            Some(v) => m.insert(k.into(), v),
-            None => m.remove(k),
-        };
-    }
-    Value::Object(m)
-}
-
 fn noise() -> BoxedStrategy<Vec<(String, Value)>> {
     prop::collection::vec((key(), tree()), 0..3).boxed()
 }
@@ -118,11 +107,11 @@ fn part(mangle: bool) -> BoxedStrategy<Value> {
     let url = prop_oneof![
         any::<String>().prop_map(|u| json!({ "url": u })),
         any::<String>().prop_map(Value::from),
-        (field(mangle, scalar()), noise()).prop_map(|(u, n)| object(vec![("url", u)], n)),
+        (field(mangle, scalar()), noise()).prop_map(|(u, n)| strategies::object(vec![("url", u)], n)),
     ]
     .boxed();
     (ty, text, field(mangle, url), noise())
-        .prop_map(|(ty, text, url, n)| object(vec![("type", ty), ("text", text), ("image_url", url)], n))
+        .prop_map(|(ty, text, url, n)| strategies::object(vec![("type", ty), ("text", text), ("image_url", url)], n))
         .boxed()
 }
 
@@ -139,7 +128,7 @@ fn message(mangle: bool) -> BoxedStrategy<Value> {
         ]
         .boxed(),
     );
-    (role, content, noise()).prop_map(|(r, c, n)| object(vec![("role", r), ("content", c)], n)).boxed()
+    (role, content, noise()).prop_map(|(r, c, n)| strategies::object(vec![("role", r), ("content", c)], n)).boxed()
 }
 
 /// A chat request body: every field the parser reads (with `mangle`, each maybe missing or wrong), and unknown
@@ -168,7 +157,7 @@ fn chat_body(mangle: bool) -> BoxedStrategy<Value> {
     let stream = field(mangle, prop_oneof![3 => any::<bool>().prop_map(Value::from), w => scalar()].boxed());
     let options = field(
         mangle,
-        (field(mangle, scalar()), noise()).prop_map(|(u, n)| object(vec![("include_usage", u)], n)).boxed(),
+        (field(mangle, scalar()), noise()).prop_map(|(u, n)| strategies::object(vec![("include_usage", u)], n)).boxed(),
     );
     let passed = prop::collection::vec(
         (prop::sample::select(vec!["top_p", "seed", "stop", "presence_penalty", "top_k", "min_p"]), tree()),
@@ -176,7 +165,7 @@ fn chat_body(mangle: bool) -> BoxedStrategy<Value> {
     );
     (model, messages, (tokens(), tokens()), temperature, n, (stream, options), passed, noise())
         .prop_map(|(model, messages, (mt, mct), temperature, n, (stream, options), passed, noise)| {
-            let mut body = object(
+            let mut body = strategies::object(
                 vec![
                     ("model", model),
                     ("messages", messages),
@@ -357,11 +346,11 @@ fn server() -> &'static (tokio::runtime::Runtime, App) {
 fn provider_response() -> BoxedStrategy<Value> {
     let count = prop_oneof![any::<u64>().prop_map(Value::from), (0u64..1000).prop_map(Value::from), scalar()];
     let usage = (field(true, count.clone().boxed()), field(true, count.boxed()), noise())
-        .prop_map(|(p, c, n)| object(vec![("prompt_tokens", p), ("completion_tokens", c)], n));
+        .prop_map(|(p, c, n)| strategies::object(vec![("prompt_tokens", p), ("completion_tokens", c)], n));
     let finish = field(true, prop::sample::select(vec!["stop", "length", "tool_calls"]).prop_map(Value::from).boxed())
-        .prop_map(|f| json!([object(vec![("finish_reason", f)], Vec::new())]));
+        .prop_map(|f| json!([strategies::object(vec![("finish_reason", f)], Vec::new())]));
     let completion = (field(true, usage.boxed()), field(true, finish.boxed()), noise())
-        .prop_map(|(u, f, n)| object(vec![("usage", u), ("choices", f)], n));
+        .prop_map(|(u, f, n)| strategies::object(vec![("usage", u), ("choices", f)], n));
     prop_oneof![
         2 => completion.clone().prop_map(|c| json!({ "response": c })),
         2 => completion,
