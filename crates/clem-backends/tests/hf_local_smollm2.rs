@@ -4,9 +4,14 @@
 
 #![cfg(feature = "huggingface_local")]
 
+use candle_core::Device;
+use clem_backends::huggingface_local::causal_lm::CausalLm;
+use clem_backends::huggingface_local::device::Placement;
+use clem_backends::huggingface_local::generate;
+use clem_backends::huggingface_local::HfLocalModel;
 use clem_backends::LoadContext;
 use clem_core::registry::Registry;
-use clem_core::{BatchMode, GenArgs, LoadedModel, Message, ModelError, ModelSpec};
+use clem_core::{BatchMode, GenArgs, LoadedModel, Message, Model, ModelError, ModelSpec};
 use serde_json::json;
 
 const REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -22,6 +27,12 @@ fn missing(reason: &str) {
 }
 
 fn smollm2() -> Option<LoadedModel> {
+    let spec = smollm2_spec()?;
+    Some(clem_backends::load_spec(&spec, &LoadContext::default()).expect("loads"))
+}
+
+/// The packaged entry's spec, when the folder is prepared.
+fn smollm2_spec() -> Option<ModelSpec> {
     let cache = clem_core::hf::hub_cache_dir();
     let present = clem_core::hf::cached_snapshot(&cache, REPO).is_some_and(|d| d.join("model.safetensors").is_file());
     if !present {
@@ -29,9 +40,7 @@ fn smollm2() -> Option<LoadedModel> {
         return None;
     }
     let registry = Registry::packaged().expect("packaged registry");
-    let model = clem_backends::load_model(&registry, &ModelSpec::from_name("smollm2-135m-hf"), &LoadContext::default())
-        .expect("loads");
-    Some(model)
+    Some(clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m-hf")).expect("resolves"))
 }
 
 #[test]
@@ -58,13 +67,7 @@ fn answers_paris_at_temperature_zero() {
 fn batch_of_four_equals_four_single_runs() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(model) = smollm2() else { return };
-    let questions = [
-        "What is the capital of France? Answer in one word.",
-        "Say hello to Ada and welcome her to the party. Be brief.",
-        "What is 2 + 2?",
-        "Name three colours.",
-    ];
-    let batch: Vec<Vec<Message>> = questions.iter().map(|q| vec![Message::user(*q)]).collect();
+    let batch: Vec<Vec<Message>> = QUESTIONS.iter().map(|q| vec![Message::user(*q)]).collect();
     let args = GenArgs::new(0.0, 24);
     let batched = model.generate_batch_response(&batch, &args);
     assert_eq!(batched.len(), 4);
@@ -74,6 +77,44 @@ fn batch_of_four_equals_four_single_runs() {
         assert_eq!(b.response_text, single.response_text, "{messages:?}");
     }
 }
+
+/// The path a GPU runs (candle's ops, matrices in the weights' bf16), here on the CPU: it answers as the kernels
+/// do, and a left-padded batch gives each row its single-run logits up to the matrix library's summation order,
+/// which depends on the batch's size there (as in transformers on a GPU; the CPU kernels are bit-identical, see
+/// the test above). A padding or mask error moves logits by far more than that.
+#[test]
+fn the_gpu_compute_path_answers_paris_and_pads_batches_correctly() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(spec) = smollm2_spec() else { return };
+    let model = HfLocalModel::load_on(&spec, &LoadContext::default(), Placement::cpu_candle()).expect("loads");
+    let messages = vec![Message::user("What is the capital of France? Answer in one word.")];
+    let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
+    assert!(g.response_text.contains("Paris"), "answer: {:?}", g.response_text);
+
+    let lm = CausalLm::load_dir_on(model.dir(), &Placement::cpu_candle()).expect("loads");
+    let prompts: Vec<Vec<u32>> = QUESTIONS
+        .iter()
+        .map(|q| model.render(&[Message::user(*q)]).and_then(|p| model.encode(&p)).expect("tokenizes"))
+        .collect();
+    assert!(prompts.iter().any(|p| p.len() != prompts[0].len()), "rows of one length would need no padding");
+    // Any pad id: padded slots are masked.
+    let pad = 1234;
+    let batched = generate::last_logits(&lm, &prompts, pad, &Device::Cpu).expect("batch");
+    for (prompt, row) in prompts.iter().zip(&batched) {
+        let single = &generate::last_logits(&lm, std::slice::from_ref(prompt), pad, &Device::Cpu).expect("single")[0];
+        let scale = single.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        let diff = row.iter().zip(single).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale;
+        eprintln!("{} tokens: batched vs single logits differ by {diff:.2e} (relative)", prompt.len());
+        assert!(diff < 2e-2, "{} tokens: batched logits differ from the single run's by {diff:.2e}", prompt.len());
+    }
+}
+
+const QUESTIONS: [&str; 4] = [
+    "What is the capital of France? Answer in one word.",
+    "Say hello to Ada and welcome her to the party. Be brief.",
+    "What is 2 + 2?",
+    "Name three colours.",
+];
 
 #[test]
 fn context_is_checked_before_generating() {

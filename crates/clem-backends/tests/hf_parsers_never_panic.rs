@@ -289,7 +289,7 @@ proptest! {
         let need = MemoryNeed {
             model: "m", weights, dtype: "bf16", kv_bytes_per_token: kv, tokens, batch, work_per_token: work,
         };
-        match check_memory(&need, Some(available)) {
+        match check_memory(&need, (Some(available), "free memory of cuda:0".into())) {
             Ok(()) => prop_assert!(weights <= available),
             Err(e) => {
                 prop_assert!(e.needed() > available);

@@ -3,7 +3,8 @@
 //! doc says how to regenerate them) with the logits and greedy tokens transformers computed for them. Runs without
 //! Python: the fixtures are committed. Logits must agree to 1e-4 of the row's largest logit, greedy tokens exactly,
 //! alone and in left-padded batches; config layouts that mean the same must give the same numbers, and a changed
-//! RoPE base or norm must not.
+//! RoPE base or norm must not. Every architecture is checked twice: with the CPU kernels, and with candle's own ops
+//! on the CPU (the path a GPU runs with the `cuda` feature).
 
 #![cfg(feature = "huggingface_local")]
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use clem_backends::huggingface_local::causal_lm::CausalLm;
+use clem_backends::huggingface_local::device::Placement;
 use clem_backends::huggingface_local::generate::{self, Sampling};
 use serde_json::{json, Value};
 
@@ -88,14 +90,17 @@ fn greedy(model: &CausalLm, prompts: &[Vec<u32>], budgets: &[usize], pad: u32) -
     out.into_iter().map(|r| r.tokens).collect()
 }
 
-/// Checks one architecture against every golden and prints the largest relative logit difference seen.
-fn check_arch(arch: &str) {
+/// Checks one architecture, loaded on `placement`, against every golden and prints the largest relative logit
+/// difference seen.
+fn check_arch(arch: &str, placement: Placement) {
     let g = Goldens::load(arch);
-    let model = load(&fixture(arch));
+    let dir = fixture(arch);
+    let path = format!("{:?}", placement.compute);
+    let model = CausalLm::load_dir_on(&dir, &placement).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut worst = 0.0f64;
     let mut check = |what: String, ours: &[f32], golden: &[f64]| {
         let d = rel_diff(ours, golden);
-        assert!(d <= TOLERANCE, "{arch}: {what}: logits differ by {d:.3e} (relative) from transformers");
+        assert!(d <= TOLERANCE, "{arch} ({path}): {what}: logits differ by {d:.3e} (relative) from transformers");
         worst = worst.max(d);
     };
     for (i, (prompt, s)) in g.prompts.iter().zip(g.single()).enumerate() {
@@ -103,7 +108,7 @@ fn check_arch(arch: &str) {
         check(format!("prompt {i} prefill"), &ours[0], &floats(&s["prefill_logits"]));
         let golden_tokens = ids(&s["tokens"]);
         let tokens = greedy(&model, std::slice::from_ref(prompt), &[g.new_tokens], g.pad);
-        assert_eq!(tokens[0], golden_tokens, "{arch}: prompt {i}: greedy tokens differ from transformers");
+        assert_eq!(tokens[0], golden_tokens, "{arch} ({path}): prompt {i}: greedy tokens differ from transformers");
         // Every decoding step's top-5 logits, recomputed from the prompt and the tokens so far.
         for (k, step) in s["steps"].as_array().expect("steps").iter().enumerate() {
             let seq: Vec<u32> = prompt.iter().chain(&golden_tokens[..k]).copied().collect();
@@ -120,30 +125,41 @@ fn check_arch(arch: &str) {
             check(format!("batch {b} row {j} prefill"), &ours[j], &floats(golden));
         }
         let tokens = greedy(&model, &prompts, &vec![g.new_tokens; prompts.len()], g.pad);
-        assert_eq!(tokens, golden_tokens, "{arch}: batch {b} ({rows:?}): greedy tokens differ from transformers");
+        assert_eq!(
+            tokens, golden_tokens,
+            "{arch} ({path}): batch {b} ({rows:?}): greedy tokens differ from transformers"
+        );
     }
-    println!("{arch}: matches transformers {}; max relative logit difference {worst:.2e}", g.json["transformers"]);
+    println!(
+        "{arch} ({path}): matches transformers {}; max relative logit difference {worst:.2e}",
+        g.json["transformers"]
+    );
 }
 
 macro_rules! golden_tests {
-    ($($name:ident => $arch:literal),* $(,)?) => {
+    ($($name:ident, $candle:ident => $arch:literal),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                check_arch($arch);
+                check_arch($arch, Placement::cpu());
+            }
+
+            #[test]
+            fn $candle() {
+                check_arch($arch, Placement::cpu_candle());
             }
         )*
     };
 }
 
 golden_tests! {
-    llama_matches_transformers => "llama",
-    qwen2_matches_transformers => "qwen2",
-    qwen3_matches_transformers => "qwen3",
-    mistral_matches_transformers => "mistral",
-    gemma2_matches_transformers => "gemma2",
-    gemma3_text_matches_transformers => "gemma3_text",
-    phi3_matches_transformers => "phi3",
+    llama_matches_transformers, llama_candle_path_matches_transformers => "llama",
+    qwen2_matches_transformers, qwen2_candle_path_matches_transformers => "qwen2",
+    qwen3_matches_transformers, qwen3_candle_path_matches_transformers => "qwen3",
+    mistral_matches_transformers, mistral_candle_path_matches_transformers => "mistral",
+    gemma2_matches_transformers, gemma2_candle_path_matches_transformers => "gemma2",
+    gemma3_text_matches_transformers, gemma3_text_candle_path_matches_transformers => "gemma3_text",
+    phi3_matches_transformers, phi3_candle_path_matches_transformers => "phi3",
 }
 
 const ARCHS: [&str; 7] = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3"];

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Arch, ConfigError, ModelConfig};
+use super::device::Placement;
 use super::files::{self, FilesError};
 use super::gemma2::Gemma;
 use super::layers::{KvCache, StepMask};
@@ -47,10 +48,16 @@ impl CausalLm {
 
     /// Loads `config.json` and the safetensors weights of a folder on the CPU (no tokenizer needed).
     pub fn load_dir(dir: &Path) -> std::result::Result<CausalLm, LoadError> {
-        let config = ModelConfig::load(dir)?;
+        CausalLm::load_dir_on(dir, &Placement::cpu())
+    }
+
+    /// [`CausalLm::load_dir`] on `placement`'s device, computing as it says.
+    pub fn load_dir_on(dir: &Path, placement: &Placement) -> std::result::Result<CausalLm, LoadError> {
+        let mut config = ModelConfig::load(dir)?;
+        config.compute = placement.compute;
         let weights = files::weight_files(dir)?;
         let err = |source| LoadError::Weights { dir: dir.to_path_buf(), source };
-        let vb = weights::var_builder(&weights, &Device::Cpu).map_err(err)?;
+        let vb = weights::var_builder(&weights, &placement.device).map_err(err)?;
         CausalLm::load(vb, &config).map_err(err)
     }
 

@@ -7,6 +7,8 @@ use std::path::Path;
 use clem_core::hf::{read_json, HfError};
 use serde_json::{json, Value};
 
+use super::device::Compute;
+
 /// The architectures this backend runs (transformers' `model_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -140,6 +142,8 @@ pub struct ModelConfig {
     /// The dtype the KV cache is kept in: the weights' (f32, bf16 or f16), as transformers keeps it. f32 until the
     /// weights are opened ([`super::model`] sets it).
     pub kv_dtype: candle_core::DType,
+    /// How the layers compute: [`Compute::Kernels`] until the loader places the model elsewhere.
+    pub compute: Compute,
 }
 
 /// A config.json that cannot be used.
@@ -354,6 +358,7 @@ impl ModelConfig {
                 .find_map(|key| text.get(*key).or_else(|| json.get(*key)).and_then(Value::as_str))
                 .map(String::from),
             kv_dtype: candle_core::DType::F32,
+            compute: Compute::Kernels,
         })
     }
 

@@ -60,7 +60,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{model}: needs about {} MiB (weights {} MiB as {dtype} + KV cache {} MiB for {tokens} tokens x batch {batch} + \
-     {} MiB working memory) but only {} MiB are available (MemAvailable in /proc/meminfo); free memory, lower \
+     {} MiB working memory) but only {} MiB are available ({origin}); free memory, lower \
      model_config.context_size or the batch size, or pick a smaller model",
     mib(self.needed()), mib(*weights), mib(*kv_cache), mib(*overhead), mib(*available)
 )]
@@ -73,6 +73,8 @@ pub struct MemoryError {
     pub batch: u64,
     pub overhead: u64,
     pub available: u64,
+    /// Where `available` was read ("MemAvailable in /proc/meminfo", "free memory of cuda:0").
+    pub origin: String,
 }
 
 impl MemoryError {
@@ -95,8 +97,8 @@ pub struct MemoryNeed<'a> {
     pub work_per_token: u64,
 }
 
-/// Fails when weights + KV cache + working memory exceed `available` (when known).
-pub fn check_memory(need: &MemoryNeed, available: Option<u64>) -> Result<(), MemoryError> {
+/// Fails when weights + KV cache + working memory exceed `available` (when known; read from `origin`).
+pub fn check_memory(need: &MemoryNeed, (available, origin): (Option<u64>, String)) -> Result<(), MemoryError> {
     let Some(available) = available else { return Ok(()) };
     let kv_cache = need.kv_bytes_per_token.saturating_mul(need.tokens).saturating_mul(need.batch);
     let overhead = (64u64 << 20).saturating_add(need.work_per_token.saturating_mul(need.batch));
@@ -109,6 +111,7 @@ pub fn check_memory(need: &MemoryNeed, available: Option<u64>) -> Result<(), Mem
         batch: need.batch,
         overhead,
         available,
+        origin,
     };
     if err.needed() > available {
         Err(err)
@@ -132,12 +135,16 @@ mod tests {
             batch: 4,
             work_per_token: 0,
         };
-        assert!(check_memory(&need, None).is_ok());
-        assert!(check_memory(&need, Some(4 << 30)).is_ok());
-        let e = check_memory(&need, Some(300 << 20)).expect_err("too small");
+        let ram = |n: Option<u64>| (n, "MemAvailable in /proc/meminfo".to_string());
+        assert!(check_memory(&need, ram(None)).is_ok());
+        assert!(check_memory(&need, ram(Some(4 << 30))).is_ok());
+        let e = check_memory(&need, ram(Some(300 << 20))).expect_err("too small");
         let msg = e.to_string();
         assert!(msg.contains("weights 500 MiB") && msg.contains("KV cache 32 MiB"), "{msg}");
         assert!(msg.contains("only 300 MiB") && msg.contains("context_size"), "{msg}");
+        assert!(msg.contains("(MemAvailable in /proc/meminfo)"), "{msg}");
+        let e = check_memory(&need, (Some(300 << 20), "free memory of cuda:1".into())).expect_err("too small");
+        assert!(e.to_string().contains("available (free memory of cuda:1)"), "{e}");
     }
 
     #[test]

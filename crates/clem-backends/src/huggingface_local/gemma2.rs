@@ -48,7 +48,7 @@ impl Gemma {
         c: &ModelConfig,
         attention: impl Fn(&VarBuilder) -> Result<Attention>,
     ) -> Result<Gemma> {
-        let embed = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
+        let embed = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size, c.compute)?;
         let norm = |vb: VarBuilder| RmsNorm::load(vb, c.hidden_size, c.rms_norm_eps, true);
         let layers = c
             .layer_types

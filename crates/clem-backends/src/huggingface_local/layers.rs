@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, LayerType, ModelConfig, RopeScaling, RopeSpec};
+use super::device::Compute;
 use super::kernels::{self, PackedWeight};
 use super::weights::get_f32;
 
@@ -16,22 +17,44 @@ use super::weights::get_f32;
 /// or its NaNs would reach real rows through the KV cache.
 pub const MASKED: f32 = -1e30;
 
-/// A linear layer `x W^T + b`: the weight packed in its stored dtype (f32, bf16, f16), activations and bias f32
-/// (see [`super::kernels`]).
+/// A linear layer `x W^T + b`: f32 activations in and out, bias f32.
 pub struct Linear {
-    weight: Arc<PackedWeight>,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// A weight matrix `(out, inp)` as a [`Compute`] multiplies it.
+#[derive(Clone)]
+enum Weight {
+    /// Packed by [`super::kernels`] in its stored dtype (f32, bf16, f16), multiplied with f32 activations.
+    Packed(Arc<PackedWeight>),
+    /// On the model's device for candle's matmul, which rounds activations to the stored `dtype` first and its
+    /// output after, as transformers on a GPU. candle's CPU has no half-precision matmul: there `weight` is an f32
+    /// copy, giving the same roundings.
+    Dense { weight: Tensor, dtype: DType },
+}
+
+impl Weight {
+    fn new(w: &Tensor, compute: Compute) -> Result<Weight> {
+        Ok(match compute {
+            Compute::Kernels => Weight::Packed(Arc::new(PackedWeight::new(w)?)),
+            Compute::Candle if w.device().is_cpu() => {
+                Weight::Dense { weight: w.to_dtype(DType::F32)?, dtype: w.dtype() }
+            }
+            Compute::Candle => Weight::Dense { weight: w.clone(), dtype: w.dtype() },
+        })
+    }
 }
 
 impl Linear {
     /// `weight` `(out, inp)`, `bias` `(out)` f32.
-    pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        Ok(Linear { weight: Arc::new(PackedWeight::new(weight)?), bias })
+    pub fn new(weight: &Tensor, bias: Option<Tensor>, compute: Compute) -> Result<Linear> {
+        Ok(Linear { weight: Weight::new(weight, compute)?, bias })
     }
 
     /// Projections of one input stacked into one layer (outputs in order): one pass over the input and one
     /// split across threads instead of several small ones. A missing bias is zero when another part has one.
-    pub fn fused(parts: &[(Tensor, Option<Tensor>)]) -> Result<Linear> {
+    pub fn fused(parts: &[(Tensor, Option<Tensor>)], compute: Compute) -> Result<Linear> {
         let weights: Vec<&Tensor> = parts.iter().map(|(w, _)| w).collect();
         let bias = if parts.iter().any(|(_, b)| b.is_some()) {
             let biases = parts
@@ -45,13 +68,20 @@ impl Linear {
         } else {
             None
         };
-        Linear::new(&Tensor::cat(&weights, 0)?, bias)
+        Linear::new(&Tensor::cat(&weights, 0)?, bias, compute)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.contiguous()?.apply_op1_no_bwd(self.weight.as_ref())?;
+        let y = match &self.weight {
+            Weight::Packed(w) => x.contiguous()?.apply_op1_no_bwd(w.as_ref())?,
+            Weight::Dense { weight, dtype } => {
+                let x = x.to_dtype(*dtype)?.to_dtype(weight.dtype())?;
+                let y = candle_nn::Linear::new(weight.clone(), None).forward(&x)?;
+                y.to_dtype(*dtype)?.to_dtype(DType::F32)?
+            }
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -60,9 +90,9 @@ impl Module for Linear {
 }
 
 /// A `(out, inp)` weight and optional bias named as transformers names them under `vb`.
-pub fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+pub fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool, compute: Compute) -> Result<Linear> {
     let (w, b) = linear_parts(vb, inp, out, bias)?;
-    Linear::new(&w, b)
+    Linear::new(&w, b, compute)
 }
 
 /// The weight and optional bias of [`linear`], unpacked (to be fused with others).
@@ -71,21 +101,26 @@ pub fn linear_parts(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Resu
     Ok((vb.get((out, inp), "weight")?, b))
 }
 
-/// Token embeddings, in the packed form the output projection shares when the two are tied.
+/// Token embeddings, in the form the output projection shares when the two are tied.
 pub struct Embedding {
-    table: Arc<PackedWeight>,
+    table: Weight,
+    hidden: usize,
 }
 
 impl Embedding {
     /// `weight` `(vocab, hidden)` under `vb`.
-    pub fn load(vb: &VarBuilder, vocab: usize, hidden: usize) -> Result<Embedding> {
-        Ok(Embedding { table: Arc::new(PackedWeight::new(&vb.get((vocab, hidden), "weight")?)?) })
+    pub fn load(vb: &VarBuilder, vocab: usize, hidden: usize, compute: Compute) -> Result<Embedding> {
+        Ok(Embedding { table: Weight::new(&vb.get((vocab, hidden), "weight")?, compute)?, hidden })
     }
 
     /// `(b, seq, hidden)` f32 for `ids` `(b, seq)`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, seq) = ids.dims2()?;
-        self.table.rows(ids, ids.device())?.reshape((b, seq, self.table.dims().1))
+        let rows = match &self.table {
+            Weight::Packed(t) => t.rows(ids, ids.device())?,
+            Weight::Dense { weight, .. } => weight.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?,
+        };
+        rows.reshape((b, seq, self.hidden))
     }
 }
 
@@ -94,7 +129,7 @@ pub fn lm_head(vb: &VarBuilder, embed: &Embedding, c: &ModelConfig) -> Result<Li
     if c.tie_word_embeddings && !vb.contains_tensor("weight") {
         Ok(Linear { weight: embed.table.clone(), bias: None })
     } else {
-        linear(vb, c.hidden_size, c.vocab_size, false)
+        linear(vb, c.hidden_size, c.vocab_size, false, c.compute)
     }
 }
 
@@ -411,6 +446,8 @@ pub struct Attention {
     softcap: Option<f64>,
     /// The KV cache's dtype (see [`ModelConfig::kv_dtype`]).
     kv_dtype: DType,
+    /// Decoding steps take the fused kernels ([`Compute::Kernels`]).
+    kernels: bool,
 }
 
 impl Attention {
@@ -427,18 +464,22 @@ impl Attention {
             scale: c.attn_scale,
             softcap: c.attn_softcap,
             kv_dtype: c.kv_dtype,
+            kernels: c.compute == Compute::Kernels,
         }
     }
 
     /// `q_proj`, `k_proj`, `v_proj` (fused) and `o_proj` under `vb` (a layer's `self_attn`).
     pub fn projections(vb: &VarBuilder, c: &ModelConfig) -> Result<(Linear, Linear)> {
         let (q_out, kv_out) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let qkv = Linear::fused(&[
-            linear_parts(&vb.pp("q_proj"), c.hidden_size, q_out, c.qkv_bias)?,
-            linear_parts(&vb.pp("k_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
-            linear_parts(&vb.pp("v_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
-        ])?;
-        Ok((qkv, linear(&vb.pp("o_proj"), q_out, c.hidden_size, c.o_bias)?))
+        let qkv = Linear::fused(
+            &[
+                linear_parts(&vb.pp("q_proj"), c.hidden_size, q_out, c.qkv_bias)?,
+                linear_parts(&vb.pp("k_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
+                linear_parts(&vb.pp("v_proj"), c.hidden_size, kv_out, c.qkv_bias)?,
+            ],
+            c.compute,
+        )?;
+        Ok((qkv, linear(&vb.pp("o_proj"), q_out, c.hidden_size, c.o_bias, c.compute)?))
     }
 
     /// `q_norm` and `k_norm` under `vb` (a layer's `self_attn`).
@@ -454,7 +495,7 @@ impl Attention {
         let (b, seq, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
-        let decoding = seq <= DECODE_STEP && x.device().is_cpu();
+        let decoding = seq <= DECODE_STEP && self.kernels;
         if let (true, None, Some((cos, sin))) = (decoding, &self.qk_norms, rope.full(hd)) {
             // A decoding step: split, rotate and cache in one pass, then attend reading the cache in place.
             let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), self.kv_dtype, x.device())?;
@@ -521,26 +562,38 @@ pub struct Mlp {
     down: Linear,
     act: Activation,
     intermediate: usize,
+    /// The gated SiLU takes the fused kernel ([`Compute::Kernels`]).
+    kernels: bool,
 }
 
 impl Mlp {
     /// `gate_up` projects to the gate and the up projection stacked in that order.
     pub fn new(gate_up: Linear, down: Linear, c: &ModelConfig) -> Mlp {
-        Mlp { gate_up, down, act: c.activation, intermediate: c.intermediate_size }
+        Mlp {
+            gate_up,
+            down,
+            act: c.activation,
+            intermediate: c.intermediate_size,
+            kernels: c.compute == Compute::Kernels,
+        }
     }
 
     /// `gate_proj`, `up_proj` (fused) and `down_proj` under `vb` (a layer's `mlp`).
     pub fn load(vb: &VarBuilder, c: &ModelConfig) -> Result<Mlp> {
-        let gate_up = Linear::fused(&[
-            linear_parts(&vb.pp("gate_proj"), c.hidden_size, c.intermediate_size, false)?,
-            linear_parts(&vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
-        ])?;
-        Ok(Mlp::new(gate_up, linear(&vb.pp("down_proj"), c.intermediate_size, c.hidden_size, false)?, c))
+        let gate_up = Linear::fused(
+            &[
+                linear_parts(&vb.pp("gate_proj"), c.hidden_size, c.intermediate_size, false)?,
+                linear_parts(&vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
+            ],
+            c.compute,
+        )?;
+        let down = linear(&vb.pp("down_proj"), c.intermediate_size, c.hidden_size, false, c.compute)?;
+        Ok(Mlp::new(gate_up, down, c))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;
-        if self.act == Activation::Silu && gate_up.device().is_cpu() {
+        if self.act == Activation::Silu && self.kernels {
             return self.down.forward(&kernels::silu_mul(&gate_up, self.intermediate)?);
         }
         let last = gate_up.rank() - 1;
@@ -560,21 +613,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn linear_layers_match_a_plain_matmul_for_each_stored_dtype() -> Result<()> {
+    fn linear_layers_match_a_plain_matmul_for_each_stored_dtype_and_compute() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (300, 40), &dev)?;
         let bias = Tensor::randn(0f32, 1.0, 300, &dev)?;
-        for dtype in [DType::F32, DType::BF16, DType::F16] {
-            let w = w.to_dtype(dtype)?;
-            let lin = Linear::new(&w, Some(bias.clone()))?;
-            for rows in [1, 5, 60] {
-                let x = Tensor::randn(0f32, 1.0, (1, rows, 40), &dev)?;
-                let want = x.squeeze(0)?.matmul(&w.to_dtype(DType::F32)?.t()?)?.broadcast_add(&bias)?;
-                let got = lin.forward(&x)?;
-                assert_eq!((got.dtype(), got.dims()), (DType::F32, &[1, rows, 300][..]));
-                let diff = (got.squeeze(0)? - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff < 1e-4, "{dtype:?}, {rows} rows: {diff}");
+        for compute in [Compute::Kernels, Compute::Candle] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let w = w.to_dtype(dtype)?;
+                let lin = Linear::new(&w, Some(bias.clone()), compute)?;
+                // candle rounds activations to the weights' dtype (as transformers on a GPU): bf16 keeps 8 bits.
+                let tolerance = match (compute, dtype) {
+                    (Compute::Candle, DType::BF16) => 0.3,
+                    (Compute::Candle, DType::F16) => 0.05,
+                    _ => 1e-4,
+                };
+                for rows in [1, 5, 60] {
+                    let x = Tensor::randn(0f32, 1.0, (1, rows, 40), &dev)?;
+                    let want = x.squeeze(0)?.matmul(&w.to_dtype(DType::F32)?.t()?)?.broadcast_add(&bias)?;
+                    let got = lin.forward(&x)?;
+                    assert_eq!((got.dtype(), got.dims()), (DType::F32, &[1, rows, 300][..]));
+                    let diff = (got.squeeze(0)? - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert!(diff < tolerance, "{compute:?} {dtype:?}, {rows} rows: {diff}");
+                }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn embeddings_read_the_same_rows_whichever_compute() -> Result<()> {
+        let dev = Device::Cpu;
+        let table = Tensor::randn(0f32, 1.0, (50, 8), &dev)?.to_dtype(DType::BF16)?;
+        let ids = Tensor::new(&[[3u32, 0, 49], [7, 7, 1]], &dev)?;
+        let want = table.to_dtype(DType::F32)?.index_select(&ids.flatten_all()?, 0)?.reshape((2, 3, 8))?;
+        for compute in [Compute::Kernels, Compute::Candle] {
+            let embed = Embedding { table: Weight::new(&table, compute)?, hidden: 8 };
+            let got = embed.forward(&ids)?;
+            let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "{compute:?}");
         }
         Ok(())
     }

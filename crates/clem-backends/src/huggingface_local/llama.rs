@@ -43,7 +43,7 @@ impl Llama {
         mlp: impl Fn(&VarBuilder) -> Result<Mlp>,
     ) -> Result<Llama> {
         let m = vb.pp("model");
-        let embed = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
+        let embed = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size, c.compute)?;
         let eps = c.rms_norm_eps;
         let layers = c
             .layer_types

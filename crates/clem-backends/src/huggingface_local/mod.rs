@@ -1,9 +1,12 @@
 //! The `huggingface_local` backend: Hugging Face model folders (`config.json`, safetensors, `tokenizer.json`,
-//! chat template) run in-process on candle (CPU), behind the `huggingface_local` cargo feature.
+//! chat template) run in-process on candle (CPU; CUDA with the `cuda` feature), behind the `huggingface_local` cargo
+//! feature.
 //!
 //! Laid out as candle-transformers does, one concern per file:
 //! - [`config`]: `config.json` / `generation_config.json` (architecture, RoPE base in both layouts, EOS ids);
 //! - [`files`]: where the folder is, which weight files, and the memory check before loading;
+//! - [`device`]: where the model runs (`model_config.device`; CUDA with the `cuda` feature) and how layers
+//!   compute there;
 //! - [`tokenizer`]: `tokenizer.json` encoding and decoding as transformers does here;
 //! - [`weights`]: safetensors read tensor by tensor (low peak memory) as a `VarBuilder`;
 //! - [`layers`]: what the architectures share: RMSNorm, RoPE (partial, linear, LongRoPE), step masks (causal,
@@ -21,10 +24,12 @@
 //! token for bf16/f16) and are multiplied with f32 activations, summed in f32 ([`clem_kernels`]); everything else
 //! (norms, attention, softmax, RoPE) is f32, and the KV cache is kept in the weights' dtype as transformers keeps
 //! it. That is more precise than transformers' bf16 compute, and a batched row gets bit-identical linear-layer
-//! results to the same row run alone.
+//! results to the same row run alone. On a GPU ([`device`]) matrices are multiplied in the weights' dtype by
+//! candle's ops, as transformers does there.
 
 pub mod causal_lm;
 pub mod config;
+pub mod device;
 pub mod files;
 pub mod gemma2;
 pub mod gemma3;
@@ -71,6 +76,8 @@ pub struct Settings {
     pub cot_bypass: Option<String>,
     /// `model_config.threads`; the `--threads` flag wins over it.
     pub threads: Option<usize>,
+    /// `model_config.device` (auto unless given).
+    pub device: device::DeviceSetting,
     /// The registry's `context_size`, used when config.json has none.
     pub registry_context_size: Option<u64>,
 }
@@ -98,13 +105,20 @@ impl Settings {
         };
         if spec.config_flag("load_in_8bit") || spec.config_flag("load_in_4bit") {
             return Err("model_config.load_in_8bit/load_in_4bit (bitsandbytes) are not supported by clemrs; remove \
-                        them (weights run in f32 on the CPU)"
+                        them (weights run as stored: f32, bf16 or f16)"
                 .into());
         }
         let mut template_kwargs = match spec.config("chat_template_kwargs") {
             None | Some(Value::Null) => serde_json::Map::new(),
             Some(Value::Object(m)) => m.clone(),
             Some(_) => return Err("model_config.chat_template_kwargs must be an object".into()),
+        };
+        let device = match spec.config("device") {
+            None | Some(Value::Null) => device::DeviceSetting::Auto,
+            Some(Value::String(s)) => device::DeviceSetting::parse(s)?,
+            Some(v) => {
+                return Err(format!("model_config.device must be a string such as \"cpu\" or \"cuda:0\", not {v}"))
+            }
         };
         if let Some(effort) = spec.config_str("cot_effort").filter(|s| !s.is_empty()) {
             template_kwargs.entry("reasoning_effort").or_insert_with(|| Value::String(effort.into()));
@@ -125,7 +139,45 @@ impl Settings {
             template_kwargs,
             cot_bypass,
             threads,
+            device,
             registry_context_size: config::registry_context_size(spec.get("context_size")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device::DeviceSetting;
+    use super::*;
+    use serde_json::json;
+
+    fn settings(config: Value) -> Result<Settings, String> {
+        let entry = json!({"model_name": "m", "backend": "huggingface_local", "huggingface_id": "/models/m",
+                           "model_config": config});
+        let Value::Object(map) = entry else { unreachable!("an object literal") };
+        Settings::from_spec(&ModelSpec::new(map))
+    }
+
+    #[test]
+    fn device_is_read_from_model_config_and_bad_values_are_named() {
+        let with = |device: Value| settings(json!({"premade_chat_template": true, "device": device}));
+        assert_eq!(settings(json!({"premade_chat_template": true})).map(|s| s.device), Ok(DeviceSetting::Auto));
+        assert_eq!(with(json!("cpu")).map(|s| s.device), Ok(DeviceSetting::Cpu));
+        assert_eq!(with(json!("cuda:2")).map(|s| s.device), Ok(DeviceSetting::Cuda(2)));
+        for bad in [json!("tpu"), json!(0), json!(["cuda"])] {
+            let e = with(bad.clone()).expect_err("refused");
+            assert!(e.contains("model_config.device"), "{bad}: {e}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cuda_device_without_the_feature_fails_before_anything_is_read() {
+        let entry = json!({"model_name": "m", "backend": "huggingface_local", "huggingface_id": "/nowhere/m",
+                           "model_config": {"premade_chat_template": true, "device": "cuda"}});
+        let Value::Object(map) = entry else { unreachable!("an object literal") };
+        let e = HfLocalModel::load(&ModelSpec::new(map), &LoadContext::default()).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("--features cuda") && !msg.contains("/nowhere"), "{msg}");
     }
 }

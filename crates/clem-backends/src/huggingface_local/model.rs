@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::Device;
 use clem_core::cleaning::Cleaner;
 use clem_core::hf::TokenizerFiles;
 use clem_core::message::messages_to_json;
@@ -19,6 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::causal_lm::CausalLm;
 use super::config::{GenerationConfig, ModelConfig};
+use super::device::Placement;
 use super::files::{self, MemoryNeed};
 use super::generate::{self, RowOutput, Sampling, Timings};
 use super::tokenizer::HfTokenizer;
@@ -42,7 +42,7 @@ pub struct HfLocalModel {
     pad_id: u32,
     top_p: f64,
     cot_output: bool,
-    device: Device,
+    placement: Placement,
     /// This model's threads (`--threads`, else `model_config.threads`); `None`: rayon's global pool, which
     /// `RAYON_NUM_THREADS` sizes (all cores by default).
     pool: Option<rayon::ThreadPool>,
@@ -51,11 +51,29 @@ pub struct HfLocalModel {
 }
 
 impl HfLocalModel {
-    /// Resolves the folder, checks the entry and the memory, and loads the model.
+    /// Resolves the folder, checks the entry and the memory, and loads the model on the device the entry's
+    /// `model_config.device` names.
     pub fn load(spec: &ModelSpec, ctx: &LoadContext) -> Result<HfLocalModel, ModelError> {
+        Self::load_placed(spec, ctx, None)
+    }
+
+    /// [`HfLocalModel::load`] on `placement`, whatever the entry says (tests run the GPU's candle path on the CPU).
+    pub fn load_on(spec: &ModelSpec, ctx: &LoadContext, placement: Placement) -> Result<HfLocalModel, ModelError> {
+        Self::load_placed(spec, ctx, Some(placement))
+    }
+
+    fn load_placed(
+        spec: &ModelSpec,
+        ctx: &LoadContext,
+        placement: Option<Placement>,
+    ) -> Result<HfLocalModel, ModelError> {
         let name = spec.model_name().unwrap_or("?").to_string();
         let config_err = |m: String| ModelError::config(&name, m);
         let settings = Settings::from_spec(spec).map_err(config_err)?;
+        let placement = match placement {
+            Some(p) => p,
+            None => Placement::from_setting(settings.device).map_err(config_err)?,
+        };
         let mut cleaner = Cleaner::from_spec(spec).map_err(|e| config_err(e.to_string()))?;
         let token = crate::hub::token_for(spec, &ctx.keys);
         let dir = files::model_dir(&settings.huggingface_id, token).map_err(|e| config_err(e.to_string()))?;
@@ -90,6 +108,7 @@ impl HfLocalModel {
         let safetensors = SafetensorsFiles::open(&weight_files).map_err(|e| config_err(e.to_string()))?;
         let footprint = safetensors.footprint();
         config.kv_dtype = footprint.matrix_dtype;
+        config.compute = placement.compute;
         files::check_memory(
             &MemoryNeed {
                 model: &name,
@@ -100,7 +119,7 @@ impl HfLocalModel {
                 batch: 1,
                 work_per_token: (config.vocab_size as u64).saturating_mul(4),
             },
-            crate::memory::mem_available(),
+            placement.available_memory(),
         )
         .map_err(|e| ModelError::backend(&name, e))?;
 
@@ -125,9 +144,8 @@ impl HfLocalModel {
             eos_ids.extend(eos_token.as_deref().and_then(|t| tokenizer.token_id(t)));
         }
 
-        let device = Device::Cpu;
-        // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `kernels`).
-        let vb = safetensors.var_builder(&device);
+        // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `device`).
+        let vb = safetensors.var_builder(&placement.device);
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
         let pool = match ctx.threads.or(settings.threads) {
             None => None,
@@ -154,7 +172,7 @@ impl HfLocalModel {
             pad_id,
             top_p: gen_config.top_p.unwrap_or(1.0),
             cot_output: spec.config_flag("cot_output"),
-            device,
+            placement,
             pool,
             tokens_checked: AtomicU64::new(0),
         })
@@ -257,7 +275,7 @@ impl HfLocalModel {
                 batch: rows,
                 work_per_token: (scores / rows.max(1)).saturating_add((c.vocab_size as u64).saturating_mul(4)),
             },
-            crate::memory::mem_available(),
+            self.placement.available_memory(),
         )
         .map_err(|e| ModelError::backend(&self.name, e))?;
         self.tokens_checked.fetch_max(tokens, Ordering::Relaxed);
@@ -277,7 +295,7 @@ impl HfLocalModel {
         let sampling = self.sampling(args)?;
         let eos = eos.unwrap_or(&self.eos_ids);
         generate::on_pool(self.pool.as_ref(), || {
-            generate::generate(&self.model, prompts, budgets, &sampling, eos, self.pad_id, &self.device)
+            generate::generate(&self.model, prompts, budgets, &sampling, eos, self.pad_id, &self.placement.device)
         })
         .map_err(|e| ModelError::backend(&self.name, e))
     }

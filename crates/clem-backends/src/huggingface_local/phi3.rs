@@ -21,13 +21,13 @@ pub fn load(vb: VarBuilder, c: &ModelConfig) -> Result<Llama> {
         c,
         |a| {
             // Already fused in the checkpoint, in the order the attention expects.
-            let qkv = linear(&a.pp("qkv_proj"), c.hidden_size, q_out + 2 * kv_out, false)?;
-            Ok(Attention::new((qkv, linear(&a.pp("o_proj"), q_out, c.hidden_size, false)?), None, c))
+            let qkv = linear(&a.pp("qkv_proj"), c.hidden_size, q_out + 2 * kv_out, false, c.compute)?;
+            Ok(Attention::new((qkv, linear(&a.pp("o_proj"), q_out, c.hidden_size, false, c.compute)?), None, c))
         },
         |m| {
             let n = c.intermediate_size;
-            let gate_up = linear(&m.pp("gate_up_proj"), c.hidden_size, 2 * n, false)?;
-            Ok(Mlp::new(gate_up, linear(&m.pp("down_proj"), n, c.hidden_size, false)?, c))
+            let gate_up = linear(&m.pp("gate_up_proj"), c.hidden_size, 2 * n, false, c.compute)?;
+            Ok(Mlp::new(gate_up, linear(&m.pp("down_proj"), n, c.hidden_size, false, c.compute)?, c))
         },
     )
 }
