@@ -103,7 +103,6 @@ impl Placement {
             Device::Cpu => (crate::memory::mem_available(), "MemAvailable in /proc/meminfo".into()),
             #[cfg(feature = "cuda")]
             Device::Cuda(dev) => (cuda_free(dev), format!("free memory of {}", self.name())),
-            #[allow(unreachable_patterns)]
             _ => (None, self.name()),
         }
     }
