@@ -4,7 +4,7 @@
 //! Python: the fixtures are committed. Logits must agree to 1e-4 of the row's largest logit, greedy tokens exactly,
 //! alone and in left-padded batches; config layouts that mean the same must give the same numbers, and a changed
 //! RoPE base or norm must not. Every architecture is checked twice: with the CPU kernels, and with candle's own ops
-//! on the CPU (the path a GPU runs with the `cuda` feature).
+//! on the CPU (the path a GPU runs with the `cuda` feature; `CLEM_TEST_DEVICE=cuda:0` runs those on a GPU).
 
 #![cfg(feature = "huggingface_local")]
 
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use clem_backends::huggingface_local::causal_lm::CausalLm;
-use clem_backends::huggingface_local::device::Placement;
+use clem_backends::huggingface_local::device::{DeviceSetting, Placement};
 use clem_backends::huggingface_local::generate::{self, Sampling};
 use serde_json::{json, Value};
 
@@ -80,13 +80,13 @@ fn load(dir: &Path) -> CausalLm {
     CausalLm::load_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
-fn logits(model: &CausalLm, prompts: &[Vec<u32>], pad: u32) -> Vec<Vec<f32>> {
-    generate::last_logits(model, prompts, pad, &Device::Cpu).expect("forward pass")
+fn logits(model: &CausalLm, prompts: &[Vec<u32>], pad: u32, device: &Device) -> Vec<Vec<f32>> {
+    generate::last_logits(model, prompts, pad, device).expect("forward pass")
 }
 
-fn greedy(model: &CausalLm, prompts: &[Vec<u32>], budgets: &[usize], pad: u32) -> Vec<Vec<u32>> {
+fn greedy(model: &CausalLm, prompts: &[Vec<u32>], budgets: &[usize], pad: u32, device: &Device) -> Vec<Vec<u32>> {
     let sampling = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
-    let (out, _) = generate::generate(model, prompts, budgets, &sampling, &[], pad, &Device::Cpu).expect("generation");
+    let (out, _) = generate::generate(model, prompts, budgets, &sampling, &[], pad, device).expect("generation");
     out.into_iter().map(|r| r.tokens).collect()
 }
 
@@ -97,6 +97,7 @@ fn check_arch(arch: &str, placement: Placement) {
     let dir = fixture(arch);
     let path = format!("{:?}", placement.compute);
     let model = CausalLm::load_dir_on(&dir, &placement).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let dev = &placement.device;
     let mut worst = 0.0f64;
     let mut check = |what: String, ours: &[f32], golden: &[f64]| {
         let d = rel_diff(ours, golden);
@@ -104,15 +105,15 @@ fn check_arch(arch: &str, placement: Placement) {
         worst = worst.max(d);
     };
     for (i, (prompt, s)) in g.prompts.iter().zip(g.single()).enumerate() {
-        let ours = logits(&model, std::slice::from_ref(prompt), g.pad);
+        let ours = logits(&model, std::slice::from_ref(prompt), g.pad, dev);
         check(format!("prompt {i} prefill"), &ours[0], &floats(&s["prefill_logits"]));
         let golden_tokens = ids(&s["tokens"]);
-        let tokens = greedy(&model, std::slice::from_ref(prompt), &[g.new_tokens], g.pad);
+        let tokens = greedy(&model, std::slice::from_ref(prompt), &[g.new_tokens], g.pad, dev);
         assert_eq!(tokens[0], golden_tokens, "{arch} ({path}): prompt {i}: greedy tokens differ from transformers");
         // Every decoding step's top-5 logits, recomputed from the prompt and the tokens so far.
         for (k, step) in s["steps"].as_array().expect("steps").iter().enumerate() {
             let seq: Vec<u32> = prompt.iter().chain(&golden_tokens[..k]).copied().collect();
-            let ours = logits(&model, &[seq], g.pad);
+            let ours = logits(&model, &[seq], g.pad, dev);
             let top: Vec<f32> = ids(&step["ids"]).iter().map(|&t| ours[0][t as usize]).collect();
             check(format!("prompt {i} step {k} top-5"), &top, &floats(&step["logits"]));
         }
@@ -120,11 +121,11 @@ fn check_arch(arch: &str, placement: Placement) {
     for (b, batch) in g.batches().iter().enumerate() {
         let (rows, golden_tokens) = g.batch(b);
         let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| g.prompts[r].clone()).collect();
-        let ours = logits(&model, &prompts, g.pad);
+        let ours = logits(&model, &prompts, g.pad, dev);
         for (j, golden) in batch["prefill_logits"].as_array().expect("prefill_logits").iter().enumerate() {
             check(format!("batch {b} row {j} prefill"), &ours[j], &floats(golden));
         }
-        let tokens = greedy(&model, &prompts, &vec![g.new_tokens; prompts.len()], g.pad);
+        let tokens = greedy(&model, &prompts, &vec![g.new_tokens; prompts.len()], g.pad, dev);
         assert_eq!(
             tokens, golden_tokens,
             "{arch} ({path}): batch {b} ({rows:?}): greedy tokens differ from transformers"
@@ -134,6 +135,17 @@ fn check_arch(arch: &str, placement: Placement) {
         "{arch} ({path}): matches transformers {}; max relative logit difference {worst:.2e}",
         g.json["transformers"]
     );
+}
+
+/// Where the candle-path tests run: the CPU, or the device `CLEM_TEST_DEVICE` names ("cuda:0" in a build with the
+/// `cuda` feature), which is how a machine with a GPU checks the GPU path against the same goldens.
+fn candle_placement() -> Placement {
+    match std::env::var("CLEM_TEST_DEVICE") {
+        Ok(name) => DeviceSetting::parse(&name)
+            .and_then(Placement::from_setting)
+            .unwrap_or_else(|e| panic!("CLEM_TEST_DEVICE: {e}")),
+        Err(_) => Placement::cpu_candle(),
+    }
 }
 
 macro_rules! golden_tests {
@@ -146,7 +158,7 @@ macro_rules! golden_tests {
 
             #[test]
             fn $candle() {
-                check_arch($arch, Placement::cpu_candle());
+                check_arch($arch, candle_placement());
             }
         )*
     };
@@ -188,7 +200,7 @@ fn finished_rows_leave_the_batch_without_changing_the_others() {
         let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| g.prompts[r].clone()).collect();
         let mut budgets = vec![g.new_tokens; prompts.len()];
         budgets[1] = 5;
-        let tokens = greedy(&model, &prompts, &budgets, g.pad);
+        let tokens = greedy(&model, &prompts, &budgets, g.pad, &Device::Cpu);
         for (j, (ours, golden)) in tokens.iter().zip(&golden).enumerate() {
             assert_eq!(ours[..], golden[..budgets[j]], "{arch}: row {j} with budget {}", budgets[j]);
         }
@@ -220,7 +232,7 @@ fn same_weights(t: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
 fn all_logits(dir: &Path, arch: &str) -> Vec<Vec<f32>> {
     let g = Goldens::load(arch);
     let model = load(dir);
-    g.prompts.iter().map(|p| logits(&model, std::slice::from_ref(p), g.pad).remove(0)).collect()
+    g.prompts.iter().map(|p| logits(&model, std::slice::from_ref(p), g.pad, &Device::Cpu).remove(0)).collect()
 }
 
 fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
