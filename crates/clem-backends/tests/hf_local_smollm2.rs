@@ -5,7 +5,6 @@
 #![cfg(feature = "huggingface_local")]
 
 use candle_core::Device;
-use clem_backends::huggingface_local::causal_lm::CausalLm;
 use clem_backends::huggingface_local::device::Placement;
 use clem_backends::huggingface_local::generate;
 use clem_backends::huggingface_local::HfLocalModel;
@@ -91,7 +90,7 @@ fn the_gpu_compute_path_answers_paris_and_pads_batches_correctly() {
     let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
     assert!(g.response_text.contains("Paris"), "answer: {:?}", g.response_text);
 
-    let lm = CausalLm::load_dir_on(model.dir(), &Placement::cpu_candle()).expect("loads");
+    let lm = model.causal_lm();
     let prompts: Vec<Vec<u32>> = QUESTIONS
         .iter()
         .map(|q| model.render(&[Message::user(*q)]).and_then(|p| model.encode(&p)).expect("tokenizes"))
@@ -99,9 +98,9 @@ fn the_gpu_compute_path_answers_paris_and_pads_batches_correctly() {
     assert!(prompts.iter().any(|p| p.len() != prompts[0].len()), "rows of one length would need no padding");
     // Any pad id: padded slots are masked.
     let pad = 1234;
-    let batched = generate::last_logits(&lm, &prompts, pad, &Device::Cpu).expect("batch");
+    let batched = generate::last_logits(lm, &prompts, pad, &Device::Cpu).expect("batch");
     for (prompt, row) in prompts.iter().zip(&batched) {
-        let single = &generate::last_logits(&lm, std::slice::from_ref(prompt), pad, &Device::Cpu).expect("single")[0];
+        let single = &generate::last_logits(lm, std::slice::from_ref(prompt), pad, &Device::Cpu).expect("single")[0];
         let scale = single.iter().fold(1.0f32, |m, x| m.max(x.abs()));
         let diff = row.iter().zip(single).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale;
         eprintln!("{} tokens: batched vs single logits differ by {diff:.2e} (relative)", prompt.len());

@@ -9,21 +9,19 @@
 use candle_core::Device;
 
 /// How the layers compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
     /// [`clem_kernels`]: packed weights, fused decoding steps. CPU only.
-    #[default]
     Kernels,
     /// candle's own ops, on any device.
     Candle,
 }
 
 /// The entry's `model_config.device`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSetting {
     /// The first CUDA GPU when this build has the `cuda` feature and one is present, else the CPU (clemcore's
     /// `device_map="auto"` on one device).
-    #[default]
     Auto,
     Cpu,
     Cuda(usize),

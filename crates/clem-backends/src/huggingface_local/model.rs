@@ -188,6 +188,11 @@ impl HfLocalModel {
         &self.dir
     }
 
+    /// The loaded network (for tests and tools that work on token ids and logits).
+    pub fn causal_lm(&self) -> &CausalLm {
+        &self.model
+    }
+
     /// The RoPE base the model runs with.
     pub fn rope_theta(&self) -> f64 {
         self.model.config().rope_theta
