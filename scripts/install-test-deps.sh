@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-[[ -n "$(find /usr/lib /usr/lib64 -name 'libclang*.so*' -print -quit 2>/dev/null)" ]] || need_apt+=(libclang-dev)
+# The package, not a file search: images ship libclang-cpp alone, which matched 'libclang*.so*' and left bindgen
+# without libclang (llama-cpp-sys-2's build failed on a fresh machine).
+dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   SUDO=""
