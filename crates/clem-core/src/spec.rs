@@ -31,7 +31,13 @@ pub enum SelectorError {
     Unparsable { selector: String, reason: String },
     #[error("model selector {selector:?} must be an object, not {kind}")]
     NotAnObject { selector: String, kind: &'static str },
+    /// Checked before parsing, so a deep selector costs one pass over its text (either syntax).
+    #[error("model selector is nested more than {limit} levels deep (the nesting-depth limit for selectors)")]
+    TooDeep { limit: usize },
 }
+
+/// The deepest nesting of objects and lists a selector may have, in JSON or Python syntax.
+pub const MAX_SELECTOR_DEPTH: usize = crate::pyliteral::MAX_DEPTH;
 
 impl ModelSpec {
     pub fn new(map: Map<String, Value>) -> Self {
@@ -54,6 +60,9 @@ impl ModelSpec {
         }
         if !trimmed.starts_with('{') {
             return Ok(Self::from_name(trimmed));
+        }
+        if crate::pyliteral::nesting_depth(trimmed, MAX_SELECTOR_DEPTH) > MAX_SELECTOR_DEPTH {
+            return Err(SelectorError::TooDeep { limit: MAX_SELECTOR_DEPTH });
         }
         let value = match serde_json::from_str::<Value>(trimmed) {
             Ok(v) => v,
@@ -381,6 +390,28 @@ mod tests {
         assert_eq!(p.get("n"), Some(&json!(null)));
         assert!(matches!(ModelSpec::parse_selector("{'a': "), Err(SelectorError::Unparsable { .. })));
         assert!(matches!(ModelSpec::parse_selector("  "), Err(SelectorError::Empty)));
+    }
+
+    /// Before: py_literal took 2 s for a Python dict nested 18 deep (doubling per level), and JSON nested past
+    /// serde_json's 128 levels fell through to it and ran for minutes; now both are refused in one pass.
+    #[test]
+    fn deep_selectors_are_refused_quickly() {
+        let json = |d: usize| format!("{}1{}", r#"{"a": "#.repeat(d), "}".repeat(d));
+        let python = |d: usize| format!("{}1{}", "{'a': ".repeat(d), "}".repeat(d));
+        let list = |d: usize| format!("{{'a': {}1{}}}", "[".repeat(d - 1), "]".repeat(d - 1));
+        for deep in [json(10_000), python(10_000), list(10_000), json(65), python(65)] {
+            let started = std::time::Instant::now();
+            let e = ModelSpec::parse_selector(&deep).expect_err("too deep");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+            assert_eq!(e, SelectorError::TooDeep { limit: 64 });
+            assert!(e.to_string().contains("more than 64 levels deep"), "{e}");
+        }
+        for ok in [json(60), python(60), list(60), json(64), python(64)] {
+            let started = std::time::Instant::now();
+            let s = ModelSpec::parse_selector(&ok).expect("parses");
+            assert!(s.get("a").is_some());
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        }
     }
 
     #[test]
