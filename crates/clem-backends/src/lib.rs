@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod cohere;
+pub mod cpu;
 pub mod google;
 pub mod http;
 pub mod hub;

@@ -87,7 +87,7 @@ fn the_gpu_compute_path_answers_paris_and_pads_batches_correctly() {
     let Some(spec) = smollm2_spec() else { return };
     let model = HfLocalModel::load_on(&spec, &LoadContext::default(), Placement::cpu_candle()).expect("loads");
     let messages = vec![Message::user("What is the capital of France? Answer in one word.")];
-    let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
+    let g = model.generate_response(&messages, &GenArgs::new(0.0, 20), &clem_core::Cancel::new()).expect("generates");
     assert!(g.response_text.contains("Paris"), "answer: {:?}", g.response_text);
 
     let lm = model.causal_lm();
@@ -245,4 +245,14 @@ fn threads_from_the_entry_or_the_flag_give_the_same_tokens() {
     }
     let e = with_threads(json!(0), None).err().expect("0 threads is refused");
     assert!(e.to_string().contains("model_config.threads"), "{e}");
+}
+
+#[path = "support/cancel_common.rs"]
+mod cancel_common;
+
+#[test]
+fn cancelled_rows_leave_the_batch() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2() else { return };
+    cancel_common::cancelled_rows_leave_the_batch(&model);
 }

@@ -86,7 +86,7 @@ fn logits(model: &CausalLm, prompts: &[Vec<u32>], pad: u32, device: &Device) -> 
 
 fn greedy(model: &CausalLm, prompts: &[Vec<u32>], budgets: &[usize], pad: u32, device: &Device) -> Vec<Vec<u32>> {
     let sampling = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
-    let (out, _) = generate::generate(model, prompts, budgets, &sampling, &[], pad, device).expect("generation");
+    let (out, _) = generate::generate(model, prompts, budgets, &sampling, &[], pad, device, &[]).expect("generation");
     out.into_iter().map(|r| r.tokens).collect()
 }
 

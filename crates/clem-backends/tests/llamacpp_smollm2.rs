@@ -69,3 +69,13 @@ fn batch_of_four_equals_four_single_runs() {
         assert_eq!(b.response_text, single.response_text);
     }
 }
+
+#[path = "support/cancel_common.rs"]
+mod cancel_common;
+
+#[test]
+fn cancelled_rows_leave_the_batch() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(model) = smollm2(2) else { return };
+    cancel_common::cancelled_rows_leave_the_batch(&model);
+}

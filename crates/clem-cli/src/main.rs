@@ -64,7 +64,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        let (usable, lowered) = clem_backends::cpu::clamp_threads(usize::from(n));
+        if lowered {
+            eprintln!(
+                "clem: warning: --threads {n} is more than the {usable} core(s) this process may use; using {usable} \
+                 (more threads than cores only slows local inference down)"
+            );
+            cli.threads = Some(u16::try_from(usable).unwrap_or(u16::MAX));
+        }
+    }
     if let Some(n) = cli.threads {
         // candle (huggingface_local) sizes its thread pool and matrix splits from RAYON_NUM_THREADS. Set here, while
         // the process has one thread, since the environment cannot be changed safely once others run.

@@ -3,11 +3,13 @@
 //! - [`registry`] and [`schema`]: model entries, where they come from, and their strict check;
 //! - [`spec`]: `ModelSpec`, selectors and unification;
 //! - [`keys`]: credentials from key.json and the environment;
-//! - [`message`] and [`model`]: messages, generation arguments, the `Model` trait and `LoadedModel`;
+//! - [`message`] and [`model`]: messages, generation arguments, the `Model` trait and `LoadedModel`; [`cancel`]:
+//!   cancelling a request in flight;
 //! - [`template`]: Hugging Face chat templates; [`cleaning`] and [`pyregex`]: output cleaning.
 //!
 //! Nothing here does network or inference: backends live in `clem-backends` and heavier crates.
 
+pub mod cancel;
 pub mod cleaning;
 pub mod hf;
 pub mod keys;
@@ -20,6 +22,7 @@ pub mod schema;
 pub mod spec;
 pub mod template;
 
+pub use cancel::Cancel;
 pub use message::{GenArgs, Message, Role};
 pub use model::{BatchMode, ContextExceeded, Generation, LoadedModel, Model, ModelError};
 pub use spec::ModelSpec;

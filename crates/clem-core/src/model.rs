@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::cancel::Cancel;
 use crate::message::{normalize_messages, GenArgs, Message};
 use crate::spec::ModelSpec;
 
@@ -61,6 +62,9 @@ pub enum ModelError {
     /// message and not exposed as `source()`, so error chains do not print it twice.
     #[error("model {model}: {error}")]
     Backend { model: String, error: Box<dyn std::error::Error + Send + Sync> },
+    /// The caller cancelled the request (its [`Cancel`] was set) before it finished.
+    #[error("model {model}: the request was cancelled")]
+    Cancelled { model: String },
 }
 
 impl ModelError {
@@ -69,6 +73,9 @@ impl ModelError {
     }
     pub fn backend(model: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         ModelError::Backend { model: model.into(), error: source.into() }
+    }
+    pub fn cancelled(model: &str) -> Self {
+        ModelError::Cancelled { model: model.into() }
     }
 }
 
@@ -91,11 +98,33 @@ pub trait Model: Send + Sync {
     fn spec(&self) -> &ModelSpec;
 
     /// Generates one reply. `messages` are already normalised when [`Model::normalizes_messages`] is true.
-    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError>;
+    /// A backend that can stop early checks `cancel` and then returns [`ModelError::Cancelled`].
+    fn generate_response(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+    ) -> Result<Generation, ModelError>;
 
     /// Generates one reply per message list, in input order; one failure does not fail the others.
-    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
-        batch.iter().map(|m| self.generate_response(m, args)).collect()
+    /// `cancels[i]` cancels row `i` alone (a row without a flag is never cancelled).
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let cancel = Cancel::of(cancels, i);
+                if cancel.is_cancelled() {
+                    return Err(ModelError::cancelled(self.spec().model_name().unwrap_or("?")));
+                }
+                self.generate_response(m, args, &cancel)
+            })
+            .collect()
     }
 
     fn batch_mode(&self) -> BatchMode {
@@ -132,10 +161,23 @@ impl LoadedModel {
     }
 
     pub fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
+        self.generate_response_cancellable(messages, args, &Cancel::new())
+    }
+
+    /// [`LoadedModel::generate_response`] that stops early with [`ModelError::Cancelled`] once `cancel` is set.
+    pub fn generate_response_cancellable(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+    ) -> Result<Generation, ModelError> {
+        if cancel.is_cancelled() {
+            return Err(ModelError::cancelled(self.name()));
+        }
         let start = chrono::Local::now();
         let clock = Instant::now();
         let messages = self.prepare(messages);
-        let mut generation = self.inner.generate_response(&messages, args)?;
+        let mut generation = self.inner.generate_response(&messages, args, cancel)?;
         stamp(&mut generation, self.name(), start, clock.elapsed());
         Ok(generation)
     }
@@ -145,10 +187,21 @@ impl LoadedModel {
         batch: &[Vec<Message>],
         args: &GenArgs,
     ) -> Vec<Result<Generation, ModelError>> {
+        self.generate_batch_response_cancellable(batch, args, &[])
+    }
+
+    /// [`LoadedModel::generate_batch_response`] where `cancels[i]` cancels row `i` alone.
+    pub fn generate_batch_response_cancellable(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
         let start = chrono::Local::now();
         let clock = Instant::now();
         let batch: Vec<Vec<Message>> = batch.iter().map(|m| self.prepare(m)).collect();
-        let mut results = self.inner.generate_batch_response(&batch, args);
+        let cancels: Vec<Cancel> = (0..batch.len()).map(|i| Cancel::of(cancels, i)).collect();
+        let mut results = self.inner.generate_batch_response(&batch, args, &cancels);
         let elapsed = clock.elapsed();
         for generation in results.iter_mut().flatten() {
             stamp(generation, self.name(), start, elapsed);

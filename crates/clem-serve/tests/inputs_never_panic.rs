@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use clem_core::{
-    BatchMode, ContextExceeded, GenArgs, Generation, LoadedModel, Message, Model, ModelError, ModelSpec, Role,
+    BatchMode, Cancel, ContextExceeded, GenArgs, Generation, LoadedModel, Message, Model, ModelError, ModelSpec, Role,
 };
 use clem_json_strategies as strategies;
 use clem_serve::{parse_chat, App, ServeConfig};
@@ -313,10 +313,15 @@ impl Model for Scripted {
     fn spec(&self) -> &ModelSpec {
         &self.spec
     }
-    fn generate_response(&self, _: &[Message], _: &GenArgs) -> Result<Generation, ModelError> {
+    fn generate_response(&self, _: &[Message], _: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
         self.answer()
     }
-    fn generate_batch_response(&self, batch: &[Vec<Message>], _: &GenArgs) -> Vec<Result<Generation, ModelError>> {
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        _: &GenArgs,
+        _: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
         batch.iter().map(|_| self.answer()).collect()
     }
     fn batch_mode(&self) -> BatchMode {

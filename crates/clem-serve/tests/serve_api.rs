@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clem_core::{BatchMode, GenArgs, Generation, LoadedModel, Message, Model, ModelError, ModelSpec};
+use clem_core::{BatchMode, Cancel, GenArgs, Generation, LoadedModel, Message, Model, ModelError, ModelSpec};
 use clem_serve::{App, ServeConfig};
 use serde_json::{json, Value};
 
@@ -43,12 +43,17 @@ impl Model for Echo {
     fn spec(&self) -> &ModelSpec {
         &self.spec
     }
-    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
+    fn generate_response(&self, messages: &[Message], args: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
         self.calls.lock().expect("lock").push(1);
         std::thread::sleep(self.delay);
         Echo::reply(messages, args)
     }
-    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        _: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
         self.calls.lock().expect("lock").push(batch.len());
         std::thread::sleep(self.delay);
         batch.iter().map(|m| Echo::reply(m, args)).collect()

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{Device, Result, Tensor};
+use clem_core::Cancel;
 
 use super::causal_lm::CausalLm;
 use super::layers::{KvCache, StepMask};
@@ -25,8 +26,10 @@ pub struct Sampling {
 pub struct RowOutput {
     /// Generated ids, the EOS that stopped it included.
     pub tokens: Vec<u32>,
-    /// Whether an EOS stopped it (else the token budget).
+    /// Whether an EOS stopped it (else the token budget or cancellation).
     pub stopped_by_eos: bool,
+    /// Whether its [`Cancel`] flag took it out of the batch.
+    pub cancelled: bool,
 }
 
 /// Timings of one batch, for benchmarks.
@@ -109,7 +112,9 @@ fn with_workers_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let (Some(owner), threads) = (rayon::current_thread_index(), rayon::current_num_threads()) else {
         return f();
     };
-    if threads < 2 {
+    // Polling workers need a core each: with more threads than cores (RAYON_NUM_THREADS set high) they would
+    // take the cores from the thread doing the work, so rayon's own sleeping workers serve instead.
+    if threads < 2 || threads > crate::cpu::usable_cores() {
         return f();
     }
     let done = AtomicBool::new(false);
@@ -136,7 +141,8 @@ fn with_workers_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Generates for every prompt (token ids) at most `budgets[i]` new tokens, on the calling thread: call it through
-/// [`on_pool`].
+/// [`on_pool`]. A row whose flag in `cancels` is set leaves the batch at the next step.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &CausalLm,
     prompts: &[Vec<u32>],
@@ -145,6 +151,7 @@ pub fn generate(
     eos: &[u32],
     pad_id: u32,
     device: &Device,
+    cancels: &[Cancel],
 ) -> Result<(Vec<RowOutput>, Timings)> {
     let n = prompts.len();
     let mut out = vec![RowOutput::default(); n];
@@ -172,6 +179,10 @@ pub fn generate(
         let mut still = Vec::with_capacity(active.len());
         for (slot, (&row, l)) in active.iter().zip(rows.iter()).enumerate() {
             if budgets[row] == 0 {
+                continue;
+            }
+            if Cancel::of(cancels, row).is_cancelled() {
+                out[row].cancelled = true;
                 continue;
             }
             let tok = choose(l, sampling, &mut rngs[row]);

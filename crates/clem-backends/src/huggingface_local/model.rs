@@ -13,7 +13,7 @@ use clem_core::cleaning::Cleaner;
 use clem_core::hf::TokenizerFiles;
 use clem_core::message::messages_to_json;
 use clem_core::template::{ChatTemplate, RenderOptions};
-use clem_core::{BatchMode, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{BatchMode, Cancel, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
 use serde_json::{json, Map, Value};
 
 use super::causal_lm::CausalLm;
@@ -147,7 +147,8 @@ impl HfLocalModel {
         // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `device`).
         let vb = safetensors.var_builder(&placement.device);
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;
-        let pool = match ctx.threads.or(settings.threads) {
+        // Never more threads than cores: the workers poll for work during a generation (see crate::cpu).
+        let pool = match ctx.threads.or(settings.threads).map(|n| crate::cpu::clamp_threads(n).0) {
             None => None,
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
@@ -288,19 +289,22 @@ impl HfLocalModel {
     }
 
     /// Generates for token prompts as one batch, without cleaning (for benchmarks and tests); `budgets` are
-    /// per row, `eos` replaces the model's EOS ids when given (an empty list never stops).
+    /// per row, `eos` replaces the model's EOS ids when given (an empty list never stops); `cancels[i]` stops
+    /// row `i`.
     pub fn generate_tokens(
         &self,
         prompts: &[Vec<u32>],
         budgets: &[usize],
         args: &GenArgs,
         eos: Option<&[u32]>,
+        cancels: &[Cancel],
     ) -> Result<(Vec<RowOutput>, Timings), ModelError> {
         self.check_batch_memory(prompts, budgets)?;
         let sampling = self.sampling(args)?;
         let eos = eos.unwrap_or(&self.eos_ids);
         generate::on_pool(self.pool.as_ref(), || {
-            generate::generate(&self.model, prompts, budgets, &sampling, eos, self.pad_id, &self.placement.device)
+            let device = &self.placement.device;
+            generate::generate(&self.model, prompts, budgets, &sampling, eos, self.pad_id, device, cancels)
         })
         .map_err(|e| ModelError::backend(&self.name, e))
     }
@@ -315,16 +319,20 @@ impl HfLocalModel {
         &self,
         rows: &[(String, Vec<u32>)],
         args: &GenArgs,
+        cancels: &[Cancel],
     ) -> Result<Vec<Result<Generation, ModelError>>, ModelError> {
         let prompts: Vec<Vec<u32>> = rows.iter().map(|(_, t)| t.clone()).collect();
         let budgets = self.budgets(&prompts, args);
-        let (outputs, _) = self.generate_tokens(&prompts, &budgets, args, None)?;
+        let (outputs, _) = self.generate_tokens(&prompts, &budgets, args, None, cancels)?;
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let out_width = outputs.iter().map(|o| o.tokens.len()).max().unwrap_or(0);
+        let out_width = outputs.iter().filter(|o| !o.cancelled).map(|o| o.tokens.len()).max().unwrap_or(0);
         Ok(prompts
             .iter()
             .zip(outputs)
-            .map(|(prompt, out)| self.generation(prompt, &out, width, out_width, args))
+            .map(|(prompt, out)| match out.cancelled {
+                true => Err(ModelError::cancelled(&self.name)),
+                false => self.generation(prompt, &out, width, out_width, args),
+            })
             .collect())
     }
 
@@ -379,14 +387,26 @@ impl Model for HfLocalModel {
         &self.spec
     }
 
-    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
+    fn generate_response(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+    ) -> Result<Generation, ModelError> {
         let prompt = self.render(messages)?;
         let tokens = self.tokens_for(&prompt, args.max_tokens, None)?;
-        self.run(&[(prompt, tokens)], args)?.pop().unwrap_or_else(|| Err(ModelError::backend(&self.name, "no output")))
+        self.run(&[(prompt, tokens)], args, std::slice::from_ref(cancel))?
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::backend(&self.name, "no output")))
     }
 
     /// Renders and checks every item; the ones that can run are generated together as one padded batch.
-    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
         let mut results: Vec<Option<Result<Generation, ModelError>>> = Vec::with_capacity(batch.len());
         let mut ready: Vec<(usize, (String, Vec<u32>))> = Vec::new();
         for (i, messages) in batch.iter().enumerate() {
@@ -400,7 +420,8 @@ impl Model for HfLocalModel {
         }
         if !ready.is_empty() {
             let rows: Vec<(String, Vec<u32>)> = ready.iter().map(|(_, r)| r.clone()).collect();
-            match self.run(&rows, args) {
+            let row_cancels: Vec<Cancel> = ready.iter().map(|(i, _)| Cancel::of(cancels, *i)).collect();
+            match self.run(&rows, args, &row_cancels) {
                 Ok(generations) => {
                     for ((i, _), g) in ready.iter().zip(generations) {
                         results[*i] = Some(g);

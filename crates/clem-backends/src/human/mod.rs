@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 
 use clem_core::message::messages_to_json;
 use clem_core::schema::BackendSchema;
-use clem_core::{GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{Cancel, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
 use serde_json::json;
 
 use crate::{Backend, LoadContext};
@@ -63,7 +63,7 @@ impl Model for HumanPlayer {
         &self.spec
     }
 
-    fn generate_response(&self, messages: &[Message], _args: &GenArgs) -> Result<Generation, ModelError> {
+    fn generate_response(&self, messages: &[Message], _args: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
         let mut err = std::io::stderr().lock();
         for m in messages {
             let _ = writeln!(err, "[{}] {}", m.role.as_str(), m.content);
@@ -110,8 +110,9 @@ mod tests {
         let input: Arc<Mutex<dyn BufRead + Send>> = Arc::new(Mutex::new(std::io::Cursor::new("GREET: hi\n")));
         let ctx = LoadContext { human_input: Some(input), ..Default::default() };
         let player = load(&ModelSpec::from_name("human"), &ctx).expect("loads");
-        let g = player.generate_response(&[Message::user("greet")], &GenArgs::default()).expect("reply");
+        let g =
+            player.generate_response(&[Message::user("greet")], &GenArgs::default(), &Cancel::new()).expect("reply");
         assert_eq!(g.response_text, "GREET: hi");
-        assert!(player.generate_response(&[Message::user("again")], &GenArgs::default()).is_err());
+        assert!(player.generate_response(&[Message::user("again")], &GenArgs::default(), &Cancel::new()).is_err());
     }
 }

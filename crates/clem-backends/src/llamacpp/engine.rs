@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use clem_core::Cancel;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::gguf::GgufContext;
@@ -255,6 +256,8 @@ pub enum Finish {
     Stop,
     /// `max_tokens` were generated.
     Length,
+    /// The caller's [`Cancel`] flag took it out of the batch.
+    Cancelled,
 }
 
 impl Finish {
@@ -262,6 +265,7 @@ impl Finish {
         match self {
             Finish::Stop => "stop",
             Finish::Length => "length",
+            Finish::Cancelled => "cancelled",
         }
     }
 }
@@ -349,12 +353,14 @@ impl Engine {
     }
 
     /// Generates up to `max_tokens` for each prompt, all prompts as parallel sequences of one context.
-    /// Each prompt must fit: prompt tokens + max_tokens <= n_ctx_train (the caller checks).
+    /// Each prompt must fit: prompt tokens + max_tokens <= n_ctx_train (the caller checks). A sequence whose
+    /// flag in `cancels` is set leaves at the next step.
     pub fn generate(
         &self,
         prompts: &[Vec<LlamaToken>],
         max_tokens: u32,
         sampling: &Sampling,
+        cancels: &[Cancel],
     ) -> Result<BatchOutput, EngineError> {
         if prompts.is_empty() {
             return Ok(BatchOutput {
@@ -391,7 +397,7 @@ impl Engine {
         cell.with_dependent_mut(|model, slot| {
             if let Some(slot) = slot.as_mut() {
                 slot.ctx.clear_kv_cache();
-                result = run_batch(model, &mut slot.ctx, prompts, max_tokens, sampling);
+                result = run_batch(model, &mut slot.ctx, prompts, max_tokens, sampling, cancels);
             }
         });
         result
@@ -449,8 +455,10 @@ fn run_batch(
     prompts: &[Vec<LlamaToken>],
     max_tokens: u32,
     sampling: &Sampling,
+    cancels: &[Cancel],
 ) -> Result<BatchOutput, EngineError> {
     let vocab = model.vocab();
+    let cancelled = |id: usize| Cancel::of(cancels, id).is_cancelled();
     let mut seqs: Vec<Seq> = prompts
         .iter()
         .map(|_| Seq {
@@ -490,6 +498,10 @@ fn run_batch(
     let started = Instant::now();
     if max_tokens > 0 {
         for (id, prompt) in prompts.iter().enumerate() {
+            if cancelled(id) {
+                seqs[id].finish = Some(Finish::Cancelled);
+                continue;
+            }
             for (chunk_no, chunk) in prompt.chunks(N_BATCH).enumerate() {
                 batch.clear();
                 let offset = chunk_no * N_BATCH;
@@ -514,6 +526,10 @@ fn run_batch(
         batch.clear();
         for (id, seq) in seqs.iter_mut().enumerate() {
             if seq.finish.is_some() {
+                continue;
+            }
+            if cancelled(id) {
+                seq.finish = Some(Finish::Cancelled);
                 continue;
             }
             let Some(token) = seq.pending.take() else { continue };

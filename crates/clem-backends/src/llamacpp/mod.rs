@@ -126,6 +126,8 @@ impl Settings {
         if threads == 0 {
             return Err("threads must be at least 1".into());
         }
+        // More spinning workers than cores collapses llama.cpp's throughput (see crate::cpu).
+        let threads = crate::cpu::clamp_threads(threads).0;
         let context_size = match count("context_size")? {
             None => None,
             Some(0) => return Err("model_config.context_size must be at least 1".into()),
@@ -150,7 +152,7 @@ impl Settings {
 /// this process may use. More threads than cores makes llama.cpp's spinning workers fight each other (and any
 /// other busy process) and collapses throughput.
 pub fn default_threads() -> usize {
-    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let allowed = crate::cpu::usable_cores();
     let physical = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| physical_cores(&t));
     physical.map_or(allowed, |p| p.min(allowed)).max(1)
 }
@@ -197,7 +199,7 @@ mod tests {
         .expect("valid");
         assert_eq!(s.additional_files, vec!["a", "b"]);
         assert_eq!(s.gpu, GpuRequest::Gpu(12));
-        assert_eq!((s.threads, s.context_size), (3, Some(2048)));
+        assert_eq!((s.threads, s.context_size), (crate::cpu::clamp_threads(3).0, Some(2048)));
         assert_eq!(s.bos_string.as_deref(), Some("<s>"));
         let s = Settings::from_spec(&spec(json!({"filename": "x", "premade_chat_template": true})), Some(1))
             .expect("valid");

@@ -13,11 +13,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clem_core::cleaning::Cleaner;
 use clem_core::message::messages_to_json;
 use clem_core::template::{ChatTemplate, RenderOptions};
-use clem_core::{BatchMode, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{BatchMode, Cancel, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Map, Value};
 
-use super::engine::{BatchOutput, Engine, GgufInfo, Sampling, SeqOutput, SpecialToken};
+use super::engine::{BatchOutput, Engine, Finish, GgufInfo, Sampling, SeqOutput, SpecialToken};
 use super::files::{self, GgufFiles};
 use super::{GpuRequest, Settings};
 use crate::LoadContext;
@@ -181,14 +181,22 @@ impl LlamaCppModel {
             .enumerate()
             .map(|(i, p)| self.tokens_for(p, args.max_tokens, (prompts.len() > 1).then_some(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        self.run(&tokens, args, ignore_eos)
+        self.run(&tokens, args, ignore_eos, &[])
     }
 
-    fn run(&self, prompts: &[Vec<LlamaToken>], args: &GenArgs, ignore_eos: bool) -> Result<BatchOutput, ModelError> {
+    fn run(
+        &self,
+        prompts: &[Vec<LlamaToken>],
+        args: &GenArgs,
+        ignore_eos: bool,
+        cancels: &[Cancel],
+    ) -> Result<BatchOutput, ModelError> {
         self.check_batch_memory(prompts, args.max_tokens)?;
         let mut sampling = sampling_for(args).map_err(|m| ModelError::config(&self.name, m))?;
         sampling.ignore_eos = ignore_eos;
-        self.engine.generate(prompts, args.max_tokens, &sampling).map_err(|e| ModelError::backend(&self.name, e))
+        self.engine
+            .generate(prompts, args.max_tokens, &sampling, cancels)
+            .map_err(|e| ModelError::backend(&self.name, e))
     }
 
     /// A batch needs a KV stream per sequence, each as long as the longest need; check the memory when that is
@@ -209,6 +217,9 @@ impl LlamaCppModel {
 
     /// The triple for one finished sequence.
     fn generation(&self, prompt_text: String, out: SeqOutput, args: &GenArgs) -> Result<Generation, ModelError> {
+        if out.finish == Finish::Cancelled {
+            return Err(ModelError::cancelled(&self.name));
+        }
         let cleaned =
             self.cleaner.clean(&out.text, &prompt_text, None).map_err(|e| ModelError::backend(&self.name, e))?;
         let completion_tokens = out.tokens.len();
@@ -290,16 +301,26 @@ impl Model for LlamaCppModel {
         &self.spec
     }
 
-    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
+    fn generate_response(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+    ) -> Result<Generation, ModelError> {
         let prompt = self.render(messages)?;
         let tokens = self.tokens_for(&prompt, args.max_tokens, None)?;
-        let mut out = self.run(std::slice::from_ref(&tokens), args, false)?;
+        let mut out = self.run(std::slice::from_ref(&tokens), args, false, std::slice::from_ref(cancel))?;
         let seq = out.outputs.pop().ok_or_else(|| ModelError::backend(&self.name, "llama.cpp returned no output"))?;
         self.generation(prompt, seq, args)
     }
 
     /// Renders and checks every item; the ones that can run are decoded together as parallel sequences.
-    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
         let mut results: Vec<Option<Result<Generation, ModelError>>> = Vec::with_capacity(batch.len());
         let mut ready: Vec<(usize, String, Vec<LlamaToken>)> = Vec::new();
         for (i, messages) in batch.iter().enumerate() {
@@ -312,7 +333,8 @@ impl Model for LlamaCppModel {
             }
         }
         let token_lists: Vec<Vec<LlamaToken>> = ready.iter().map(|(_, _, t)| t.clone()).collect();
-        match self.run(&token_lists, args, false) {
+        let row_cancels: Vec<Cancel> = ready.iter().map(|(i, _, _)| Cancel::of(cancels, *i)).collect();
+        match self.run(&token_lists, args, false, &row_cancels) {
             Ok(out) => {
                 for ((i, prompt, _), seq) in ready.into_iter().zip(out.outputs) {
                     results[i] = Some(self.generation(prompt, seq, args));

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clem_core::message::messages_to_json;
 use clem_core::schema::BackendSchema;
-use clem_core::{BatchMode, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Role};
+use clem_core::{BatchMode, Cancel, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Role};
 use serde_json::{json, Value};
 
 use crate::{Backend, LoadContext, Responder};
@@ -70,7 +70,7 @@ impl Model for MockModel {
         &self.spec
     }
 
-    fn generate_response(&self, messages: &[Message], _args: &GenArgs) -> Result<Generation, ModelError> {
+    fn generate_response(&self, messages: &[Message], _args: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
         let text = self.reply(messages);
         Ok(Generation {
             prompt: json!({ "messages": messages_to_json(messages) }),
@@ -99,7 +99,7 @@ mod tests {
         let model = load(&spec, &LoadContext::default()).expect("loads");
         let batch = vec![vec![Message::user("x")]; 3];
         let out: Vec<String> = model
-            .generate_batch_response(&batch, &GenArgs::default())
+            .generate_batch_response(&batch, &GenArgs::default(), &[])
             .into_iter()
             .map(|r| r.map(|g| g.response_text).unwrap_or_default())
             .collect();
@@ -110,14 +110,16 @@ mod tests {
     fn responder_and_echo() {
         let spec = ModelSpec::from_name("mock");
         let echo = load(&spec, &LoadContext::default()).expect("loads");
-        let g = echo.generate_response(&[Message::user("hi")], &GenArgs::default()).expect("generates");
+        let g = echo.generate_response(&[Message::user("hi")], &GenArgs::default(), &Cancel::new()).expect("generates");
         assert_eq!(g.response_text, "hi");
         let ctx = LoadContext {
             responder: Some(Arc::new(|m: &[Message]| format!("{} msgs", m.len()))),
             ..Default::default()
         };
         let scripted = load(&spec, &ctx).expect("loads");
-        let g = scripted.generate_response(&[Message::user("a"), Message::user("b")], &GenArgs::default()).expect("ok");
+        let g = scripted
+            .generate_response(&[Message::user("a"), Message::user("b")], &GenArgs::default(), &Cancel::new())
+            .expect("ok");
         assert_eq!(g.response_text, "2 msgs");
         let bad = ModelSpec::parse_selector(r#"{"model_name": "mock", "replies": []}"#).expect("selector");
         assert!(load(&bad, &LoadContext::default()).is_err());
