@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clem_backends::anthropic::{messages_reply, Messages};
 use clem_backends::cohere::{cohere_reply, CohereChat};
 use clem_backends::google::{gemini_reply, GenerateContent};
-use clem_backends::http::error::{error_details, redact, RemoteError};
+use clem_backends::http::error::{error_details, redact, sanitize, RemoteError};
 use clem_backends::http::images::{Image, ImagePolicy};
 use clem_backends::http::retry::{parse_go_duration, server_delay, Policy};
 use clem_backends::http::{Adapter, Auth};
@@ -691,7 +691,9 @@ proptest! {
         let e = RemoteError::Status {
             provider: "p", status, message: shown.clone(), kind, body: body.clone(), attempts: 1, outcome: "o".into(),
         };
-        prop_assert!(e.to_string().contains(&shown));
+        // Shown escaped and capped (a provider's text never reaches a terminal raw).
+        prop_assert!(e.to_string().contains(&sanitize(&shown)));
+        prop_assert!(!e.to_string().chars().any(char::is_control));
         let e = RemoteError::NotJson { provider: "p", detail: "d".into(), body, attempts: 1 };
         prop_assert!(e.to_string().starts_with("p: response is not valid JSON"));
     }

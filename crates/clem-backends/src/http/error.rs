@@ -2,27 +2,29 @@
 //!
 //! Each error says what happened, how many attempts were made and, when the provider sent one, its own error
 //! message and type; bodies are kept (raw) for the log. Nothing here ever holds the API key: bodies are
-//! passed through [`redact`] before they are stored.
+//! passed through [`redact`] before they are stored. What a provider wrote reaches terminals and clients only
+//! through [`sanitize`] (control characters escaped, length capped), in every error's `Display`.
 
 use std::time::Duration;
 
 use clem_core::keys::Secret;
 use serde_json::Value;
 
-/// How much of a raw body an error message shows (the full body stays in the error's field).
-const SHOWN_BODY_CHARS: usize = 2000;
+/// How much of a provider's text an error message shows (the full text stays in the error's field).
+pub const SHOWN_CHARS: usize = 2000;
 
-/// Why a remote generation failed.
+/// Why a remote generation failed. Every text that came from the network is shown through [`sanitize`].
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     /// The request could not be built (e.g. an image the entry does not allow); nothing was sent.
-    #[error("{provider}: {message}")]
+    #[error("{provider}: {}", sanitize(message))]
     Invalid { provider: &'static str, message: String },
     /// The provider answered with an error status.
     #[error(
-        "{provider} answered HTTP {status}{}: {message}{}; {outcome}",
+        "{provider} answered HTTP {status}{}: {}{}; {outcome}",
         reason(*status),
-        kind.as_ref().map(|k| format!(" (type {k})")).unwrap_or_default()
+        sanitize(message),
+        kind.as_ref().map(|k| format!(" (type {})", sanitize(k))).unwrap_or_default()
     )]
     Status {
         provider: &'static str,
@@ -35,19 +37,39 @@ pub enum RemoteError {
         outcome: String,
     },
     /// No connection, or the connection broke before the whole response came.
-    #[error("{provider}: connection failed: {detail}; gave up after {attempts} attempt(s)")]
+    #[error("{provider}: connection failed: {}; gave up after {attempts} attempt(s)", sanitize(detail))]
     Connection { provider: &'static str, detail: String, attempts: u32 },
+    /// No connection within `connect_timeout` (TCP and TLS).
+    #[error(
+        "{provider}: could not connect within {} s (model_config.connect_timeout); gave up after {attempts} attempt(s)",
+        timeout.as_secs_f64()
+    )]
+    ConnectTimeout { provider: &'static str, timeout: Duration, attempts: u32 },
     /// No complete response within the time limit.
     #[error("{provider}: no response within {} s (model_config.timeout); gave up after {attempts} attempt(s)", timeout.as_secs_f64())]
     Timeout { provider: &'static str, timeout: Duration, attempts: u32 },
+    /// The call's overall deadline (all attempts and the waits between them) passed.
+    #[error(
+        "{provider}: the call's deadline of {} s (model_config.deadline) was reached after {attempts} attempt(s){}",
+        deadline.as_secs_f64(),
+        last.as_ref().map(|e| format!("; the last failure: {}", e.summary())).unwrap_or_default()
+    )]
+    Deadline { provider: &'static str, deadline: Duration, attempts: u32, last: Option<Box<RemoteError>> },
+    /// The response body is larger than `max_response_bytes`; not retried (a repeat would be as large).
+    #[error(
+        "{provider}: the response body is larger than the limit of {limit} bytes ({}; model_config.max_response_bytes \
+         raises it) ({attempts} attempt(s), not retried)",
+        human_bytes(*limit)
+    )]
+    TooLarge { provider: &'static str, limit: u64, attempts: u32 },
     /// A success status whose body is not JSON.
-    #[error("{provider}: response is not valid JSON ({detail}); raw body: {}", shown(body))]
+    #[error("{provider}: response is not valid JSON ({}); raw body: {}", sanitize(detail), sanitize(body))]
     NotJson { provider: &'static str, detail: String, body: String, attempts: u32 },
     /// Valid JSON without a reply in it.
-    #[error("{provider}: response has no reply ({detail}); raw body: {}", shown(body))]
+    #[error("{provider}: response has no reply ({}); raw body: {}", sanitize(detail), sanitize(body))]
     NoReply { provider: &'static str, detail: String, body: String, attempts: u32 },
     /// The runtime could not run the call (should not happen; reported rather than panicking).
-    #[error("{provider}: internal error: {message}")]
+    #[error("{provider}: internal error: {}", sanitize(message))]
     Internal { provider: &'static str, message: String },
 }
 
@@ -57,10 +79,31 @@ impl RemoteError {
         match self {
             RemoteError::Status { attempts, .. }
             | RemoteError::Connection { attempts, .. }
+            | RemoteError::ConnectTimeout { attempts, .. }
             | RemoteError::Timeout { attempts, .. }
+            | RemoteError::Deadline { attempts, .. }
+            | RemoteError::TooLarge { attempts, .. }
             | RemoteError::NotJson { attempts, .. }
             | RemoteError::NoReply { attempts, .. } => *attempts,
             RemoteError::Invalid { .. } | RemoteError::Internal { .. } => 0,
+        }
+    }
+
+    /// What went wrong, without the provider's name and the attempt count (for the deadline's message).
+    fn summary(&self) -> String {
+        let secs = |d: &Duration| d.as_secs_f64();
+        match self {
+            RemoteError::Status { status, message, .. } => {
+                format!("HTTP {status}{}: {}", reason(*status), sanitize(message))
+            }
+            RemoteError::Connection { detail, .. } => format!("connection failed: {}", sanitize(detail)),
+            RemoteError::ConnectTimeout { timeout, .. } => {
+                format!("could not connect within {} s (model_config.connect_timeout)", secs(timeout))
+            }
+            RemoteError::Timeout { timeout, .. } => {
+                format!("no response within {} s (model_config.timeout)", secs(timeout))
+            }
+            other => other.to_string(),
         }
     }
 
@@ -70,6 +113,7 @@ impl RemoteError {
             RemoteError::Status { body, .. }
             | RemoteError::NotJson { body, .. }
             | RemoteError::NoReply { body, .. } => Some(body),
+            RemoteError::Deadline { last, .. } => last.as_deref().and_then(RemoteError::body),
             _ => None,
         }
     }
@@ -83,12 +127,41 @@ fn reason(status: u16) -> String {
         .unwrap_or_default()
 }
 
-fn shown(body: &str) -> String {
-    if body.chars().count() <= SHOWN_BODY_CHARS {
-        return body.to_string();
+/// `text` safe to print: every control character (ESC, BEL, CR, ... ; all but the plain space) and the Unicode
+/// controls that reorder text are escaped (`\n`, `\u{1b}`), and at most [`SHOWN_CHARS`] characters are kept,
+/// followed by how many bytes were left out. A provider's error text cannot clear a terminal, set its title or
+/// fill a screen.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(SHOWN_CHARS + 64));
+    for (shown, (at, c)) in text.char_indices().enumerate() {
+        if shown == SHOWN_CHARS {
+            out.push_str(&format!("... ({} more bytes)", text.len() - at));
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_bidi_control(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
     }
-    let head: String = body.chars().take(SHOWN_BODY_CHARS).collect();
-    format!("{head}... ({} bytes in all)", body.len())
+    out
+}
+
+/// Unicode's explicit direction marks, embeddings, overrides and isolates (they make text read differently).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A byte count for people: `1 MiB`, `64 MiB`, `1.5 KiB`, `12 bytes`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    match UNITS.iter().find(|(size, _)| n >= *size) {
+        Some((size, unit)) if n.is_multiple_of(*size) => format!("{} {unit}", n / size),
+        Some((size, unit)) => format!("{:.1} {unit}", n as f64 / *size as f64),
+        None => format!("{n} bytes"),
+    }
 }
 
 /// The provider's error message and type from an error body, whatever the provider's shape:
@@ -161,6 +234,48 @@ mod tests {
         assert!(!out.contains("sk-0123456789abcdef"));
         assert!(out.contains("sk-0...cdef"));
         assert_eq!(redact("nothing", None), "nothing");
+    }
+
+    #[test]
+    fn provider_text_is_escaped_and_capped_in_every_message() {
+        let hostile = format!("\x1b[2J\x1b]0;pwned\x07 line\r\n\ttab \u{202e}rev\u{9b}{}", "y".repeat(1_000_000));
+        let escaped = "\\u{1b}[2J\\u{1b}]0;pwned\\u{7} line\\r\\n\\ttab \\u{202e}rev\\u{9b}";
+        let shown = sanitize(&hostile);
+        assert!(shown.starts_with(escaped), "{shown}");
+        let cut = hostile.char_indices().nth(SHOWN_CHARS).map_or(0, |(at, _)| at);
+        assert!(shown.ends_with(&format!("y... ({} more bytes)", hostile.len() - cut)), "{shown}");
+        let body = || hostile.clone();
+        let errors = [
+            RemoteError::Invalid { provider: "p", message: body() },
+            RemoteError::Status {
+                provider: "p",
+                status: 400,
+                message: body(),
+                kind: Some(body()),
+                body: body(),
+                attempts: 1,
+                outcome: "o".into(),
+            },
+            RemoteError::Connection { provider: "p", detail: body(), attempts: 1 },
+            RemoteError::NotJson { provider: "p", detail: body(), body: body(), attempts: 1 },
+            RemoteError::NoReply { provider: "p", detail: body(), body: body(), attempts: 1 },
+            RemoteError::Internal { provider: "p", message: body() },
+            RemoteError::Deadline {
+                provider: "p",
+                deadline: Duration::from_secs(1),
+                attempts: 2,
+                last: Some(Box::new(RemoteError::Connection { provider: "p", detail: body(), attempts: 1 })),
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert!(!text.chars().any(|c| c.is_control() || is_bidi_control(c)), "{e:?}");
+            assert!(text.contains(escaped) && text.len() < 7000, "{}", text.len());
+        }
+        assert_eq!(sanitize("plain text, kept"), "plain text, kept");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 bytes");
     }
 
     #[test]

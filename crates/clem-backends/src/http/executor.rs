@@ -1,5 +1,12 @@
 //! The one place that sends HTTP requests: a process-wide tokio runtime, one reqwest client per model, and the
-//! retry loop with its concurrency and requests-per-minute limits.
+//! retry loop with its concurrency and requests-per-minute limits, its per-call deadline and its response size
+//! limit.
+//!
+//! Redirects are followed here, not by reqwest, because reqwest strips only `Authorization` on a cross-host
+//! redirect: the `x-api-key`, `x-goog-api-key` and `api-key` headers would follow a 307 to any host. The rule:
+//! the credential ([`super::Auth`]) and the adapter's own headers go only to the configured origin (scheme, host
+//! and port of the request's URL); a hop to any other origin carries the body and its content type, nothing
+//! else, and no request ever carries a `Referer`.
 //!
 //! The `Model` trait is synchronous, so callers reach the runtime through [`run_sync`], which hands the work to
 //! the runtime's threads and waits on a plain channel. Unlike `Runtime::block_on`, that works from any thread,
@@ -9,7 +16,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use clem_core::Cancel;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Response, StatusCode, Url};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
@@ -47,6 +56,55 @@ pub fn run_sync<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static
     rx.recv().map_err(|_| "the call's task ended without an answer".to_string())
 }
 
+/// How often a waiting caller looks at its cancellation flags.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Runs each future of `futs` on the shared runtime at once and waits for all of them, aborting the ones whose
+/// flag in `cancels` is set (dropping a request's future aborts its connection). A cancelled or vanished
+/// future's place holds `None`; results are in input order.
+pub fn run_sync_cancellable<T: Send + 'static>(
+    futs: Vec<impl Future<Output = T> + Send + 'static>,
+    cancels: &[Cancel],
+) -> Result<Vec<Option<T>>, String> {
+    let rt = runtime()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles: Vec<Option<tokio::task::JoinHandle<()>>> = futs
+        .into_iter()
+        .enumerate()
+        .map(|(i, fut)| {
+            let tx = tx.clone();
+            Some(rt.spawn(async move {
+                let _ = tx.send((i, fut.await));
+            }))
+        })
+        .collect();
+    drop(tx);
+    let mut out: Vec<Option<T>> = handles.iter().map(|_| None).collect();
+    let mut open = handles.len();
+    while open > 0 {
+        match rx.recv_timeout(CANCEL_POLL) {
+            Ok((i, value)) => {
+                out[i] = Some(value);
+                handles[i] = None;
+                open -= 1;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                for (i, handle) in handles.iter_mut().enumerate() {
+                    if handle.is_some() && Cancel::of(cancels, i).is_cancelled() {
+                        if let Some(h) = handle.take() {
+                            h.abort();
+                        }
+                        open -= 1;
+                    }
+                }
+            }
+            // Every sender is gone: the remaining tasks ended without an answer (aborted or panicked).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Ok(out)
+}
+
 /// How many requests of one model may run at once, and how often they may start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -71,6 +129,11 @@ pub struct Exchange {
     pub elapsed: Duration,
 }
 
+/// Redirects followed within one attempt (reqwest's own default).
+const MAX_REDIRECTS: usize = 10;
+/// How much of an error status's body is read; the rest is left unread (its head says what went wrong).
+const MAX_ERROR_BODY: u64 = 1 << 20;
+
 /// One model's HTTP client with its policy and limits.
 pub struct Executor {
     provider: &'static str,
@@ -81,11 +144,26 @@ pub struct Executor {
     pace: Option<(Duration, Mutex<Instant>)>,
 }
 
-/// Why one attempt failed before a status came back.
+/// Why one attempt failed before a whole response came back.
 enum Failure {
-    Timeout,
+    /// The attempt's time ran out; `cut` when it was cut short by the call's deadline.
+    Timeout {
+        cut: bool,
+    },
+    ConnectTimeout,
     Connection(String),
+    /// The body is larger than `max_response_bytes`.
+    TooLarge,
     Invalid(String),
+}
+
+/// What one attempt got: the final status (after redirects), its headers and body.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    /// The body of an error status was longer than [`MAX_ERROR_BODY`] and cut there.
+    truncated: bool,
 }
 
 impl Executor {
@@ -98,9 +176,11 @@ impl Executor {
     ) -> Result<Executor, RemoteError> {
         // ring is the only crypto provider compiled in; installing it twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // No client-wide timeout: each attempt gets min(timeout, time left before the deadline), see `send`.
         let client = reqwest::Client::builder()
             .connect_timeout(policy.connect_timeout)
-            .timeout(policy.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .user_agent(concat!("clemrs/", env!("CARGO_PKG_VERSION")))
             .tls_danger_accept_invalid_certs(accept_invalid_certs)
             .build()
@@ -116,36 +196,70 @@ impl Executor {
         &self.policy
     }
 
-    /// Sends `req` until it succeeds, fails for good, or attempts run out.
+    /// Sends `req` until it succeeds, fails for good, attempts run out or the call's deadline passes.
     pub async fn send(&self, req: &ApiRequest) -> Result<Exchange, RemoteError> {
         let provider = self.provider;
+        let policy = &self.policy;
         let key = req.auth.as_ref().map(|a| &a.key);
         let body = serde_json::to_vec(&req.body)
             .map_err(|e| RemoteError::Invalid { provider, message: format!("cannot serialise the request: {e}") })?;
+        let origin = Url::parse(&req.url)
+            .map_err(|e| RemoteError::Invalid { provider, message: format!("invalid URL {:?}: {e}", req.url) })?;
+        let deadline = |attempts: u32, last: Option<RemoteError>| RemoteError::Deadline {
+            provider,
+            deadline: policy.deadline,
+            attempts,
+            last: last.map(Box::new),
+        };
         // Timed from the first attempt's start, so queueing behind max_concurrency is not counted.
         let mut start: Option<Instant> = None;
-        let max_attempts = self.policy.max_attempts.max(1);
+        let left =
+            |start: Option<Instant>| start.map_or(policy.deadline, |s| policy.deadline.saturating_sub(s.elapsed()));
+        let max_attempts = policy.max_attempts.max(1);
+        let mut last: Option<RemoteError> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let outcome = {
-                let _permit = self.permits.acquire().await;
-                self.pace().await;
+                let slot = async {
+                    let permit = self.permits.acquire().await;
+                    self.pace().await;
+                    permit
+                };
+                // Before the first attempt the deadline has not started; after it, waiting for a slot counts.
+                let _permit = match start {
+                    None => slot.await,
+                    Some(_) => match tokio::time::timeout(left(start), slot).await {
+                        Ok(permit) => permit,
+                        Err(_) => return Err(deadline(attempt - 1, last)),
+                    },
+                };
                 start.get_or_insert_with(Instant::now);
-                self.attempt(req, body.clone()).await
+                let budget = policy.timeout.min(left(start));
+                if budget.is_zero() {
+                    return Err(deadline(attempt - 1, last));
+                }
+                match tokio::time::timeout(budget, self.attempt(req, &origin, &body)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Failure::Timeout { cut: budget < policy.timeout }),
+                }
             };
             let (server_wait, error) = match outcome {
-                Ok((status, _, bytes)) if (200..300).contains(&status) => {
+                Ok(answer) if (200..300).contains(&answer.status) => {
                     let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
-                    return Ok(Exchange { status, body: bytes, attempts: attempt, elapsed });
+                    return Ok(Exchange { status: answer.status, body: answer.body, attempts: attempt, elapsed });
                 }
-                Ok((status, headers, bytes)) => {
-                    let body = redact(&String::from_utf8_lossy(&bytes), key);
+                Ok(Answer { status, headers, body: bytes, truncated }) => {
+                    let mut body = redact(&String::from_utf8_lossy(&bytes), key);
+                    if truncated {
+                        // The cut may have split the key, out of reach of `redact`: drop a trailing part of it.
+                        body.truncate(body.len() - key_prefix_at_end(&body, key));
+                    }
                     let (message, kind) = error_details(&body);
                     let message = match message {
                         Some(m) => redact(&m, key),
                         None if body.trim().is_empty() => "(empty body)".to_string(),
-                        None => body.chars().take(500).collect(),
+                        None => body.clone(),
                     };
                     let retryable = is_retryable(status);
                     let outcome = if retryable {
@@ -161,18 +275,31 @@ impl Executor {
                     }
                     (wait, error)
                 }
-                Err(Failure::Timeout) => {
-                    (None, RemoteError::Timeout { provider, timeout: self.policy.timeout, attempts: attempt })
+                Err(Failure::Timeout { cut: true }) => return Err(deadline(attempt, last)),
+                Err(Failure::Timeout { cut: false }) => {
+                    (None, RemoteError::Timeout { provider, timeout: policy.timeout, attempts: attempt })
+                }
+                Err(Failure::ConnectTimeout) => {
+                    (None, RemoteError::ConnectTimeout { provider, timeout: policy.connect_timeout, attempts: attempt })
                 }
                 Err(Failure::Connection(detail)) => {
                     (None, RemoteError::Connection { provider, detail: redact(&detail, key), attempts: attempt })
+                }
+                Err(Failure::TooLarge) => {
+                    return Err(RemoteError::TooLarge { provider, limit: policy.max_response_bytes, attempts: attempt })
                 }
                 Err(Failure::Invalid(message)) => return Err(RemoteError::Invalid { provider, message }),
             };
             if attempt >= max_attempts {
                 return Err(error);
             }
-            tokio::time::sleep(self.policy.delay(attempt, server_wait)).await;
+            let wait = policy.delay(attempt, server_wait);
+            if wait >= left(start) {
+                // The next attempt could not start before the deadline: say so now rather than sleep first.
+                return Err(deadline(attempt, Some(error)));
+            }
+            last = Some(error);
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -188,29 +315,130 @@ impl Executor {
         tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
     }
 
-    async fn attempt(&self, req: &ApiRequest, body: Vec<u8>) -> Result<(u16, HeaderMap, Vec<u8>), Failure> {
-        let mut builder = self.client.post(&req.url).header(CONTENT_TYPE, "application/json").body(body);
-        for (name, value) in &req.headers {
-            builder = builder.header(name.as_str(), value.as_str());
+    /// One attempt: the request, the redirects it meets (see the module's comment for what each hop carries),
+    /// and the final answer's body, read up to the size limit.
+    async fn attempt(&self, req: &ApiRequest, origin: &Url, body: &[u8]) -> Result<Answer, Failure> {
+        let credential = match &req.auth {
+            Some(auth) => {
+                let mut value =
+                    HeaderValue::from_str(&format!("{}{}", auth.prefix, auth.key.expose())).map_err(|_| {
+                        Failure::Invalid("the API key holds characters that cannot go into an HTTP header".into())
+                    })?;
+                value.set_sensitive(true);
+                Some((auth.header, value))
+            }
+            None => None,
+        };
+        let mut url = origin.clone();
+        let mut method = Method::POST;
+        let mut with_body = true;
+        let mut hops = 0;
+        loop {
+            let mut builder = self.client.request(method.clone(), url.clone());
+            if with_body {
+                builder = builder.header(CONTENT_TYPE, "application/json").body(body.to_vec());
+            }
+            if same_origin(&url, origin) {
+                for (name, value) in &req.headers {
+                    builder = builder.header(name.as_str(), value.as_str());
+                }
+                if let Some((name, value)) = &credential {
+                    builder = builder.header(*name, value.clone());
+                }
+            }
+            let response = builder.send().await.map_err(classify)?;
+            let status = response.status();
+            if let Some(next) = redirect_target(&response, &url)? {
+                hops += 1;
+                if hops > MAX_REDIRECTS {
+                    return Err(Failure::Connection(format!("more than {MAX_REDIRECTS} redirects")));
+                }
+                // As reqwest (and browsers) do: 301/302/303 turn the request into a GET without a body; 307 and
+                // 308 repeat it as it was.
+                if matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER) {
+                    method = Method::GET;
+                    with_body = false;
+                }
+                url = next;
+                continue;
+            }
+            let success = status.is_success();
+            let limit = if success {
+                self.policy.max_response_bytes
+            } else {
+                MAX_ERROR_BODY.min(self.policy.max_response_bytes)
+            };
+            let headers = response.headers().clone();
+            let (body, truncated) = read_body(response, limit, !success).await?;
+            return Ok(Answer { status: status.as_u16(), headers, body, truncated });
         }
-        if let Some(auth) = &req.auth {
-            let mut value = HeaderValue::from_str(&format!("{}{}", auth.prefix, auth.key.expose())).map_err(|_| {
-                Failure::Invalid("the API key holds characters that cannot go into an HTTP header".into())
-            })?;
-            value.set_sensitive(true);
-            builder = builder.header(auth.header, value);
-        }
-        let response = builder.send().await.map_err(classify)?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(classify)?;
-        Ok((status, headers, bytes.to_vec()))
     }
 }
 
+/// Whether two URLs share scheme, host and port (the port a scheme implies counts as given).
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Where a redirect answer points, or `None` when `response` is not one to follow (a redirect status without
+/// a `Location` is an answer like any other).
+fn redirect_target(response: &Response, current: &Url) -> Result<Option<Url>, Failure> {
+    let follow = matches!(
+        response.status(),
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    );
+    let Some(location) = response.headers().get(LOCATION).filter(|_| follow) else { return Ok(None) };
+    let bad = |why: &str| Failure::Connection(format!("HTTP {} redirect {why}", response.status().as_u16()));
+    let location = location.to_str().map_err(|_| bad("with a Location that is not text"))?;
+    let next = current.join(location).map_err(|e| bad(&format!("to an invalid Location: {e}")))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(bad(&format!("to a {}: URL, which is not followed", next.scheme())));
+    }
+    Ok(Some(next))
+}
+
+/// Reads a body chunk by chunk up to `limit` bytes: a `Content-Length` above it fails before any byte is read,
+/// and reading stops as soon as the limit is passed. With `truncate`, the first `limit` bytes are kept instead
+/// of failing (the flag says so).
+async fn read_body(mut response: Response, limit: u64, truncate: bool) -> Result<(Vec<u8>, bool), Failure> {
+    let announced = response.content_length();
+    if !truncate && announced.is_some_and(|n| n > limit) {
+        return Err(Failure::TooLarge);
+    }
+    // Room for what is announced, never more than the limit nor a first guess of 1 MiB.
+    let capacity = announced.unwrap_or(0).min(limit).min(1 << 20);
+    let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        let room = usize::try_from(limit.saturating_sub(body.len() as u64)).unwrap_or(usize::MAX);
+        if chunk.len() > room {
+            if !truncate {
+                return Err(Failure::TooLarge);
+            }
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// How many bytes at the end of `text` are the start of the key (a body cut in the middle of an echoed key).
+fn key_prefix_at_end(text: &str, key: Option<&clem_core::keys::Secret>) -> usize {
+    let Some(key) = key.map(|k| k.expose()) else { return 0 };
+    (1..key.len()).rev().find(|&n| key.is_char_boundary(n) && text.ends_with(&key[..n])).unwrap_or(0)
+}
+
 fn classify(e: reqwest::Error) -> Failure {
+    // reqwest's connect_timeout is both a connect error and a timeout: it is reported with its own setting.
+    if e.is_connect() && e.is_timeout() {
+        return Failure::ConnectTimeout;
+    }
     if e.is_timeout() {
-        return Failure::Timeout;
+        return Failure::Timeout { cut: false };
     }
     if e.is_builder() {
         return Failure::Invalid(chain(&e));

@@ -6,8 +6,9 @@
 //! with backoff and the providers' rate-limit headers ([`retry`]), concurrency and requests-per-minute limits,
 //! and the synchronous [`remote::RemoteModel`] that implements `clem_core::Model` on top of it.
 //!
-//! The API key lives in a [`Secret`] inside [`Auth`] and is only ever written into one request header; errors
-//! that carry provider bodies are scrubbed of it.
+//! The API key lives in a [`Secret`] inside [`Auth`] and is only ever written into one request header, and only
+//! for the request URL's own origin (a redirect elsewhere drops it); errors that carry provider bodies are
+//! scrubbed of it.
 
 pub mod error;
 pub mod executor;
@@ -34,6 +35,8 @@ pub const REMOTE_CONFIG: &[KeySpec] = &[
     ("requests_per_minute", T::Count),
     ("timeout", T::Number),
     ("connect_timeout", T::Number),
+    ("deadline", T::Number),
+    ("max_response_bytes", T::Count),
     ("max_attempts", T::Count),
     ("retry_base_delay", T::Number),
     ("retry_max_delay", T::Number),
@@ -76,7 +79,9 @@ impl Auth {
 #[derive(Clone, Debug)]
 pub struct ApiRequest {
     pub url: String,
-    /// Non-secret headers (`content-type` is always added by the executor).
+    /// Further headers (`content-type` is always added by the executor). Like `auth`, they go only to the URL's
+    /// own origin: a redirect to another host drops them (an account id such as `OpenAI-Organization` is no
+    /// business of another host).
     pub headers: Vec<(String, String)>,
     pub auth: Option<Auth>,
     pub body: Value,
@@ -120,6 +125,27 @@ mod tests {
     fn urls_join_with_one_slash() {
         assert_eq!(join_url("http://x/v1/", "/chat/completions"), "http://x/v1/chat/completions");
         assert_eq!(join_url("http://x/v1", "chat/completions"), "http://x/v1/chat/completions");
+    }
+
+    /// `clem registry check` knows the call limits of every backend that sends through the executor: good values
+    /// pass, bad ones are reported (before: any value passed the check and failed only when the model loaded).
+    #[test]
+    fn the_call_limits_pass_the_registry_check() {
+        let schemas = crate::schemas();
+        let remote = ["openai", "openai_compatible", "openrouter", "azure", "anthropic", "google", "mistral", "cohere"];
+        for backend in remote.iter().chain(&["vllm"]) {
+            let check = |config: serde_json::Value| {
+                let entry = serde_json::json!({"model_name": "m", "backend": backend, "model_id": "x",
+                    "model_config": config});
+                let problems = clem_core::schema::check_entry(&entry, "r.json", 0, &schemas);
+                ["deadline", "max_response_bytes"]
+                    .map(|key| problems.iter().any(|p| p.key == format!("model_config.{key}")))
+            };
+            let good = check(serde_json::json!({"deadline": 60, "max_response_bytes": 1_048_576}));
+            assert_eq!(good, [false, false], "{backend}");
+            let bad = check(serde_json::json!({"deadline": "soon", "max_response_bytes": -1}));
+            assert_eq!(bad, [true, true], "{backend}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! remote loader needs: credentials with a clear error, the base URL, and per-model limits from the entry.
 //!
 //! `model_config` keys read here (all optional): `timeout` and `connect_timeout` (seconds, defaults 300 and 10),
-//! `max_attempts` (5), `retry_base_delay` (0.5 s) and `retry_max_delay` (60 s), `max_concurrency` (8),
+//! `deadline` (seconds for the whole call, retries and waits included, default 900), `max_response_bytes`
+//! (64 MiB), `max_attempts` (5), `retry_base_delay` (0.5 s) and `retry_max_delay` (60 s), `max_concurrency` (8),
 //! `requests_per_minute` (none), `base_url`, and `danger_accept_invalid_certs` (also accepted in the key.json
 //! section: turns TLS certificate verification off, for self-signed local servers only).
 
@@ -10,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clem_core::keys::{KeySection, Secret, ENV_FALLBACK};
-use clem_core::{BatchMode, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{BatchMode, Cancel, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
 use serde_json::{json, Value};
 
-use super::executor::{run_sync, Executor, Limits};
+use super::executor::{run_sync_cancellable, Executor, Limits};
 use super::retry::Policy;
 use super::{Adapter, ApiRequest, RemoteError};
 use crate::LoadContext;
@@ -45,6 +46,41 @@ impl RemoteModel {
     /// The request this model would send (for tests and `--dry-run` style tools); nothing is sent.
     pub fn build_request(&self, messages: &[Message], args: &GenArgs) -> Result<ApiRequest, RemoteError> {
         self.inner.adapter.build(messages, args)
+    }
+}
+
+impl RemoteModel {
+    /// Sends every request of `batch` at once; a row whose flag in `cancels` is set is aborted (its connection
+    /// dropped, queued retries never sent) and answers [`ModelError::Cancelled`].
+    fn generate_batch(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
+        let name = &self.inner.name;
+        let provider = self.inner.adapter.provider();
+        let calls: Vec<_> = batch
+            .iter()
+            .map(|messages| {
+                let request = self.inner.adapter.build(messages, args);
+                let inner = Arc::clone(&self.inner);
+                async move { inner.call(request?).await }
+            })
+            .collect();
+        match run_sync_cancellable(calls, cancels) {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| match r {
+                    Some(r) => r.map_err(|e| ModelError::backend(name, e)),
+                    None => Err(ModelError::cancelled(name)),
+                })
+                .collect(),
+            Err(message) => batch
+                .iter()
+                .map(|_| Err(ModelError::backend(name, RemoteError::Internal { provider, message: message.clone() })))
+                .collect(),
+        }
     }
 }
 
@@ -86,46 +122,25 @@ impl Model for RemoteModel {
         &self.spec
     }
 
-    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
-        let name = &self.inner.name;
-        let request = self.inner.adapter.build(messages, args).map_err(|e| ModelError::backend(name, e))?;
-        let inner = Arc::clone(&self.inner);
-        let provider = inner.adapter.provider();
-        run_sync(async move { inner.call(request).await })
-            .unwrap_or_else(|message| Err(RemoteError::Internal { provider, message }))
-            .map_err(|e| ModelError::backend(name, e))
+    fn generate_response(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+    ) -> Result<Generation, ModelError> {
+        self.generate_batch(&[messages.to_vec()], args, std::slice::from_ref(cancel))
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::backend(&self.inner.name, "no result")))
     }
 
     /// All requests at once, as many in flight as `max_concurrency` allows; results in input order.
-    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
-        let name = self.inner.name.clone();
-        let provider = self.inner.adapter.provider();
-        let requests: Vec<Result<ApiRequest, RemoteError>> =
-            batch.iter().map(|messages| self.inner.adapter.build(messages, args)).collect();
-        let inner = Arc::clone(&self.inner);
-        let results = run_sync(async move {
-            let tasks: Vec<_> = requests
-                .into_iter()
-                .map(|request| {
-                    let inner = Arc::clone(&inner);
-                    tokio::spawn(async move { inner.call(request?).await })
-                })
-                .collect();
-            let mut out = Vec::with_capacity(tasks.len());
-            for task in tasks {
-                out.push(task.await.unwrap_or_else(|e| {
-                    Err(RemoteError::Internal { provider, message: format!("request task failed: {e}") })
-                }));
-            }
-            out
-        });
-        match results {
-            Ok(results) => results.into_iter().map(|r| r.map_err(|e| ModelError::backend(&name, e))).collect(),
-            Err(message) => batch
-                .iter()
-                .map(|_| Err(ModelError::backend(&name, RemoteError::Internal { provider, message: message.clone() })))
-                .collect(),
-        }
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
+        self.generate_batch(batch, args, cancels)
     }
 
     fn batch_mode(&self) -> BatchMode {
@@ -172,6 +187,11 @@ pub fn settings(spec: &ModelSpec) -> Result<(Policy, Limits), String> {
         max_delay: seconds("retry_max_delay")?.unwrap_or(d.max_delay),
         connect_timeout: seconds("connect_timeout")?.unwrap_or(d.connect_timeout),
         timeout: seconds("timeout")?.unwrap_or(d.timeout),
+        deadline: match seconds("deadline")? {
+            Some(s) if s.is_zero() => return Err("model_config.deadline: must be more than 0 seconds".into()),
+            other => other.unwrap_or(d.deadline),
+        },
+        max_response_bytes: count("max_response_bytes", 1)?.unwrap_or(d.max_response_bytes),
     };
     let limits = Limits {
         max_concurrency: count("max_concurrency", 1)?
@@ -272,12 +292,19 @@ mod tests {
         assert_eq!((p, l), (Policy::default(), Limits::default()));
         let (p, l) = settings(&spec(json!({"model_name": "m", "model_config": {
             "timeout": 2.5, "connect_timeout": 1, "max_attempts": 2, "max_concurrency": 32,
-            "requests_per_minute": 600, "retry_base_delay": 0.01}})))
+            "requests_per_minute": 600, "retry_base_delay": 0.01, "deadline": 60, "max_response_bytes": 1024}})))
         .expect("overrides");
         assert_eq!(p.timeout, Duration::from_millis(2500));
+        assert_eq!((p.deadline, p.max_response_bytes), (Duration::from_secs(60), 1024));
         assert_eq!((p.max_attempts, l.max_concurrency, l.requests_per_minute), (2, 32, Some(600)));
         assert!(settings(&spec(json!({"model_name": "m", "model_config": {"timeout": "soon"}}))).is_err());
         assert!(settings(&spec(json!({"model_name": "m", "model_config": {"max_attempts": 0}}))).is_err());
+        let e = settings(&spec(json!({"model_name": "m", "model_config": {"max_response_bytes": -1}})));
+        assert!(e.is_err_and(|e| e.contains("model_config.max_response_bytes")));
+        for bad in [json!("soon"), json!(0)] {
+            let e = settings(&spec(json!({"model_name": "m", "model_config": {"deadline": bad}})));
+            assert!(e.is_err_and(|e| e.contains("model_config.deadline")));
+        }
     }
 
     #[test]

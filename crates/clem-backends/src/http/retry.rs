@@ -13,7 +13,7 @@ use serde_json::Value;
 /// Statuses worth another attempt.
 pub const RETRYABLE_STATUSES: [u16; 8] = [408, 409, 429, 500, 502, 503, 504, 529];
 
-/// Timeouts and retry bounds of one model.
+/// Timeouts, retry bounds and the response size limit of one model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// Attempts in all, the first included (at least 1).
@@ -24,8 +24,13 @@ pub struct Policy {
     pub max_delay: Duration,
     /// Connecting (TCP and TLS).
     pub connect_timeout: Duration,
-    /// The whole request, from sending to the last byte of the body.
+    /// One attempt, from sending to the last byte of the body (redirects included).
     pub timeout: Duration,
+    /// The whole call: every attempt and every wait between attempts, from the first attempt's start. An
+    /// attempt gets at most the time left.
+    pub deadline: Duration,
+    /// The largest response body read; a larger one fails the call (not retried).
+    pub max_response_bytes: u64,
 }
 
 impl Default for Policy {
@@ -36,6 +41,8 @@ impl Default for Policy {
             max_delay: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(300),
+            deadline: Duration::from_secs(15 * 60),
+            max_response_bytes: 64 << 20,
         }
     }
 }

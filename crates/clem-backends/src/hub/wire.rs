@@ -9,8 +9,10 @@
 //! - errors from `X-Error-Code` / `X-Error-Message` (`GatedRepo`, `RepoNotFound`, `RevisionNotFound`,
 //!   `EntryNotFound`), as `hf_raise_for_status` reads them.
 //!
-//! The token only ever goes into an `Authorization` header marked sensitive; every text that reaches an error is
-//! scrubbed of it, and URLs in errors lose their query (a CDN's signature) and credentials.
+//! The token only ever goes into an `Authorization` header marked sensitive, and only to the hub's own origins:
+//! redirects reqwest follows drop it on a change of scheme, host or port, and no request carries a `Referer`.
+//! Every text that reaches an error is scrubbed of it and sanitised (control characters escaped, length capped),
+//! and URLs in errors lose their query (a CDN's signature) and credentials.
 
 use std::io::{Seek, Write};
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 use serde_json::Value;
 
 use super::HubError;
-use crate::http::error::redact;
+use crate::http::error::{redact, sanitize};
 
 const MAX_REDIRECTS: usize = 10;
 /// The most a revision answer may weigh (a listing of a few hundred thousand files).
@@ -77,7 +79,7 @@ impl Ctx {
             }
             source = cause.source();
         }
-        redact(&text, self.token.as_ref())
+        sanitize(&redact(&text, self.token.as_ref()))
     }
 
     fn authorize(&self, req: RequestBuilder, url: &Url, send_token: bool) -> Result<RequestBuilder, HubError> {
@@ -102,7 +104,7 @@ impl Ctx {
         let body_message =
             || serde_json::from_slice::<Value>(body).ok()?.get("error").and_then(Value::as_str).map(str::to_string);
         let raw = header("x-error-message").or_else(body_message).unwrap_or_default();
-        let message: String = redact(&raw, self.token.as_ref()).chars().take(300).collect();
+        let message = sanitize(&redact(&raw, self.token.as_ref()).chars().take(300).collect::<String>());
         let (repo, endpoint, url_text) = (self.repo.clone(), self.endpoint.clone(), display_url(url));
         let token_sent = self.token.is_some();
         match header("x-error-code").as_deref() {
@@ -145,7 +147,8 @@ impl Clients {
         // ring is the only crypto provider compiled in; installing it twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = || {
-            Client::builder().connect_timeout(connect_timeout).user_agent(concat!(
+            // No Referer: a redirect to a CDN need not learn the hub URL that sent it there.
+            Client::builder().connect_timeout(connect_timeout).referer(false).user_agent(concat!(
                 "clemrs/",
                 env!("CARGO_PKG_VERSION"),
                 "; hf_hub"
@@ -327,7 +330,9 @@ enum Stop {
 /// Downloads `fetch.meta.location` into `fetch.dest`; returns the bytes written. On error `dest` may hold a part.
 pub async fn download(clients: Clients, ctx: Ctx, fetch: Fetch) -> Result<u64, HubError> {
     let dest = &fetch.dest;
-    let mut out = std::fs::File::create(dest).map_err(|e| HubError::io(dest, e))?;
+    // A fresh random name, created exclusively: nothing another user placed there is written through.
+    let mut out =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(dest).map_err(|e| HubError::io(dest, e))?;
     let mut written = 0u64;
     let mut best = 0u64;
     let mut left = fetch.retries;
@@ -491,5 +496,11 @@ mod tests {
         assert!(matches!(e, HubError::RepoNotFound { .. }), "{e:?}");
         let e = ctx.status_error(&url, StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"", "main", "x");
         assert!(e.to_string().contains("HTTP 502"), "{e}");
+        // A hostile hub's error text reaches no terminal as escapes (before: ESC and BEL came through as they were).
+        let body = format!("{{\"error\": \"\\u001b[2J\\u001b]0;pwned\\u0007{}\"}}", "x".repeat(1 << 20));
+        let e = ctx.status_error(&url, StatusCode::BAD_GATEWAY, &HeaderMap::new(), body.as_bytes(), "main", "x");
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}") && text.len() < 1000, "{}", text.len());
     }
 }

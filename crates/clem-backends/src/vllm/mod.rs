@@ -22,7 +22,7 @@ use clem_core::cleaning::Cleaner;
 use clem_core::hf::{resolve_model_dir, TokenizerFiles};
 use clem_core::schema::{BackendSchema, KeyType as T};
 use clem_core::template::ChatTemplate;
-use clem_core::{BatchMode, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{BatchMode, Cancel, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
 use serde_json::Value;
 
 use crate::http::remote::extra_body;
@@ -56,6 +56,8 @@ pub const BACKEND: Backend = Backend {
             ("requires_api_key", T::Bool),
             ("timeout", T::Number),
             ("connect_timeout", T::Number),
+            ("deadline", T::Number),
+            ("max_response_bytes", T::Count),
             ("max_attempts", T::Count),
             ("max_concurrency", T::Count),
         ],
@@ -82,11 +84,21 @@ impl Model for VllmModel {
     fn spec(&self) -> &ModelSpec {
         self.remote.spec()
     }
-    fn generate_response(&self, messages: &[Message], args: &GenArgs) -> Result<Generation, ModelError> {
-        self.remote.generate_response(messages, args)
+    fn generate_response(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+    ) -> Result<Generation, ModelError> {
+        self.remote.generate_response(messages, args, cancel)
     }
-    fn generate_batch_response(&self, batch: &[Vec<Message>], args: &GenArgs) -> Vec<Result<Generation, ModelError>> {
-        self.remote.generate_batch_response(batch, args)
+    fn generate_batch_response(
+        &self,
+        batch: &[Vec<Message>],
+        args: &GenArgs,
+        cancels: &[Cancel],
+    ) -> Vec<Result<Generation, ModelError>> {
+        self.remote.generate_batch_response(batch, args, cancels)
     }
     fn batch_mode(&self) -> BatchMode {
         // vLLM batches continuously on the server: send requests concurrently.
