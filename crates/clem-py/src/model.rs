@@ -214,13 +214,11 @@ pub fn interruptible<T: Send + 'static>(
         return Ok(py.detach(work));
     }
     let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("clemrs-call".into())
-        .spawn(move || {
-            // The receiver is gone only when the caller was interrupted: nobody wants the result.
-            let _ = tx.send(work());
-        })
-        .map_err(|e| backend_error(py, format!("cannot start a thread for the call: {e}")))?;
+    helpers::run(Box::new(move || {
+        // The receiver is gone only when the caller was interrupted: nobody wants the result.
+        let _ = tx.send(work());
+    }))
+    .map_err(|e| backend_error(py, format!("cannot start a thread for the call: {e}")))?;
     let mut rx = rx;
     loop {
         let (back, got) = py.detach(move || {
@@ -240,6 +238,42 @@ pub fn interruptible<T: Send + 'static>(
                 return Err(backend_error(py, "the call's thread stopped without a result (a panic in clemrs)"))
             }
         }
+    }
+}
+
+/// The helper threads of [`interruptible`], kept between calls: starting a thread per call cost about as much as
+/// a whole loopback request.
+mod helpers {
+    use std::sync::mpsc::{self, Sender};
+    use std::sync::Mutex;
+
+    pub type Job = Box<dyn FnOnce() + Send>;
+
+    /// Idle helpers, each waiting on its own channel.
+    static IDLE: Mutex<Vec<Sender<Job>>> = Mutex::new(Vec::new());
+
+    /// Runs `job` on an idle helper, or on a new one when none is idle (an interrupted call keeps its helper
+    /// until the cancelled work returns).
+    pub fn run(job: Job) -> std::io::Result<()> {
+        let idle = IDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let job = match idle {
+            Some(helper) => match helper.send(job) {
+                Ok(()) => return Ok(()),
+                // That helper is gone (it cannot be, but then a new one takes the job).
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("clemrs-call".into()).spawn(move || {
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                job();
+                IDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tx.clone());
+                next = rx.recv().ok();
+            }
+        })?;
+        Ok(())
     }
 }
 
