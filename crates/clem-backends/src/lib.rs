@@ -28,7 +28,7 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 
 use clem_core::keys::Keys;
-use clem_core::registry::{has_errors, Registry};
+use clem_core::registry::{has_errors, Entry, Registry};
 use clem_core::schema::{BackendSchema, Severity};
 use clem_core::{LoadedModel, Message, Model, ModelError, ModelSpec};
 
@@ -101,23 +101,37 @@ pub struct LoadContext {
     pub human_input: Option<Arc<Mutex<dyn BufRead + Send>>>,
     /// Threads for local inference (`None`: the backend's default).
     pub threads: Option<usize>,
+    /// The registry entry the spec was resolved from (set by [`load_model`]), so a loader can refuse what the
+    /// entry's [`Origin`](clem_core::registry::Origin) may not ask for; `None` for a spec built by the caller.
+    pub entry: Option<Entry>,
 }
 
 /// Resolves a selector and loads its model: reserved names first, then the first unifying registry entry,
 /// whose problems (if any are errors) make loading fail with every problem listed.
 pub fn load_model(registry: &Registry, selector: &ModelSpec, ctx: &LoadContext) -> Result<LoadedModel, ModelError> {
-    let spec = resolve(registry, selector)?;
-    load_spec(&spec, ctx)
+    let (spec, entry) = resolve_entry(registry, selector)?;
+    match entry {
+        Some(entry) => load_spec(&spec, &LoadContext { entry: Some(entry.clone()), ..ctx.clone() }),
+        None => load_spec(&spec, ctx),
+    }
 }
 
 /// The spec a selector stands for: reserved names as they are, else the unified registry entry; entry errors
 /// are reported here.
 pub fn resolve(registry: &Registry, selector: &ModelSpec) -> Result<ModelSpec, ModelError> {
+    resolve_entry(registry, selector).map(|(spec, _)| spec)
+}
+
+/// [`resolve`], with the entry picked (`None` for reserved names).
+fn resolve_entry<'r>(
+    registry: &'r Registry,
+    selector: &ModelSpec,
+) -> Result<(ModelSpec, Option<&'r Entry>), ModelError> {
     if selector.is_mock() || selector.is_human() {
         let mut spec = selector.clone().into_map();
         let backend = if selector.is_mock() { "mock" } else { "human" };
         spec.entry("backend").or_insert_with(|| backend.into());
-        return Ok(ModelSpec::new(spec));
+        return Ok((ModelSpec::new(spec), None));
     }
     let name = selector.model_name().unwrap_or("?").to_string();
     let (spec, entry) = registry.select(selector).map_err(|e| ModelError::config(&name, e.to_string()))?;
@@ -130,7 +144,7 @@ pub fn resolve(registry: &Registry, selector: &ModelSpec) -> Result<ModelSpec, M
             format!("its registry entry cannot be used:\n  {}", lines.join("\n  ")),
         ));
     }
-    Ok(spec)
+    Ok((spec, Some(entry)))
 }
 
 /// Loads an already resolved spec.

@@ -1,6 +1,7 @@
 //! What every subcommand shares: the registry sources and key file given on the command line, loaded on demand.
 
 use std::path::PathBuf;
+use std::sync::Once;
 
 use anyhow::Context as _;
 use clem_core::keys::Keys;
@@ -24,13 +25,27 @@ impl Ctx {
         Ok(clem_backends::LoadContext { keys: self.keys()?, threads: self.threads, ..Default::default() })
     }
 
-    /// The registries, loaded once and kept for the life of the process.
+    /// The registries, kept for the life of the process; says once when ./model_registry.json shadows entries.
     pub fn registry(&self) -> anyhow::Result<&'static Registry> {
-        Ok(keep(Registry::load(&self.sources)?))
+        let registry = keep(Registry::load(&self.sources)?);
+        static SHADOWS: Once = Once::new();
+        SHADOWS.call_once(|| warn(registry.shadow_warning()));
+        Ok(registry)
     }
 
+    /// The keys; says once when the key file is open to other users.
     pub fn keys(&self) -> anyhow::Result<Keys> {
-        Keys::discover(self.keys_file.as_deref()).context("loading keys")
+        let keys = Keys::discover(self.keys_file.as_deref()).context("loading keys")?;
+        static LOOSE: Once = Once::new();
+        LOOSE.call_once(|| warn(keys.permission_warning()));
+        Ok(keys)
+    }
+}
+
+/// A warning on stderr, as every command prints them.
+fn warn(message: Option<String>) {
+    if let Some(m) = message {
+        eprintln!("clem: warning: {m}");
     }
 }
 

@@ -25,7 +25,8 @@ struct Cli {
     /// A model registry file, read before the default ones (repeatable; first has highest priority).
     #[arg(long = "registry", global = true, value_name = "FILE")]
     registries: Vec<PathBuf>,
-    /// Read only the --registry files, not ./model_registry.json nor the packaged registry.
+    /// Read only the --registry files, not ./model_registry.json, ~/.clemcore/model_registry.json nor the packaged
+    /// registry.
     #[arg(long, global = true)]
     no_default_registries: bool,
     /// The key file to use instead of ./key.json or ~/.clemcore/key.json.

@@ -44,10 +44,11 @@ fn serves_a_launched_vllm_model_and_leaves_no_orphan_when_killed() {
             "log_file": dir.path().join("vllm.log").display().to_string(), "startup_timeout": 120
         }
     }]);
-    std::fs::write(dir.path().join("model_registry.json"), registry.to_string()).expect("write registry");
+    // Named on the command line: a launcher in ./model_registry.json would be refused (data, not code).
+    std::fs::write(dir.path().join("vllm_registry.json"), registry.to_string()).expect("write registry");
     let record = dir.path().join("standin.json");
     let mut clem = Command::new(env!("CARGO_BIN_EXE_clem"))
-        .args(["serve", "-m", "smol-vllm", "--port", "0"])
+        .args(["--registry", "vllm_registry.json", "serve", "-m", "smol-vllm", "--port", "0"])
         .current_dir(dir.path())
         .env("VLLM_STANDIN_RECORD", &record)
         .stdout(Stdio::piped())

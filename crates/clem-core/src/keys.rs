@@ -2,6 +2,7 @@
 //!
 //! Lookup, first that loads wins and is used alone: `--keys FILE`, `./key.json`, `~/.clemcore/key.json`.
 //! A section missing from that file falls back to the environment variables in [`ENV_FALLBACK`].
+//! A key file other users may read (or write) is used, with a warning ([`Keys::permission_warning`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,8 @@ pub struct Keys {
     /// Files that were tried and why they were not used (shown by `clem list keys`).
     pub skipped: Vec<String>,
     env: Vec<(String, String)>,
+    /// The key file's permission bits when group or others have any (unix).
+    loose_mode: Option<u32>,
 }
 
 impl Keys {
@@ -151,15 +154,31 @@ impl Keys {
                 Err(e) => skipped.push(e.to_string()),
             }
         }
-        Ok(Keys { file: None, sections: Vec::new(), skipped, env })
+        Ok(Keys { file: None, sections: Vec::new(), skipped, env, loose_mode: None })
     }
 
     /// Reads one key file; `env` supplies the fallbacks.
     pub fn from_file(path: &Path, env: Vec<(String, String)>) -> Result<Keys, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read { path: path.into(), source })?;
+        use std::io::Read as _;
+        let read = |source| KeyFileError::Read { path: path.into(), source };
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        // The mode of the file actually read (fstat), not of whatever the path names a moment later.
+        let mode = file.metadata().map_err(read)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read)?;
         let mut keys = Self::from_json_str(&text, path)?;
         keys.env = env;
+        keys.loose_mode = loose_mode(&mode);
         Ok(keys)
+    }
+
+    /// A warning when the key file in use can be read or written by group or others, naming the fix.
+    pub fn permission_warning(&self) -> Option<String> {
+        let (mode, file) = (self.loose_mode?, self.file.as_ref()?);
+        let f = file.display();
+        Some(format!(
+            "{f}: key file is accessible to other users (mode {mode:04o}); restrict it to yourself: chmod 600 {f}"
+        ))
     }
 
     /// Parses key.json text (no environment fallback).
@@ -187,7 +206,7 @@ impl Keys {
             };
             sections.push((name, KeySection { api_key, extras: fields, source: KeySource::File(path.into()) }));
         }
-        Ok(Keys { file: Some(path.into()), sections, skipped: Vec::new(), env: Vec::new() })
+        Ok(Keys { file: Some(path.into()), sections, skipped: Vec::new(), env: Vec::new(), loose_mode: None })
     }
 
     /// Keys from the environment only (tests, or machines without key.json).
@@ -229,6 +248,19 @@ impl Keys {
     }
 }
 
+/// The permission bits when group or others have any.
+#[cfg(unix)]
+fn loose_mode(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_: &std::fs::Metadata) -> Option<u32> {
+    None
+}
+
 /// serde_json appends " at line L column C"; we report those separately.
 pub(crate) fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -265,6 +297,28 @@ mod tests {
         assert_eq!(anthropic.source, KeySource::Env("ANTHROPIC_API_KEY".into()));
         assert!(keys.section("mistral").is_none());
         assert_eq!(keys.section_names(), vec!["openai", "anthropic"]);
+    }
+
+    /// Before: a key.json readable by everyone loaded without a word.
+    #[cfg(unix)]
+    #[test]
+    fn loose_key_file_modes_warn() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.json");
+        std::fs::write(&path, r#"{"openai": {"api_key": "sk-0123456789"}}"#).expect("write");
+        for (mode, warns) in [(0o644, true), (0o640, true), (0o602, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let keys = Keys::from_file(&path, vec![]).expect("loads");
+            let w = keys.permission_warning();
+            assert_eq!(w.is_some(), warns, "{mode:o}: {w:?}");
+            if let Some(w) = w {
+                assert!(
+                    w.contains(&format!("chmod 600 {}", path.display())) && w.contains(&format!("{mode:04o}")),
+                    "{w}"
+                );
+            }
+        }
     }
 
     #[test]

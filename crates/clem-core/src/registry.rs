@@ -1,7 +1,10 @@
-//! The model registry: entries from `--registry` files, `./model_registry.json` and the packaged registry,
-//! in that priority order; selection of the first entry that unifies with a selector; the strict check.
+//! The model registry: entries from `--registry` files, `./model_registry.json`, the user's
+//! `~/.clemcore/model_registry.json` and the packaged registry, in that priority order; selection of the first
+//! entry that unifies with a selector; the strict check.
 //!
 //! Loading is lenient (a bad entry is kept and reported, never dropped silently); checking is strict.
+//! Each entry remembers its [`Origin`]: a registry in the working directory is data, not code (it may come
+//! with a cloned repository), so the backends refuse to run a program it names; see [`Origin::may_name_programs`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +21,29 @@ pub const PACKAGED_REGISTRY: &str = include_str!("../data/model_registry.json");
 pub const PACKAGED_NAME: &str = "<packaged model_registry.json>";
 /// The registry file looked up in the working directory.
 pub const LOCAL_REGISTRY: &str = "model_registry.json";
+/// The user's own registry, under the home folder (beside `key.json`).
+pub const HOME_REGISTRY: &str = ".clemcore/model_registry.json";
+
+/// Where a registry entry was read from; it decides what the entry may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A `--registry FILE` named on the command line, or text a program added itself.
+    CommandLine,
+    /// `./model_registry.json`: whatever folder `clem` runs in, possibly someone else's.
+    WorkingDir,
+    /// `~/.clemcore/model_registry.json`, the user's own configuration.
+    Home,
+    /// The registry compiled into the binary.
+    Packaged,
+}
+
+impl Origin {
+    /// Whether an entry from here may name a program to run (vllm's `model_config.launcher`). Only a registry in
+    /// the working directory may not: it is found, not chosen.
+    pub fn may_name_programs(self) -> bool {
+        self != Origin::WorkingDir
+    }
+}
 
 /// One entry as it stands in its file.
 #[derive(Clone, Debug)]
@@ -26,6 +52,7 @@ pub struct Entry {
     pub value: Value,
     pub file: Arc<str>,
     pub index: usize,
+    pub origin: Origin,
 }
 
 impl Entry {
@@ -91,7 +118,8 @@ pub struct Registry {
 pub struct Sources {
     /// `--registry` files, in command-line order.
     pub files: Vec<PathBuf>,
-    /// `--no-default-registries`: neither `./model_registry.json` nor the packaged one.
+    /// `--no-default-registries`: neither `./model_registry.json`, `~/.clemcore/model_registry.json` nor the
+    /// packaged one.
     pub no_defaults: bool,
 }
 
@@ -104,10 +132,16 @@ impl Registry {
         }
         if !sources.no_defaults {
             let local = Path::new(LOCAL_REGISTRY);
-            if local.is_file() {
-                reg.add_file(local)?;
+            let home = dirs::home_dir().map(|h| h.join(HOME_REGISTRY)).filter(|h| h.is_file());
+            // Run inside ~/.clemcore, the working-directory file is the user's own one: read it once, as such.
+            let local_is_home = home.as_ref().is_some_and(|h| same_file(local, h));
+            if local.is_file() && !local_is_home {
+                reg.add_file_from(local, Origin::WorkingDir)?;
             }
-            reg.add_str(PACKAGED_REGISTRY, PACKAGED_NAME)?;
+            if let Some(home) = home {
+                reg.add_file_from(&home, Origin::Home)?;
+            }
+            reg.add_str_from(PACKAGED_REGISTRY, PACKAGED_NAME, Origin::Packaged)?;
         }
         Ok(reg)
     }
@@ -115,22 +149,37 @@ impl Registry {
     /// Only the packaged registry.
     pub fn packaged() -> Result<Registry, RegistryError> {
         let mut reg = Registry::default();
-        reg.add_str(PACKAGED_REGISTRY, PACKAGED_NAME)?;
+        reg.add_str_from(PACKAGED_REGISTRY, PACKAGED_NAME, Origin::Packaged)?;
         Ok(reg)
     }
 
+    /// Adds a file the user named (origin [`Origin::CommandLine`]).
     pub fn add_file(&mut self, path: &Path) -> Result<(), RegistryError> {
+        self.add_file_from(path, Origin::CommandLine)
+    }
+
+    pub fn add_file_from(&mut self, path: &Path, origin: Origin) -> Result<(), RegistryError> {
         let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
-        self.add_str(&text, &path.display().to_string())
+        self.add_str_from(&text, &path.display().to_string(), origin)
+    }
+
+    /// Adds the entries of one registry text given by the program or the user (origin [`Origin::CommandLine`]).
+    pub fn add_str(&mut self, text: &str, name: &str) -> Result<(), RegistryError> {
+        self.add_str_from(text, name, Origin::CommandLine)
     }
 
     /// Adds the entries of one registry text (a list, or a single entry object).
-    pub fn add_str(&mut self, text: &str, name: &str) -> Result<(), RegistryError> {
+    pub fn add_str_from(&mut self, text: &str, name: &str, origin: Origin) -> Result<(), RegistryError> {
         let json_error = |e: serde_json::Error| RegistryError::Json {
             file: name.into(),
             line: e.line(),
             column: e.column(),
-            message: crate::keys::strip_position(&e.to_string()),
+            message: match crate::keys::strip_position(&e.to_string()) {
+                m if m == "recursion limit exceeded" => {
+                    "nested more than 128 levels deep (JSON recursion limit)".into()
+                }
+                m => m,
+            },
         };
         // Validate the whole text first (errors keep their line and column), without building any map yet.
         let raw: &RawValue = serde_json::from_str(text).map_err(json_error)?;
@@ -151,6 +200,7 @@ impl Registry {
             value,
             file: file.clone(),
             index,
+            origin,
         }));
         self.sources.push(name.into());
         Ok(())
@@ -173,6 +223,47 @@ impl Registry {
             }
         }
         Err(NoMatch { selector: selector.to_string(), searched: self.entries.len(), sources: self.sources.join(", ") })
+    }
+
+    /// Entries of `./model_registry.json` that a name selects instead of a home or packaged entry of the same
+    /// `model_name`: `(working-directory entry, the entry it hides)`, in registry order.
+    pub fn shadowing(&self) -> Vec<(&Entry, &Entry)> {
+        if !self.entries.iter().any(|e| e.origin == Origin::WorkingDir) {
+            return Vec::new();
+        }
+        let mut first: std::collections::HashMap<&str, &Entry> = std::collections::HashMap::new();
+        let mut hidden: std::collections::HashMap<&str, &Entry> = std::collections::HashMap::new();
+        for e in &self.entries {
+            let Some(name) = e.model_name() else { continue };
+            if !first.contains_key(name) {
+                first.insert(name, e);
+            } else if matches!(e.origin, Origin::Home | Origin::Packaged) {
+                hidden.entry(name).or_insert(e);
+            }
+        }
+        let mut out: Vec<(&Entry, &Entry)> = first
+            .iter()
+            .filter(|(_, e)| e.origin == Origin::WorkingDir)
+            .filter_map(|(name, e)| Some((*e, *hidden.get(name)?)))
+            .collect();
+        out.sort_by_key(|(e, _)| e.index);
+        out
+    }
+
+    /// One line saying that `./model_registry.json` hides entries, if it does (for a warning on stderr).
+    pub fn shadow_warning(&self) -> Option<String> {
+        let all = self.shadowing();
+        let (entry, hidden) = all.first()?;
+        let more = match all.len() - 1 {
+            0 => String::new(),
+            1 => " (and 1 more entry of that file hides another)".into(),
+            n => format!(" (and {n} more entries of that file hide others)"),
+        };
+        Some(format!(
+            "{} in the working directory shadows {}{more}; `clem list models -v` shows where each entry comes from",
+            entry.location(),
+            hidden.location()
+        ))
     }
 
     /// Every problem of every entry, in registry order.
@@ -212,6 +303,14 @@ fn parse_parallel(parts: &[&RawValue]) -> Result<Vec<Value>, serde_json::Error> 
         values.extend(chunk?);
     }
     Ok(values)
+}
+
+/// Whether two paths name the same file (both must exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Whether any problem is an error.
@@ -297,6 +396,51 @@ mod tests {
         broken[1000] = "{\"model_name\": }".into();
         let e = Registry::default().add_str(&format!("[{}]", broken.join(",\n")), "big.json").expect_err("invalid");
         assert!(e.to_string().starts_with("big.json: invalid JSON at line 1001, column 16"), "{e}");
+    }
+
+    #[test]
+    fn entries_keep_their_origin_and_shadowing_is_reported_once() {
+        let mut r = Registry::default();
+        r.add_str(r#"[{"model_name": "cli-only"}, {"model_name": "both"}]"#, "cli.json").expect("cli");
+        r.add_str_from(
+            r#"[{"model_name": "both"}, {"model_name": "gpt-x"}, {"model_name": "mine"}, {"model_name": "h"}]"#,
+            LOCAL_REGISTRY,
+            Origin::WorkingDir,
+        )
+        .expect("local");
+        r.add_str_from(r#"[{"model_name": "h"}]"#, "home.json", Origin::Home).expect("home");
+        r.add_str_from(r#"[{"model_name": "both"}, {"model_name": "gpt-x"}]"#, PACKAGED_NAME, Origin::Packaged)
+            .expect("packaged");
+        let origins: Vec<Origin> = r.entries().iter().map(|e| e.origin).collect();
+        use Origin::*;
+        assert_eq!(
+            origins,
+            [CommandLine, CommandLine, WorkingDir, WorkingDir, WorkingDir, WorkingDir, Home, Packaged, Packaged]
+        );
+        assert!(!WorkingDir.may_name_programs() && CommandLine.may_name_programs() && Home.may_name_programs());
+        // "both" is picked from cli.json, so the local one hides nothing; "gpt-x" and "h" are hidden.
+        let pairs: Vec<(String, String)> = r.shadowing().iter().map(|(a, b)| (a.location(), b.location())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("model_registry.json: entry 1 (gpt-x)".to_string(), format!("{PACKAGED_NAME}: entry 1 (gpt-x)")),
+                ("model_registry.json: entry 3 (h)".to_string(), "home.json: entry 0 (h)".to_string()),
+            ]
+        );
+        let w = r.shadow_warning().expect("warns");
+        assert_eq!(w.lines().count(), 1);
+        assert!(w.starts_with("model_registry.json: entry 1 (gpt-x) in the working directory shadows"), "{w}");
+        assert!(w.contains("and 1 more entry"), "{w}");
+        assert_eq!(reg(r#"[{"model_name": "a"}]"#).shadow_warning(), None);
+    }
+
+    #[test]
+    fn deeply_nested_registry_json_is_a_clear_error() {
+        let deep = format!("[{{\"model_name\": \"x\", \"k\": {}1{}}}]", "[".repeat(200), "]".repeat(200));
+        let e = Registry::default().add_str(&deep, "deep.json").expect_err("too deep").to_string();
+        // serde_json stops at 128 levels; its "recursion limit exceeded" gets the number said.
+        assert!(e.starts_with("deep.json: invalid JSON at line 1, column"), "{e}");
+        assert!(e.ends_with(": nested more than 128 levels deep (JSON recursion limit)"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! --tensor-parallel-size number_gpus [--pipeline-parallel-size N] VLLM_ARGS...` as a child ([`launcher`]),
 //! logs its output to a file, waits for `/health`, and stops it (the whole process group) when the model is
 //! dropped or clemrs dies. The program is `model_config.launcher` (a string or list), else
-//! `$CLEM_VLLM_COMMAND` (split on whitespace), else `vllm`.
+//! `$CLEM_VLLM_COMMAND` (split on whitespace), else `vllm`. A launcher from `./model_registry.json` is refused
+//! (a registry in the working directory is data, not code): it must come from `~/.clemcore/model_registry.json`,
+//! a `--registry` file, the selector or the environment.
 //! Attach mode: with `model_config.base_url` or `base_url` in the key.json section `vllm`, nothing is started.
 //!
 //! Requests go through the shared executor ([`crate::http::RemoteModel`]): by default the chat template is
@@ -136,19 +138,49 @@ pub fn vllm_args(value: Option<&Value>) -> Result<Vec<String>, String> {
     }
 }
 
-/// The program standing for `vllm`.
-fn launcher_command(spec: &ModelSpec) -> Vec<String> {
-    let from_entry = match spec.config("launcher") {
+/// The program standing for `vllm`; refused when the entry that names it comes from the working directory.
+fn launcher_command(spec: &ModelSpec, ctx: &LoadContext) -> Result<Vec<String>, String> {
+    if let Some(entry) = ctx.entry.as_ref().filter(|e| !e.origin.may_name_programs()) {
+        if entry.value.get("model_config").and_then(|c| c.get("launcher")).is_some() {
+            return Err(format!(
+                "{}: model_config.launcher: a program to run is not taken from a registry in the working directory \
+                 (it is data and may have come with the folder); put the entry in ~/.clemcore/model_registry.json \
+                 or a file named with --registry FILE, or set $CLEM_VLLM_COMMAND",
+                entry.location()
+            ));
+        }
+    }
+    let from_entry: Vec<String> = match spec.config("launcher") {
         Some(Value::String(s)) => s.split_whitespace().map(String::from).collect(),
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
         _ => Vec::new(),
     };
     if !from_entry.is_empty() {
-        return from_entry;
+        return Ok(from_entry);
     }
-    match std::env::var("CLEM_VLLM_COMMAND") {
+    Ok(match std::env::var("CLEM_VLLM_COMMAND") {
         Ok(s) if !s.trim().is_empty() => s.split_whitespace().map(String::from).collect(),
         _ => vec!["vllm".into()],
+    })
+}
+
+/// A new log file in the temporary folder, created exclusively (mode 0600) under a random name, so another
+/// local user cannot have put a file or link there first.
+fn new_log_file(name: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir();
+    let stem = name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut tries = 0;
+    loop {
+        let path = dir.join(format!("clem-vllm-{stem}-{}-{:016x}.log", std::process::id(), fastrand::u64(..)));
+        match opts.open(&path) {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(format!("cannot create a log file in {}: {e}", dir.display())),
+        }
     }
 }
 
@@ -207,17 +239,14 @@ fn load(spec: &ModelSpec, ctx: &LoadContext) -> Result<Box<dyn Model>, ModelErro
         Some(_) => None,
         None => {
             let args = launch_args(spec).map_err(config)?;
+            let command = launcher_command(spec, ctx).map_err(config)?;
             let log = match spec.config_str("log_file") {
                 Some(p) => PathBuf::from(p),
-                None => std::env::temp_dir().join(format!(
-                    "clem-vllm-{}-{}.log",
-                    name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
-                    std::process::id()
-                )),
+                None => new_log_file(&name).map_err(config)?,
             };
             let secs = spec.config("startup_timeout").and_then(Value::as_f64).filter(|s| *s > 0.0).unwrap_or(1800.0);
             let launch = LaunchSpec {
-                command: launcher_command(spec),
+                command,
                 args,
                 model: hf_id.to_string(),
                 log,
