@@ -131,8 +131,14 @@ impl Layout {
         }
         let dir = path.parent().unwrap_or(&self.repo_dir);
         std::fs::create_dir_all(dir).map_err(|e| HubError::io(dir, e))?;
-        let tmp = dir.join(format!(".{}.{:08x}.tmp", file_name(&path), fastrand::u32(..)));
-        std::fs::write(&tmp, commit).map_err(|e| HubError::io(&tmp, e))?;
+        let tmp = dir.join(format!(".{}.{:016x}.tmp", file_name(&path), fastrand::u64(..)));
+        // Created exclusively (a random name another user cannot have prepared, and no link is followed).
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| HubError::io(&tmp, e))?;
+        if let Err(e) = std::io::Write::write_all(&mut file, commit.as_bytes()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(HubError::io(&tmp, e));
+        }
         std::fs::rename(&tmp, &path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             HubError::io(&path, e)

@@ -5,7 +5,8 @@
 //!   source (`file#index`); `--json` prints the entries as a JSON list instead.
 //! - backends: `name<TAB>built|not built<TAB>credentials` where credentials is `not needed`,
 //!   `missing (section S)` or `SOURCE (section S)`.
-//! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated).
+//! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated; every value
+//!   masked, except that `base_url` shows its scheme, host and port, never its user, password, path or query).
 
 use std::process::ExitCode;
 
@@ -133,26 +134,33 @@ fn keys(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     for name in keys.section_names() {
         let Some(section) = keys.section(&name) else { continue };
         let masked = section.api_key.as_ref().map(|k| k.masked()).unwrap_or_else(|| "-".into());
-        let extras: Vec<String> = section
-            .extras
-            .iter()
-            .map(|(k, v)| {
-                let shown = match v {
-                    Value::String(s) if looks_secret(k) => clem_core::keys::mask(s),
-                    Value::String(s) => s.clone(),
-                    other if looks_secret(k) => clem_core::keys::mask(&other.to_string()),
-                    other => other.to_string(),
-                };
-                format!("{k}={shown}")
-            })
-            .collect();
+        let extras: Vec<String> = section.extras.iter().map(|(k, v)| format!("{k}={}", shown_extra(k, v))).collect();
         println!("{name}\t{masked}\t{}\t{}", section.source, extras.join(","));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Extras whose name suggests a credential are masked too.
-fn looks_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["key", "token", "secret", "password"].iter().any(|w| k.contains(w))
+/// An extra of a key.json section as listed: any field may hold a credential (a `bearer`, a password), so all
+/// are masked; `base_url` shows where requests go (scheme, host, port) and nothing else of it.
+fn shown_extra(key: &str, value: &Value) -> String {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match url_origin(&text) {
+        Some(origin) if key == "base_url" => origin,
+        _ => clem_core::keys::mask(&text),
+    }
+}
+
+/// `scheme://host[:port]` of a URL, without user, password, path, query or fragment; `None` when it is not one.
+fn url_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // The user part ends at the last '@' (a password may hold one).
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:[]%".contains(c));
+    (scheme_ok && host_ok).then(|| format!("{scheme}://{host}"))
 }

@@ -1,7 +1,8 @@
 //! `clem register key|model`: create or update `./key.json` (mode 0600) and `./model_registry.json`.
 //!
 //! `--set KEY=VALUE` values are read as JSON when they parse (`true`, `3`, `{"a": 1}`), else as strings;
-//! dotted keys (`model_config.eos_to_cull=...`) write into nested objects. Files are rewritten atomically.
+//! dotted keys (`model_config.eos_to_cull=...`) write into nested objects. Files are rewritten atomically,
+//! through a temporary file created exclusively under a random name.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -76,28 +77,25 @@ fn read_json_or(path: &Path, default: Value) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+/// Writes through a temporary file and a rename, so a crash never leaves half a file. The temporary file is
+/// created exclusively under a random name in the target's folder (another local user cannot have placed a
+/// file or link there first), with mode 0600 from the start when `private`.
 fn write_atomic(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if private {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).with_context(|| format!("{}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".clem-").suffix(".tmp");
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        builder.permissions(std::fs::Permissions::from_mode(if private { 0o600 } else { 0o644 }));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    let mut tmp =
+        builder.tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path).with_context(|| format!("{}", path.display()))?;
     Ok(())
 }
 
