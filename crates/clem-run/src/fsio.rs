@@ -1,11 +1,13 @@
-//! Crash-safe file writes and Python-compatible time stamps.
+//! Crash-safe file writes, the lock of a results folder, and Python-compatible time stamps.
 //!
 //! Every results file is written to a temporary file in the same folder, flushed to disk, then renamed over
 //! the target, and the folder is synced: a reader (or a run killed with SIGKILL) sees the old file or the
-//! new one, never half of one.
+//! new one, never half of one. Temporary files are created exclusively under random names, so nothing another
+//! user placed in the folder is written through. A run holds [`FolderLock`] on its folder (`flock`, which the
+//! kernel releases when the process dies, however it dies).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -17,6 +19,12 @@ pub enum FsError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: invalid JSON: {message}", path.display())]
     Json { path: PathBuf, message: String },
+    #[error(
+        "{}: another clem run ({holder}) is writing this results folder; wait for it to end, or use another \
+         results folder (-r)",
+        dir.display()
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
@@ -32,23 +40,102 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!("{TEMP_PREFIX}{}-{file_name}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io(path))?;
-        // The rename is durable only once the folder entry is on disk.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let suffix = format!("-{file_name}");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX).suffix(&suffix);
+    #[cfg(unix)]
+    {
+        // Results are as readable as before (the umask still applies); tempfile's default is 0600.
+        use std::os::unix::fs::PermissionsExt as _;
+        builder.permissions(fs::Permissions::from_mode(0o644));
     }
-    result
+    // Dropped on any error below, the temporary file is removed.
+    let mut tmp = builder.tempfile_in(dir).map_err(io(dir))?;
+    tmp.write_all(bytes).map_err(io(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| FsError::Io { path: path.to_path_buf(), source: e.error })?;
+    // The rename is durable only once the folder entry is on disk.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The lock file a run keeps in its folder while it writes there (removed when the run ends).
+pub const LOCK_FILE: &str = ".clem-run.lock";
+
+/// An exclusive lock on a results folder, holding the process id for others' messages. Dropping it removes
+/// the lock file and releases the lock; a killed process's lock is released by the kernel (its file stays,
+/// and the next run takes it over).
+#[derive(Debug)]
+pub struct FolderLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl FolderLock {
+    /// Locks `dir` (created if needed), or says which process holds it.
+    pub fn acquire(dir: &Path) -> Result<FolderLock, FsError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(LOCK_FILE);
+        // A run that ends removes the lock file: a file opened just before that is no longer the lock, so
+        // lock whatever the path names now.
+        for _ in 0..100 {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io(&path))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    let mut text = String::new();
+                    let _ = (&file).take(64).read_to_string(&mut text);
+                    let pid: String = text.trim().chars().filter(char::is_ascii_digit).take(20).collect();
+                    let holder = if pid.is_empty() { "pid unknown".into() } else { format!("pid {pid}") };
+                    return Err(FsError::Locked { dir: dir.to_path_buf(), holder });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+            if !same_file(&file, &path) {
+                continue;
+            }
+            file.set_len(0).map_err(io(&path))?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io(&path))?;
+            return Ok(FolderLock { path, _file: file });
+        }
+        Err(FsError::Locked { dir: dir.to_path_buf(), holder: "its lock file keeps being replaced".into() })
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        // Removed while still held, so no other run is between its lock and this removal.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the open `file` is the one `path` names now.
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, _: &Path) -> bool {
+    true
+}
+
+/// Whether a name can be one folder or file name under a results folder: not empty, not `.` or `..`, without
+/// `/`, `\` or NUL (model and experiment names become folders).
+pub fn is_plain_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
 /// Writes JSON as clemcore's `store_json` does (UTF-8, non-ASCII kept; indented for reading) atomically.
@@ -91,6 +178,50 @@ mod tests {
         assert_eq!(isoformat(&t), "2024-05-01T12:00:03");
         let t = t + chrono::Duration::microseconds(1500);
         assert_eq!(isoformat(&t), "2024-05-01T12:00:03.001500");
+    }
+
+    /// Before: the temporary file had a fixed name (`.clem-tmp-PID-x.json`) opened with O_CREAT|O_TRUNC, so a
+    /// link placed there by another user was written through.
+    #[cfg(unix)]
+    #[test]
+    fn temp_files_are_never_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let target = dir.path().join("x.json");
+        let fixed = dir.path().join(format!("{TEMP_PREFIX}{}-x.json", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &fixed).expect("symlink");
+        write_json(&target, &serde_json::json!({"k": 1})).expect("writes");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert_eq!(read_json(&target).expect("reads"), serde_json::json!({"k": 1}));
+    }
+
+    #[test]
+    fn a_locked_folder_names_its_holder_and_is_free_once_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path().join("run");
+        let held = FolderLock::acquire(&run).expect("first");
+        let text = std::fs::read_to_string(run.join(LOCK_FILE)).expect("lock file");
+        assert_eq!(text.trim(), std::process::id().to_string());
+        // flock locks belong to an open file, so a second open in this process is refused like another process.
+        let e = FolderLock::acquire(&run).expect_err("second").to_string();
+        assert!(e.contains(&format!("another clem run (pid {})", std::process::id())), "{e}");
+        drop(held);
+        assert!(!run.join(LOCK_FILE).exists(), "removed when the run ends");
+        // A lock file left by a killed run (no lock held on it) is taken over.
+        std::fs::write(run.join(LOCK_FILE), "999999\n").expect("stale");
+        let again = FolderLock::acquire(&run).expect("stale file, no holder");
+        drop(again);
+    }
+
+    #[test]
+    fn plain_segments() {
+        for ok in ["mock", "gpt-4o", "a..b", ".hidden", "x y"] {
+            assert!(is_plain_segment(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a\\b", "a\0b", "/"] {
+            assert!(!is_plain_segment(bad), "{bad:?}");
+        }
     }
 
     #[test]

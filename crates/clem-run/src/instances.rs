@@ -43,7 +43,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Vec<Experiment>, Instances
         let name = obj
             .get("name")
             .and_then(Value::as_str)
-            .filter(|n| is_safe_name(n))
+            .filter(|n| crate::fsio::is_plain_segment(n))
             .ok_or_else(|| err(format!("experiments[{i}] needs a \"name\" usable as a folder name")))?
             .to_string();
         let list = obj
@@ -78,11 +78,6 @@ pub fn load(path: &Path) -> Result<Vec<Experiment>, InstancesError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| InstancesError { source_name: path.display().to_string(), message: e.to_string() })?;
     parse(&text, &path.display().to_string())
-}
-
-/// A name that is one plain path component (experiment names become folders).
-fn is_safe_name(n: &str) -> bool {
-    !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\\', '\0'])
 }
 
 #[cfg(test)]

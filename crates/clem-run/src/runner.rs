@@ -5,6 +5,9 @@
 //! there is one). Every call's record is on disk before the next request goes out. With `resume`, instances
 //! whose folder holds `completed.json` are skipped and every other instance is redone from scratch.
 //!
+//! A run locks its folder (`<results>/<models>/`) for its whole length: a second run there is refused, naming
+//! the process that holds it. Model names must be plain path segments, as they name that folder.
+//!
 //! `CLEM_TEST_CALL_DELAY_MS` (undocumented for users; for tests that interrupt a run) makes the runner wait
 //! that many milliseconds before each request.
 
@@ -41,6 +44,11 @@ pub enum RunError {
     Players { game: String, needed: usize, given: usize },
     #[error("no experiment named {0:?} in the instances (there are: {1})")]
     NoExperiment(String, String),
+    #[error(
+        "model name {0:?} cannot name a results folder: it must be one plain path segment (not empty, \
+         not \".\" or \"..\", without '/', '\\' or NUL)"
+    )]
+    ModelName(String),
 }
 
 /// How an instance ended in this invocation.
@@ -196,6 +204,9 @@ pub fn run(
         n => return Err(RunError::Players { game: game.name().into(), needed, given: n }),
     };
     let names: Vec<&str> = models.iter().map(LoadedModel::name).collect();
+    if let Some(bad) = names.iter().find(|n| !fsio::is_plain_segment(n)) {
+        return Err(RunError::ModelName(bad.to_string()));
+    }
     let folder = ResultsFolder { root: opts.results_dir.clone(), run_dir: recorder::run_identifier(&names) };
     let specs: Vec<_> = models.iter().map(|m| (m.spec().clone(), opts.gen_args.clone())).collect();
     let infos = recorder::model_infos(&specs);
@@ -212,6 +223,8 @@ pub fn run(
         }
     };
 
+    // Held until this function returns: a second run on this folder now would clear instances under this one.
+    let _lock = fsio::FolderLock::acquire(&folder.run_path())?;
     let run_file = RunFile::start(&folder, &infos, game.name(), &game.game_path())?;
     let mut results = Vec::new();
     let mut todo: Vec<(&Experiment, &Instance)> = Vec::new();
