@@ -10,7 +10,7 @@ use clem_backends::huggingface_local::generate;
 use clem_backends::huggingface_local::HfLocalModel;
 use clem_backends::LoadContext;
 use clem_core::registry::Registry;
-use clem_core::{BatchMode, GenArgs, LoadedModel, Message, Model, ModelError, ModelSpec};
+use clem_core::{BatchMode, FinishReason, GenArgs, LoadedModel, Message, Model, ModelError, ModelSpec};
 use serde_json::json;
 
 const REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -255,4 +255,39 @@ fn cancelled_rows_leave_the_batch() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(model) = smollm2() else { return };
     cancel_common::cancelled_rows_leave_the_batch(&model);
+}
+
+/// The Generation's usage: prompt tokens are tokenizer.json's count of the rendered prompt (the `tokenizers`
+/// crate itself, no special tokens added: the template has them), completion tokens the generated ids without
+/// the EOS that stopped them; `finish_reason` is `length` exactly when `max_tokens` cut the reply. Nothing of
+/// it is recorded (clemcore records no usage for this backend).
+#[test]
+fn usage_is_the_tokenizers_count() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(spec) = smollm2_spec() else { return };
+    let model = HfLocalModel::load(&spec, &LoadContext::default()).expect("loads");
+    let tokenizer = tokenizers::Tokenizer::from_file(model.dir().join("tokenizer.json")).expect("tokenizer.json");
+    let messages = [Message::user("What is the capital of France? Answer in one word.")];
+    let prompt = model.render(&messages).expect("renders");
+    let prompt_ids = tokenizer.encode(prompt.as_str(), false).expect("encodes").get_ids().to_vec();
+    for (max_tokens, finish) in [(40u32, FinishReason::Stop), (3, FinishReason::Length)] {
+        let args = GenArgs::new(0.0, max_tokens);
+        let g = model.generate_response(&messages, &args, &clem_core::Cancel::new()).expect("generates");
+        let (rows, _) = model
+            .generate_tokens(std::slice::from_ref(&prompt_ids), &[max_tokens as usize], &args, None, &[])
+            .expect("tokens");
+        let usage = g.usage.expect("usage");
+        assert_eq!(usage.prompt_tokens, prompt_ids.len() as u64);
+        assert_eq!(g.finish_reason, Some(finish), "max_tokens {max_tokens}");
+        let ids = &rows[0].tokens;
+        match finish {
+            FinishReason::Length => assert_eq!((usage.completion_tokens, ids.len()), (3, 3)),
+            FinishReason::Stop => {
+                assert!(rows[0].stopped_by_eos && model.eos_ids().contains(&ids[ids.len() - 1]), "{ids:?}");
+                assert_eq!(usage.completion_tokens, ids.len() as u64 - 1, "the EOS is not counted");
+            }
+        }
+        assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+        assert!(g.response.get("usage").is_none() && g.response.as_object().is_some_and(|o| o.len() == 1));
+    }
 }

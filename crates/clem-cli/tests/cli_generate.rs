@@ -19,6 +19,10 @@ fn generate_with_the_mock_player() {
     assert_eq!(triple["response_text"], "echo me");
     assert_eq!(triple["response"]["clem_player"]["model_name"], "mock");
     assert!(triple["prompt"].is_object());
+    // The normalised usage beside the triple (the mock counts words), the recorded response without it.
+    assert_eq!(triple["usage"], serde_json::json!({"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}));
+    assert_eq!(triple["finish_reason"], "stop");
+    assert!(triple["response"].get("usage").is_none());
 }
 
 #[test]

@@ -112,6 +112,28 @@ fn filters_on_metadata() {
     assert!(!stdout(&out).is_empty());
 }
 
+/// `-v` ends with the entry's pricing (`-` without one). Before: no such column.
+#[test]
+fn verbose_listing_shows_pricing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("model_registry.json"),
+        r#"[{"model_name": "priced", "backend": "openai", "model_id": "gpt-4o",
+             "model_config": {"pricing": {"input_per_million": 2.5, "output_per_million": 10}}},
+            {"model_name": "free", "backend": "openai", "model_id": "gpt-4o"}]"#,
+    )
+    .expect("write");
+    let out = clem(dir.path(), &["list", "models", "-v", "--backend", "openai"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = |name: &str| {
+        let text = stdout(&out);
+        let line = text.lines().find(|l| l.starts_with(&format!("{name}\t"))).map(String::from);
+        line.and_then(|l| l.rsplit('\t').next().map(String::from)).unwrap_or_default()
+    };
+    assert_eq!(last("priced"), "$2.5/$10 per 1M tokens");
+    assert_eq!(last("free"), "-");
+}
+
 #[test]
 fn register_key_and_model_and_list_keys_masked() {
     let dir = scratch();

@@ -5,7 +5,8 @@
 //! - [`keys`]: credentials from key.json and the environment;
 //! - [`message`] and [`model`]: messages, generation arguments, the `Model` trait and `LoadedModel`; [`cancel`]:
 //!   cancelling a request in flight;
-//! - [`template`]: Hugging Face chat templates; [`cleaning`] and [`pyregex`]: output cleaning.
+//! - [`template`]: Hugging Face chat templates; [`cleaning`] and [`pyregex`]: output cleaning;
+//! - [`usage`]: normalised token usage, finish reasons and prices.
 //!
 //! Nothing here does network or inference: backends live in `clem-backends` and heavier crates.
 
@@ -21,8 +22,10 @@ pub mod registry;
 pub mod schema;
 pub mod spec;
 pub mod template;
+pub mod usage;
 
 pub use cancel::Cancel;
 pub use message::{GenArgs, Message, Role};
 pub use model::{BatchMode, ContextExceeded, Generation, LoadedModel, Model, ModelError};
 pub use spec::ModelSpec;
+pub use usage::{FinishReason, Pricing, Usage};

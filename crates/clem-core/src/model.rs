@@ -8,13 +8,37 @@ use serde_json::{json, Value};
 use crate::cancel::Cancel;
 use crate::message::{normalize_messages, GenArgs, Message};
 use crate::spec::ModelSpec;
+use crate::usage::{FinishReason, Usage};
 
-/// What one generation returns: the exact object sent, the exact object returned, and the cleaned reply.
-#[derive(Clone, Debug, PartialEq)]
+/// What one generation returns: the exact object sent, the exact object returned, and the cleaned reply; plus
+/// what clem reads of it in normalised form (tokens, why it ended), which is never part of the recorded objects.
+/// Build it with [`Generation::new`] so that adding a field here does not touch every backend.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generation {
     pub prompt: Value,
     pub response: Value,
     pub response_text: String,
+    /// Tokens used, when the backend knows them (the provider's reply, or the local tokenizer).
+    pub usage: Option<Usage>,
+    /// Why generation stopped, when the backend knows it.
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl Generation {
+    /// The triple, with no usage and no finish reason known.
+    pub fn new(prompt: Value, response: Value, response_text: impl Into<String>) -> Generation {
+        Generation { prompt, response, response_text: response_text.into(), usage: None, finish_reason: None }
+    }
+
+    pub fn with_usage(mut self, usage: Option<Usage>) -> Generation {
+        self.usage = usage;
+        self
+    }
+
+    pub fn with_finish(mut self, finish_reason: Option<FinishReason>) -> Generation {
+        self.finish_reason = finish_reason;
+        self
+    }
 }
 
 /// The prompt did not fit: prompt tokens plus `max_tokens` exceed the context size.

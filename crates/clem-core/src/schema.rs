@@ -235,6 +235,16 @@ pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSc
             }
         }
     }
+    // Every backend may carry prices (clem run's cost, clem list models -v).
+    if let Some(pricing) = config.get("pricing") {
+        if let Err(m) = crate::usage::Pricing::from_value(pricing) {
+            let (key, message) = match m.split_once(": ") {
+                Some((k, rest)) if k.ends_with("_per_million") => (format!("model_config.pricing.{k}"), rest.into()),
+                _ => ("model_config.pricing".to_string(), m),
+            };
+            report(Severity::Error, &key, message);
+        }
+    }
     // Relations between keys, as the registry readme states them.
     let flag = |k: &str| config.get(k).is_some_and(crate::spec::py_truthy);
     if flag("cot_output") && !config.contains_key("cot_end_tag") {
@@ -379,6 +389,26 @@ mod tests {
         assert!(k.contains(&(Severity::Warning, "languages".into())));
         let line = p.iter().find(|p| p.key == "model_config.eos_to_cull").map(ToString::to_string).unwrap_or_default();
         assert!(line.starts_with("error: r.json: entry 3 (m): model_config.eos_to_cull: does not compile"), "{line}");
+    }
+
+    /// `model_config.pricing` is checked for every backend (before: any value passed the check).
+    #[test]
+    fn pricing_is_checked_for_any_backend() {
+        let entry = |pricing: serde_json::Value| {
+            json!({"model_name": "m", "backend": "local", "huggingface_id": "x",
+                   "model_config": {"eos_to_cull": "x", "premade_chat_template": true, "pricing": pricing}})
+        };
+        let errors = |pricing| {
+            let p = check_entry(&entry(pricing), "r.json", 0, &[TEST_SCHEMA]);
+            p.into_iter().filter(|p| p.severity == Severity::Error).map(|p| p.key).collect::<Vec<_>>()
+        };
+        assert!(errors(json!({"input_per_million": 2.5, "output_per_million": 10})).is_empty());
+        assert_eq!(errors(json!({"input_per_million": 2.5})), ["model_config.pricing.output_per_million"]);
+        assert_eq!(
+            errors(json!({"input_per_million": "2.5", "output_per_million": 1})),
+            ["model_config.pricing.input_per_million"]
+        );
+        assert_eq!(errors(json!(3)), ["model_config.pricing"]);
     }
 
     #[test]

@@ -293,12 +293,12 @@ mod tests {
 
     #[test]
     fn stream_ends_with_done_and_carries_the_text() {
-        let g = Generation {
-            prompt: json!({}),
-            response: json!({"response": {"choices": [{"finish_reason": "length"}],
+        let g = Generation::new(
+            json!({}),
+            json!({"response": {"choices": [{"finish_reason": "length"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 2}}}),
-            response_text: "Hello there".into(),
-        };
+            "Hello there",
+        );
         let body = stream_body("id", 1, "m", &g, true);
         assert!(body.ends_with("data: [DONE]\n\n"));
         let chunks: Vec<Value> = body

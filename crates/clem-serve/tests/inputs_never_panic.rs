@@ -300,9 +300,7 @@ struct Scripted {
 impl Scripted {
     fn answer(&self) -> Result<Generation, ModelError> {
         match script().clone() {
-            Some(Script::Reply { response, text }) => {
-                Ok(Generation { prompt: json!({}), response, response_text: text })
-            }
+            Some(Script::Reply { response, text }) => Ok(Generation::new(json!({}), response, text)),
             Some(Script::TooLong) => Err(ContextExceeded::check("m", 10, 20, 5).expect_err("exceeds").into()),
             Some(Script::Fails) | None => Err(ModelError::backend("m", "scripted failure")),
         }

@@ -30,12 +30,12 @@ impl Echo {
         if last == "too long" {
             return Err(clem_core::ContextExceeded::check("echo", 10, 20, 5).expect_err("exceeds").into());
         }
-        Ok(Generation {
-            prompt: json!({}),
-            response: json!({"response": {"choices": [{"finish_reason": "stop"}],
+        Ok(Generation::new(
+            json!({}),
+            json!({"response": {"choices": [{"finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 4, "completion_tokens": 3}}}),
-            response_text: format!("echo: {last} t={}", args.temperature),
-        })
+            format!("echo: {last} t={}", args.temperature),
+        ))
     }
 }
 

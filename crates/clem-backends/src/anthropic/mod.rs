@@ -5,9 +5,12 @@
 //! then a text block when the message has images); `max_tokens` and `temperature` as given. `thinking_mode`
 //! enables extended thinking with `thinking_budget` tokens (default 4000, as clemcore), added to `max_tokens`,
 //! and temperature 1 (required by the API). Response: the `text` blocks of `content` joined; `thinking` blocks
-//! stay in the response object.
+//! stay in the response object. Usage: `usage.input_tokens` plus the cache's `cache_creation_input_tokens`
+//! and `cache_read_input_tokens` (input_tokens leaves those out) as prompt tokens, `output_tokens` (thinking
+//! included; the API does not count it apart) as completion tokens; `stop_reason` `max_tokens` is a length cut.
 
-use clem_core::{GenArgs, Message, Model, ModelError, ModelSpec, Role};
+use clem_core::usage::count;
+use clem_core::{FinishReason, GenArgs, Message, Model, ModelError, ModelSpec, Role, Usage};
 use serde_json::{json, Map, Value};
 
 use crate::http::images::{Image, ImagePolicy};
@@ -122,6 +125,27 @@ impl Adapter for Messages {
     fn reply_text(&self, body: &Value) -> Result<String, String> {
         messages_reply(body)
     }
+
+    fn usage(&self, body: &Value) -> Option<Usage> {
+        messages_usage(body)
+    }
+
+    fn finish(&self, body: &Value) -> Option<FinishReason> {
+        match body.get("stop_reason")?.as_str()? {
+            "max_tokens" | "model_context_window_exceeded" => Some(FinishReason::Length),
+            _ => Some(FinishReason::Stop),
+        }
+    }
+}
+
+/// The `usage` of a Messages API response: input (cache writes and reads included) and output tokens.
+pub fn messages_usage(body: &Value) -> Option<Usage> {
+    let u = body.get("usage")?;
+    let cached = |key: &str| count(u.get(key)).unwrap_or(0);
+    let input = count(u.get("input_tokens"))?
+        .saturating_add(cached("cache_creation_input_tokens"))
+        .saturating_add(cached("cache_read_input_tokens"));
+    Some(Usage::new(input, count(u.get("output_tokens"))?))
 }
 
 /// The text blocks of a Messages API response, joined.
@@ -201,5 +225,18 @@ mod tests {
                                       {"type": "text", "text": "Paris"}], "stop_reason": "end_turn"});
         assert_eq!(messages_reply(&body).as_deref(), Ok("Paris"));
         assert!(messages_reply(&json!({"type": "message"})).is_err());
+    }
+
+    #[test]
+    fn usage_counts_cache_tokens_as_input_and_max_tokens_as_length() {
+        let a = adapter(json!({}));
+        let body = json!({"content": [], "stop_reason": "max_tokens", "usage": {"input_tokens": 2095,
+            "cache_creation_input_tokens": 100, "cache_read_input_tokens": 5, "output_tokens": 503}});
+        assert_eq!(a.usage(&body), Some(Usage::new(2200, 503)));
+        assert_eq!(a.finish(&body), Some(FinishReason::Length));
+        let body = json!({"stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 4}});
+        assert_eq!((a.usage(&body), a.finish(&body)), (Some(Usage::new(3, 4)), Some(FinishReason::Stop)));
+        assert_eq!(a.usage(&json!({"usage": {"output_tokens": 4}})), None);
+        assert_eq!(a.finish(&json!({"stop_reason": null})), None);
     }
 }

@@ -4,8 +4,13 @@
 //! (images as `image_url` parts); `thinking_mode` adds `{"thinking": {"type": "enabled", "token_budget"}}` when
 //! `thinking_budget` is set, else `{"type": "enabled"}`. Response: the text items of `message.content` joined;
 //! thinking items stay in the response object.
+//!
+//! Usage: `usage.billed_units` (`input_tokens`, `output_tokens`: what is paid for, so what cost is computed
+//! from), else `usage.tokens` (every token processed, the prompt template included). `finish_reason`
+//! `MAX_TOKENS` is a length cut.
 
-use clem_core::{GenArgs, Message, Model, ModelError, ModelSpec};
+use clem_core::usage::count;
+use clem_core::{FinishReason, GenArgs, Message, Model, ModelError, ModelSpec, Usage};
 use serde_json::{json, Map, Value};
 
 use crate::http::images::ImagePolicy;
@@ -76,6 +81,24 @@ impl Adapter for CohereChat {
     fn reply_text(&self, body: &Value) -> Result<String, String> {
         cohere_reply(body)
     }
+
+    fn usage(&self, body: &Value) -> Option<Usage> {
+        cohere_usage(body)
+    }
+
+    fn finish(&self, body: &Value) -> Option<FinishReason> {
+        match body.get("finish_reason")?.as_str()? {
+            "MAX_TOKENS" => Some(FinishReason::Length),
+            _ => Some(FinishReason::Stop),
+        }
+    }
+}
+
+/// The usage of a v2 chat response: billed units, else the processed tokens.
+pub fn cohere_usage(body: &Value) -> Option<Usage> {
+    let of = |units: &Value| Some(Usage::new(count(units.get("input_tokens"))?, count(units.get("output_tokens"))?));
+    let u = body.get("usage")?;
+    u.get("billed_units").and_then(of).or_else(|| u.get("tokens").and_then(of))
 }
 
 /// The text items of a v2 chat response's `message.content`, joined.
@@ -121,5 +144,21 @@ mod tests {
             {"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "Paris"}]}});
         assert_eq!(cohere_reply(&body).as_deref(), Ok("Paris"));
         assert!(cohere_reply(&json!({"id": "x"})).is_err());
+    }
+
+    #[test]
+    fn usage_prefers_billed_units() {
+        let spec: ModelSpec =
+            serde_json::from_value(json!({"model_name": "c", "model_id": "command-a"})).expect("spec");
+        let a = CohereChat::from_spec(&spec, DEFAULT_BASE_URL, None).expect("adapter");
+        let body = json!({"finish_reason": "MAX_TOKENS", "usage": {
+            "billed_units": {"input_tokens": 5, "output_tokens": 418}, "tokens": {"input_tokens": 71, "output_tokens": 420}}});
+        assert_eq!(a.usage(&body), Some(Usage::new(5, 418)));
+        assert_eq!(a.finish(&body), Some(FinishReason::Length));
+        let body =
+            json!({"finish_reason": "COMPLETE", "usage": {"tokens": {"input_tokens": 71.0, "output_tokens": 9}}});
+        assert_eq!(a.usage(&body), Some(Usage::new(71, 9)));
+        assert_eq!(a.finish(&body), Some(FinishReason::Stop));
+        assert_eq!(a.usage(&json!({"usage": {"billed_units": {}}})), None);
     }
 }

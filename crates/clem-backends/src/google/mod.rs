@@ -7,8 +7,15 @@
 //! `thinking_mode` adds `thinkingConfig` with `thinking_budget` tokens (default 4096, as clemcore) and asks for
 //! the thoughts, which stay in the response object. Response: the non-thought text parts of the first
 //! candidate; a blocked prompt or a candidate without content is an error naming the reason.
+//!
+//! Usage from `usageMetadata`: `promptTokenCount` (plus `toolUsePromptTokenCount`) as prompt tokens,
+//! `candidatesTokenCount` plus `thoughtsTokenCount` as completion tokens (both are billed as output; OpenAI counts
+//! reasoning inside completion tokens too), `thoughtsTokenCount` as reasoning tokens. The API leaves out counts
+//! that are zero, so a missing count is 0 once `promptTokenCount` is there. `finishReason` `MAX_TOKENS` is a
+//! length cut.
 
-use clem_core::{GenArgs, Message, Model, ModelError, ModelSpec, Role};
+use clem_core::usage::count;
+use clem_core::{FinishReason, GenArgs, Message, Model, ModelError, ModelSpec, Role, Usage};
 use serde_json::{json, Map, Value};
 
 use crate::http::images::{Image, ImagePolicy};
@@ -111,6 +118,27 @@ impl Adapter for GenerateContent {
     fn reply_text(&self, body: &Value) -> Result<String, String> {
         gemini_reply(body)
     }
+
+    fn usage(&self, body: &Value) -> Option<Usage> {
+        gemini_usage(body)
+    }
+
+    fn finish(&self, body: &Value) -> Option<FinishReason> {
+        match body.pointer("/candidates/0/finishReason")?.as_str()? {
+            "MAX_TOKENS" => Some(FinishReason::Length),
+            _ => Some(FinishReason::Stop),
+        }
+    }
+}
+
+/// The `usageMetadata` of a generateContent response, normalised (see the module comment).
+pub fn gemini_usage(body: &Value) -> Option<Usage> {
+    let u = body.get("usageMetadata")?;
+    let n = |key: &str| count(u.get(key)).unwrap_or(0);
+    let prompt = count(u.get("promptTokenCount"))?.saturating_add(n("toolUsePromptTokenCount"));
+    let thoughts = count(u.get("thoughtsTokenCount"));
+    let completion = n("candidatesTokenCount").saturating_add(thoughts.unwrap_or(0));
+    Some(Usage::new(prompt, completion).with_reasoning(thoughts))
 }
 
 /// The answer text of a generateContent response (thought parts left out).
@@ -196,5 +224,20 @@ mod tests {
             req.body["contents"][0]["parts"][0],
             json!({"inline_data": {"mime_type": "image/png", "data": "AAAA"}})
         );
+    }
+
+    #[test]
+    fn usage_counts_thoughts_as_reasoning_output() {
+        let a = adapter(json!({}));
+        let body = json!({"candidates": [{"finishReason": "MAX_TOKENS"}], "usageMetadata": {"promptTokenCount": 8,
+            "candidatesTokenCount": 10, "thoughtsTokenCount": 102, "totalTokenCount": 120}});
+        assert_eq!(a.usage(&body), Some(Usage::new(8, 112).with_reasoning(Some(102))));
+        assert_eq!(a.finish(&body), Some(FinishReason::Length));
+        // Zero counts are left out by the API: thinking took the whole budget, no candidate tokens.
+        let body = json!({"candidates": [{"finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 8, "thoughtsTokenCount": 30, "toolUsePromptTokenCount": 2}});
+        assert_eq!(a.usage(&body), Some(Usage::new(10, 30).with_reasoning(Some(30))));
+        assert_eq!(a.finish(&body), Some(FinishReason::Stop));
+        assert_eq!(a.usage(&json!({"usageMetadata": {"candidatesTokenCount": 3}})), None);
     }
 }

@@ -6,6 +6,9 @@
 //! with backoff and the providers' rate-limit headers ([`retry`]), concurrency and requests-per-minute limits,
 //! and the synchronous [`remote::RemoteModel`] that implements `clem_core::Model` on top of it.
 //!
+//! Each adapter also reads the provider's token usage and finish reason into clem's normalised form
+//! ([`Adapter::usage`], [`Adapter::finish`]); the response object itself stays as the provider sent it.
+//!
 //! The API key lives in a [`Secret`] inside [`Auth`] and is only ever written into one request header, and only
 //! for the request URL's own origin (a redirect elsewhere drops it); errors that carry provider bodies are
 //! scrubbed of it.
@@ -18,7 +21,7 @@ pub mod retry;
 
 use clem_core::keys::Secret;
 use clem_core::schema::{BackendSchema, KeySpec, KeyType as T};
-use clem_core::{GenArgs, Message};
+use clem_core::{FinishReason, GenArgs, Message, Usage};
 use serde_json::{Map, Value};
 
 pub use error::RemoteError;
@@ -102,6 +105,16 @@ pub trait Adapter: Send + Sync + 'static {
     /// (recorded as `cot_content` in the response object, as the local backends do).
     fn reply(&self, body: &Value) -> Result<(String, Option<String>), String> {
         self.reply_text(body).map(|text| (text, None))
+    }
+
+    /// The provider's token counts of a successful response body, normalised; `None` when it sent none.
+    fn usage(&self, _body: &Value) -> Option<Usage> {
+        None
+    }
+
+    /// Why the provider stopped (`Length` when the token budget cut the reply); `None` when it does not say.
+    fn finish(&self, _body: &Value) -> Option<FinishReason> {
+        None
     }
 }
 

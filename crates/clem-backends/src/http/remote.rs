@@ -103,6 +103,8 @@ impl Inner {
             body: raw(),
             attempts,
         })?;
+        let usage = self.adapter.usage(&response);
+        let finish = self.adapter.finish(&response);
         if let Value::Object(obj) = &mut response {
             if let Some(cot) = cot_content {
                 obj.insert("cot_content".into(), Value::String(cot));
@@ -113,7 +115,7 @@ impl Inner {
                 json!({ "attempts": attempts, "request_seconds": exchange.elapsed.as_secs_f64() }),
             );
         }
-        Ok(Generation { prompt: request.body, response, response_text: text })
+        Ok(Generation::new(request.body, response, text).with_usage(usage).with_finish(finish))
     }
 }
 

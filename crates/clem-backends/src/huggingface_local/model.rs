@@ -5,6 +5,10 @@
 //! Recorded objects, as clemcore: the prompt is `{inputs, max_new_tokens, temperature}` where `inputs` is the
 //! decoded prompt tokens (with the batch's padding, as `batch_decode` gives it); the response is
 //! `{"response": <decoded prompt + output, special tokens kept>}`, plus `cot_content` with `cot_output`.
+//!
+//! Usage (the `Generation`'s only: clemcore records none): the rendered prompt's tokens (no padding), and the
+//! generated ids without the EOS that stopped them, as the llamacpp backend counts; cleaning does not change
+//! the counts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +17,9 @@ use clem_core::cleaning::Cleaner;
 use clem_core::hf::TokenizerFiles;
 use clem_core::message::messages_to_json;
 use clem_core::template::{ChatTemplate, RenderOptions};
-use clem_core::{BatchMode, Cancel, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{
+    BatchMode, Cancel, ContextExceeded, FinishReason, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Usage,
+};
 use serde_json::{json, Map, Value};
 
 use super::causal_lm::CausalLm;
@@ -370,15 +376,16 @@ impl HfLocalModel {
             .cleaner
             .clean(&output_text, &prompt_text, Some(&cut))
             .map_err(|e| ModelError::backend(&self.name, e))?;
-        Ok(Generation {
-            prompt: json!({
-                "inputs": prompt_text,
-                "max_new_tokens": args.max_tokens,
-                "temperature": args.temperature,
-            }),
-            response: clem_core::cleaning::response_object(&output_text, &cleaned),
-            response_text: cleaned.text,
-        })
+        let recorded = json!({
+            "inputs": prompt_text,
+            "max_new_tokens": args.max_tokens,
+            "temperature": args.temperature,
+        });
+        let generated = out.tokens.len() - usize::from(out.stopped_by_eos && !out.tokens.is_empty());
+        let finish = if out.stopped_by_eos { FinishReason::Stop } else { FinishReason::Length };
+        Ok(Generation::new(recorded, clem_core::cleaning::response_object(&output_text, &cleaned), cleaned.text)
+            .with_usage(Some(Usage::new(prompt.len() as u64, generated as u64)))
+            .with_finish(Some(finish)))
     }
 }
 

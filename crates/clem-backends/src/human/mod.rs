@@ -80,11 +80,7 @@ impl Model for HumanPlayer {
         }
         .map_err(|e| ModelError::backend(name, e))?
         .ok_or_else(|| ModelError::backend(name, "the terminal closed before a reply was typed"))?;
-        Ok(Generation {
-            prompt: json!({ "messages": messages_to_json(messages) }),
-            response: json!({ "response": reply }),
-            response_text: reply,
-        })
+        Ok(Generation::new(json!({ "messages": messages_to_json(messages) }), json!({ "response": reply }), reply))
     }
 
     fn normalizes_messages(&self) -> bool {

@@ -6,6 +6,9 @@
 //! response is `{"response": <completion>}` with llama-cpp-python's completion object (`id`, `object`,
 //! `created`, `model`, `choices: [{text, index, logprobs, finish_reason}]`, `usage`), plus `cot_content` when the
 //! entry has `cot_output`.
+//!
+//! Usage (the `Generation`'s, equal to the recorded `usage`): the rendered prompt's tokens, and the generated
+//! tokens without the end-of-generation token that stopped them (as llama-cpp-python counts).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,7 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clem_core::cleaning::Cleaner;
 use clem_core::message::messages_to_json;
 use clem_core::template::{ChatTemplate, RenderOptions};
-use clem_core::{BatchMode, Cancel, ContextExceeded, GenArgs, Generation, Message, Model, ModelError, ModelSpec};
+use clem_core::{
+    BatchMode, Cancel, ContextExceeded, FinishReason, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Usage,
+};
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Map, Value};
 
@@ -156,6 +161,12 @@ impl LlamaCppModel {
             .map_err(|e| ModelError::config(&self.name, e.to_string()))
     }
 
+    /// Token ids of a rendered prompt, as generation counts them (for tests and tools).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<i32>, ModelError> {
+        let tokens = self.engine.tokenize(text).map_err(|e| ModelError::backend(&self.name, e))?;
+        Ok(tokens.into_iter().map(|t| t.0).collect())
+    }
+
     /// Tokenizes a rendered prompt and checks it against the context size.
     fn tokens_for(&self, prompt: &str, max_tokens: u32, index: Option<usize>) -> Result<Vec<LlamaToken>, ModelError> {
         let tokens = self.engine.tokenize(prompt).map_err(|e| ModelError::backend(&self.name, e))?;
@@ -245,16 +256,16 @@ impl LlamaCppModel {
         if let Some(cot) = cleaned.cot_content {
             response.insert("cot_content".into(), Value::String(cot));
         }
-        Ok(Generation {
-            prompt: json!({
-                "inputs": prompt_text,
-                "max_new_tokens": args.max_tokens,
-                "temperature": args.temperature,
-                "return_full_text": false,
-            }),
-            response: Value::Object(response),
-            response_text: cleaned.text,
-        })
+        let prompt = json!({
+            "inputs": prompt_text,
+            "max_new_tokens": args.max_tokens,
+            "temperature": args.temperature,
+            "return_full_text": false,
+        });
+        let finish = if out.finish == Finish::Length { FinishReason::Length } else { FinishReason::Stop };
+        Ok(Generation::new(prompt, Value::Object(response), cleaned.text)
+            .with_usage(Some(Usage::new(out.prompt_tokens as u64, completion_tokens as u64)))
+            .with_finish(Some(finish)))
     }
 }
 

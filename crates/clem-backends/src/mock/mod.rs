@@ -3,12 +3,17 @@
 //! Replies come from the selector's `replies` list (cycled, one per call, e.g.
 //! `-m '{"model_name": "mock", "replies": ["GREET: hello"]}'`), else from the game's responder
 //! ([`crate::LoadContext::responder`]), else the last user message is echoed.
+//!
+//! It has no tokenizer: its usage counts words (whitespace-separated) of the messages and of the reply, so that
+//! clients of `clem serve` and run totals see counts that add up. Nothing of it is recorded.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clem_core::message::messages_to_json;
 use clem_core::schema::BackendSchema;
-use clem_core::{BatchMode, Cancel, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Role};
+use clem_core::{
+    BatchMode, Cancel, FinishReason, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Role, Usage,
+};
 use serde_json::{json, Value};
 
 use crate::{Backend, LoadContext, Responder};
@@ -72,11 +77,12 @@ impl Model for MockModel {
 
     fn generate_response(&self, messages: &[Message], _args: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
         let text = self.reply(messages);
-        Ok(Generation {
-            prompt: json!({ "messages": messages_to_json(messages) }),
-            response: json!({ "response": text }),
-            response_text: text,
-        })
+        let words = |s: &str| s.split_whitespace().count() as u64;
+        let prompt_words = messages.iter().map(|m| words(&m.content)).sum();
+        let usage = Usage::new(prompt_words, words(&text));
+        Ok(Generation::new(json!({ "messages": messages_to_json(messages) }), json!({ "response": text }), text)
+            .with_usage(Some(usage))
+            .with_finish(Some(FinishReason::Stop)))
     }
 
     fn batch_mode(&self) -> BatchMode {
@@ -123,5 +129,18 @@ mod tests {
         assert_eq!(g.response_text, "2 msgs");
         let bad = ModelSpec::parse_selector(r#"{"model_name": "mock", "replies": []}"#).expect("selector");
         assert!(load(&bad, &LoadContext::default()).is_err());
+    }
+
+    /// Words stand for tokens; the recorded objects stay clemcore's (no usage in them).
+    #[test]
+    fn usage_counts_words_and_is_not_recorded() {
+        let spec = ModelSpec::parse_selector(r#"{"model_name": "mock", "replies": ["GREET: hello there"]}"#)
+            .expect("selector");
+        let model = load(&spec, &LoadContext::default()).expect("loads");
+        let messages = [Message::system("be  kind"), Message::user("say hello\nto Ada")];
+        let g = model.generate_response(&messages, &GenArgs::default(), &Cancel::new()).expect("generates");
+        assert_eq!(g.usage, Some(Usage::new(6, 3)));
+        assert_eq!(g.finish_reason, Some(FinishReason::Stop));
+        assert_eq!(g.response, json!({"response": "GREET: hello there"}));
     }
 }

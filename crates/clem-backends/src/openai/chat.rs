@@ -5,9 +5,13 @@
 //! with `reasoning_model` the temperature must be above 0 (clemcore's rule; OpenAI's reasoning models take
 //! only 1) and `max_tokens` becomes `max_completion_tokens`. Images become `image_url` content parts.
 //! Response: `choices[0].message.content`, a string or (Mistral) a list of chunks; `reasoning_content` or
-//! `reasoning` beside it is left in the response object, and a missing `usage` is fine.
+//! `reasoning` beside it is left in the response object, and a missing `usage` is fine. Usage is read from
+//! `usage.prompt_tokens`/`completion_tokens` and `usage.completion_tokens_details.reasoning_tokens` (OpenAI,
+//! OpenRouter, Azure; Mistral and vLLM send the first two); `finish_reason` `length` (Mistral also
+//! `model_length`) means the token budget cut the reply.
 
-use clem_core::{GenArgs, Message, ModelError, ModelSpec};
+use clem_core::usage::count;
+use clem_core::{FinishReason, GenArgs, Message, ModelError, ModelSpec, Usage};
 use serde_json::{json, Map, Value};
 
 use crate::http::images::{Image, ImagePolicy};
@@ -118,6 +122,31 @@ impl Adapter for ChatCompletions {
     fn reply_text(&self, body: &Value) -> Result<String, String> {
         chat_reply(body)
     }
+
+    fn usage(&self, body: &Value) -> Option<Usage> {
+        openai_usage(body)
+    }
+
+    fn finish(&self, body: &Value) -> Option<FinishReason> {
+        openai_finish(body)
+    }
+}
+
+/// The `usage` of a Chat Completions or Completions response: prompt and completion tokens (both needed), and
+/// the reasoning tokens when `completion_tokens_details` has them.
+pub fn openai_usage(body: &Value) -> Option<Usage> {
+    let u = body.get("usage")?;
+    let usage = Usage::new(count(u.get("prompt_tokens"))?, count(u.get("completion_tokens"))?);
+    Some(usage.with_reasoning(count(u.pointer("/completion_tokens_details/reasoning_tokens"))))
+}
+
+/// `choices[0].finish_reason`: `length` (or Mistral's `model_length`) is [`FinishReason::Length`], any other
+/// reason [`FinishReason::Stop`].
+pub fn openai_finish(body: &Value) -> Option<FinishReason> {
+    match body.pointer("/choices/0/finish_reason")?.as_str()? {
+        "length" | "model_length" => Some(FinishReason::Length),
+        _ => Some(FinishReason::Stop),
+    }
 }
 
 /// The reply of a Chat Completions response.
@@ -217,5 +246,30 @@ mod tests {
         assert!(chat_reply(&refusal).expect_err("refused").contains("refused"));
         assert!(chat_reply(&json!({"object": "list"})).is_err());
         assert!(chat_reply(&json!({"choices": []})).is_err());
+    }
+
+    #[test]
+    fn usage_and_finish_of_every_flavour() {
+        // OpenAI's documented reply of a reasoning model.
+        let o = json!({"choices": [{"finish_reason": "length"}], "usage": {"prompt_tokens": 19,
+            "completion_tokens": 1034, "total_tokens": 1053, "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 1024, "accepted_prediction_tokens": 0}}});
+        assert_eq!(openai_usage(&o), Some(Usage::new(19, 1034).with_reasoning(Some(1024))));
+        assert_eq!(openai_finish(&o), Some(FinishReason::Length));
+        // Mistral: no details; its own length reason.
+        let m = json!({"choices": [{"finish_reason": "model_length"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
+        assert_eq!(openai_usage(&m), Some(Usage::new(5, 7)));
+        assert_eq!(openai_finish(&m), Some(FinishReason::Length));
+        assert_eq!(openai_finish(&json!({"choices": [{"finish_reason": "stop"}]})), Some(FinishReason::Stop));
+        assert_eq!(openai_finish(&json!({"choices": [{"finish_reason": null}]})), None);
+        for none in [
+            json!({}),
+            json!({"usage": null}),
+            json!({"usage": {"prompt_tokens": 5}}),
+            json!({"usage": {"prompt_tokens": -1, "completion_tokens": 2}}),
+        ] {
+            assert_eq!(openai_usage(&none), None, "{none}");
+        }
     }
 }

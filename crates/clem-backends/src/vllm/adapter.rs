@@ -1,16 +1,17 @@
 //! The vLLM wire format on the shared executor: the chat template rendered by clemrs and sent as `prompt` to
 //! `/v1/completions` (so cleaning matches huggingface_local), or the messages sent to `/v1/chat/completions`
-//! when the entry says `use_chat_endpoint`. Replies are cleaned with the entry's `Cleaner` either way.
+//! when the entry says `use_chat_endpoint`. Replies are cleaned with the entry's `Cleaner` either way; usage and
+//! finish reason are read as OpenAI's (the server's own counts).
 
 use clem_core::cleaning::Cleaner;
 use clem_core::keys::Secret;
 use clem_core::message::messages_to_json;
 use clem_core::template::{ChatTemplate, RenderOptions};
-use clem_core::{GenArgs, Message};
+use clem_core::{FinishReason, GenArgs, Message, Usage};
 use serde_json::{Map, Value};
 
 use crate::http::{merge_top_level, Adapter, ApiRequest, Auth, RemoteError};
-use crate::openai::chat::{chat_messages, ImageUrlStyle};
+use crate::openai::chat::{chat_messages, openai_finish, openai_usage, ImageUrlStyle};
 
 /// How prompts reach the server.
 pub enum Endpoint {
@@ -96,5 +97,13 @@ impl Adapter for VllmAdapter {
         };
         // vLLM does not echo the prompt, so there is no prompt text to remove.
         self.cleaner.clean(raw, "", None).map(|c| (c.text, c.cot_content)).map_err(|e| e.to_string())
+    }
+
+    fn usage(&self, body: &Value) -> Option<Usage> {
+        openai_usage(body)
+    }
+
+    fn finish(&self, body: &Value) -> Option<FinishReason> {
+        openai_finish(body)
     }
 }

@@ -1,7 +1,9 @@
 //! `clem generate -m MODEL [--messages FILE | PROMPT] [-t T] [-l N] [--json]`: one generation from the shell.
 //!
 //! Prints the reply on stdout, or with `--json` the whole triple `{"prompt", "response", "response_text"}`
-//! exactly as a run would record it. `--messages FILE` reads a JSON list of `{"role", "content", "image"?}`
+//! exactly as a run would record it, plus what clem reads of it: `usage` (`prompt_tokens`,
+//! `completion_tokens`, `total_tokens`, `reasoning_tokens` when the provider counts them; `null` when the
+//! backend knows none) and `finish_reason` (`stop`, `length` or `null`). `--messages FILE` reads a JSON list of `{"role", "content", "image"?}`
 //! (`-` for standard input); a bare PROMPT is one user message.
 
 use std::io::Read as _;
@@ -66,6 +68,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             "prompt": generation.prompt,
             "response": generation.response,
             "response_text": generation.response_text,
+            "usage": generation.usage,
+            "finish_reason": generation.finish_reason,
         });
         println!("{}", serde_json::to_string_pretty(&triple)?);
     } else {

@@ -2,7 +2,8 @@
 //!
 //! Output (stable, tab-separated, one line per item):
 //! - models: `model_name<TAB>backend`; with `-v` also release_date, open_weight, parameters, context_size,
-//!   source (`file#index`); `--json` prints the entries as a JSON list instead.
+//!   source (`file#index`), pricing (`$2.5/$10 per 1M tokens` from `model_config.pricing`, else `-`); `--json`
+//!   prints the entries as a JSON list instead.
 //! - backends: `name<TAB>built|not built<TAB>credentials` where credentials is `not needed`,
 //!   `missing (section S)` or `SOURCE (section S)`.
 //! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated; every value
@@ -101,13 +102,22 @@ fn models(args: ModelArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     out.push('\t');
                     out.push_str(&field(k));
                 }
-                out.push_str(&format!("\t{}#{}", e.file, e.index));
+                out.push_str(&format!("\t{}#{}\t{}", e.file, e.index, pricing(&e.value)));
             }
             out.push('\n');
         }
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `model_config.pricing` as `$IN/$OUT per 1M tokens` (input, output), `-` when the entry has none.
+fn pricing(entry: &Value) -> String {
+    match entry.pointer("/model_config/pricing").map(clem_core::Pricing::from_value) {
+        Some(Ok(p)) => format!("${}/${} per 1M tokens", p.input_per_million, p.output_per_million),
+        Some(Err(_)) => "invalid pricing".into(),
+        None => "-".into(),
+    }
 }
 
 fn backends(ctx: &Ctx) -> anyhow::Result<ExitCode> {
