@@ -1,0 +1,155 @@
+"""The `clemrs` Python package, side by side with what a clembench user runs instead; prints ratios.
+
+Usage: python3 bench/python/run.py [overhead] [decode] [game] [--venv DIR] [--calls N]
+
+- overhead: per-call overhead of `generate_response` through clemrs's openai_compatible backend vs clemcore 3.7.2's
+  own openai_compatible backend, both against one fast loopback server (`clem serve -m mock`, another process),
+  sequential calls from Python (target: >= 10x clemcore's requests/s).
+- decode: SmolLM2-135M (`smollm2-135m`, llamacpp) greedy decode through `clemrs` from Python (wall clock around
+  `generate_response`) vs the same model through `clem generate` (its own `call_duration`); tokens/s from the
+  reply's `usage.completion_tokens`; fastest of BENCH_REPEATS (default 3) each (target: within 3%).
+- game: clemcore playing hellogame (10 instances) and guesswhat (experiment Level_1, 10 instances) with
+  `smollm2-135m-hf`, `-b 8`: wall time with the clemrs drop-in vs clemcore's own huggingface_local
+  (transformers + torch on the CPU) (target: >= 3x faster).
+
+Everything runs in one venv (--venv, default target/bench-hf-venv: created with clemcore==3.7.2, and for `game`
+torch, transformers, peft and accelerate; a bench may install, CI does not run this) into which the clemrs wheel
+is built with `maturin build --release` and installed; `clem` is target/release/clem (`cargo build --release -p
+clem-cli`; both under $CARGO_TARGET_DIR when set). Every figure is printed with the CPU model it was measured on.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def sh(cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def venv_python(venv: Path, game: bool) -> Path:
+    py = venv / "bin" / "python"
+    wanted = ["clemcore==3.7.2"] + (["torch", "transformers", "peft", "accelerate"] if game else [])
+    probe = "import clemcore.backends" + ("; import torch, transformers, peft" if game else "")
+    if not py.exists():
+        sh([sys.executable, "-m", "venv", venv])
+    if subprocess.run([py, "-c", probe], capture_output=True).returncode != 0:
+        print(f"installing {' '.join(wanted)} into {venv} ...", file=sys.stderr)
+        sh([py, "-m", "pip", "install", "-q", *wanted, "maturin>=1.9.4,<2"])
+    if subprocess.run([py, "-c", "import maturin"], capture_output=True).returncode != 0:
+        sh([py, "-m", "pip", "install", "-q", "maturin>=1.9.4,<2"])
+    return py
+
+
+def target_dir() -> Path:
+    d = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    return d if d.is_absolute() else ROOT / d
+
+
+def build(py: Path):
+    """The release wheel into the venv, and the release `clem`."""
+    out = target_dir() / "wheels-release"
+    for old in out.glob("clemrs-*.whl"):
+        old.unlink()
+    sh([py, "-m", "maturin", "build", "--release", "-m", ROOT / "crates/clem-py/Cargo.toml", "-i", py, "-o", out],
+       stdout=sys.stderr)
+    sh([py, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", *out.glob("clemrs-*.whl")])
+    sh(["cargo", "build", "--release", "-q", "-p", "clem-cli"], cwd=ROOT)
+    return target_dir() / "release" / "clem"
+
+
+def last_json(text: str):
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def overhead(py: Path, clem: Path, calls: int):
+    server = subprocess.Popen([clem, "serve", "-m", "mock", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline().strip()
+        base = line.removeprefix("clem serve: listening on ").rstrip("/") + "/v1"
+        out = sh([py, HERE / "overhead.py", base, str(calls)], capture_output=True, text=True).stdout
+    finally:
+        server.terminate()
+        server.wait()
+    r = last_json(out)
+    ratio = r["clemrs"]["rps"] / r["clemcore"]["rps"]
+    print(f"\n## Per-call overhead, sequential generate_response against one loopback server (clem serve -m mock)"
+          f"\nCPU: {cpu_model()}")
+    print("| measure | clemrs | clemcore 3.7.2 openai_compatible | ratio |\n|---|---|---|---|")
+    print(f"| requests/s ({r['clemrs']['calls']} / {r['clemcore']['calls']} calls) | {r['clemrs']['rps']:.0f} "
+          f"| {r['clemcore']['rps']:.0f} | {ratio:.1f}x |")
+    print(f"| p50 latency ms | {r['clemrs']['p50_ms']:.3f} | {r['clemcore']['p50_ms']:.3f} | |")
+    return ratio
+
+
+def decode(py: Path, clem: Path, tokens: int):
+    repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    msgs = [{"role": "user", "content": "Count from 1 to 1000, one number per line, and nothing else."}]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "messages.json"
+        path.write_text(json.dumps(msgs))
+        cli = []
+        for _ in range(repeats):
+            out = sh([clem, "--threads", str(os.cpu_count()), "generate", "-m", "smollm2-135m", "--messages", path,
+                      "-l", str(tokens), "--json"], capture_output=True, text=True, cwd=d).stdout
+            v = json.loads(out)
+            n = v["response"]["response"]["usage"]["completion_tokens"]
+            cli.append(n / seconds(v["response"]["clem_player"]["call_duration"]))
+    out = sh([py, HERE / "decode.py", str(tokens), str(repeats), str(os.cpu_count())], capture_output=True,
+             text=True).stdout
+    r = last_json(out)
+    ours, theirs = max(r["tps"]), max(cli)
+    print(f"\n## Local decode, smollm2-135m (llamacpp, Q4_1), {tokens} greedy tokens, {os.cpu_count()} threads, "
+          f"fastest of {repeats}\nCPU: {cpu_model()}")
+    print("| clemrs from Python tok/s (wall clock) | clem generate tok/s (call_duration) | ratio |\n|---|---|---|")
+    print(f"| {ours:.1f} | {theirs:.1f} | {ours / theirs:.3f} |")
+    return ours / theirs
+
+
+def seconds(timedelta: str) -> float:
+    h, m, s = timedelta.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("which", nargs="*", default=["overhead", "decode", "game"])
+    ap.add_argument("--venv", type=Path, default=ROOT / "target" / "bench-hf-venv")
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--fixtures", type=Path, default=ROOT.parent / "shared" / "fixtures" / "clembench")
+    a = ap.parse_args()
+    py = venv_python(a.venv, "game" in a.which)
+    clem = build(py)
+    if "overhead" in a.which:
+        overhead(py, clem, a.calls)
+    if "decode" in a.which:
+        decode(py, clem, a.tokens)
+    if "game" in a.which:
+        if not (a.fixtures / "hellogame").is_dir():
+            print(f"game: clembench's games are not in {a.fixtures}; skipped", file=sys.stderr)
+        else:
+            # In the venv: clemcore's `clem`, and torch/transformers for their versions.
+            sh([py, HERE / "game.py", a.fixtures, cpu_model()])
+
+
+if __name__ == "__main__":
+    main()
