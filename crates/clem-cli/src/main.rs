@@ -55,7 +55,11 @@ enum Command {
     Generate(commands::generate::Args),
     /// Play a game and record it in clembench's results layout.
     Run(commands::run::Args),
-    /// Write HTML transcripts of recorded episodes.
+    /// Score recorded episodes again (scores.json).
+    Score(commands::score::Args),
+    /// Build clemcore's results table (clemscore) from scored runs.
+    Eval(commands::eval::Args),
+    /// Write transcripts of recorded episodes (HTML, and clemcore's LaTeX).
     Transcribe(commands::transcribe::Args),
     /// Check a Hugging Face model's chat template (clembench's initial_hf_check).
     #[command(name = "check-hf")]
@@ -90,6 +94,8 @@ fn main() -> ExitCode {
         Command::Register(args) => commands::register::run(args, &ctx),
         Command::Generate(args) => commands::generate::run(args, &ctx),
         Command::Run(args) => commands::run::run(args, &ctx),
+        Command::Score(args) => commands::score::run(args, &ctx),
+        Command::Eval(args) => commands::eval::run(args, &ctx),
         Command::Transcribe(args) => commands::transcribe::run(args, &ctx),
         Command::CheckHf(args) => commands::check_hf::run(args, &ctx),
         Command::Serve(args) => commands::serve::run(args, &ctx),

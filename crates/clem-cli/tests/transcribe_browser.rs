@@ -73,7 +73,10 @@ fn transcripts_are_self_contained_and_render_in_chromium() {
     let index = tmp.path().join("res/index.html");
     let page = tmp.path().join("res/mock/hellogame/greet_en/instance_00000/transcript.html");
     let html = std::fs::read_to_string(&page).expect("transcript written");
-    assert!(html.contains("GREET: Hello Peter, welcome!"));
+    // clembench's hellogame: the mock Greeter's greeting, then the scripted Greeted player's answer.
+    assert!(html.contains("GREET: Hello Ted!") && html.contains("Peter: Hi, thanks for having me!"));
+    let tex = std::fs::read_to_string(page.with_file_name("transcript.tex")).expect("transcript.tex written beside");
+    assert!(tex.contains("\\texttt{GREET: Hello Ted!}"), "{tex}");
     assert!(html.contains("<details>"), "prompt and raw response one click away");
     assert!(html.contains("&quot;clem_player&quot;"), "raw response shown, escaped");
     for needle in ["http://", "https://", "src=\"", "<link"] {
@@ -98,7 +101,7 @@ fn transcripts_are_self_contained_and_render_in_chromium() {
     };
     let profile = tmp.path().join("profile");
     let (dom, stderr) = headless(&browser, &profile, &["--dump-dom".into()], &page);
-    assert!(dom.contains("GREET: Hello Peter, welcome!"), "rendered DOM shows the greeting:\n{dom}");
+    assert!(dom.contains("GREET: Hello Ted!"), "rendered DOM shows the greeting:\n{dom}");
     assert!(dom.contains("data-transcript-ready=\"1\""), "the inline script ran:\n{dom}");
     assert!(console_errors(&stderr).is_empty(), "console errors: {:?}", console_errors(&stderr));
 

@@ -1,17 +1,33 @@
 //! clem-run: playing games with clemrs models and keeping clembench's records.
 //!
-//! - [`game`] and [`hellogame`]: the game interface and clembench's hellogame;
+//! Dependencies run one way: [`games`] -> [`dialogue`] -> [`game`] <- [`runner`] -> [`recorder`].
+//!
+//! - [`game`]: what a game is to the runner (players, turns, what a game master logs, its scorer);
+//! - [`dialogue`]: clemcore's legacy `DialogueGameMaster`, which games implement hooks of;
+//! - [`games`]: the games, one module each, and their `GAMES` table (clembench's hellogame);
 //! - [`instances`]: instances files (`in/instances.json`);
 //! - [`recorder`] and [`fsio`]: the clemcore 3.7 results layout, written crash-safely;
 //! - [`runner`]: plays instances sequentially or in batches, resumes interrupted runs;
-//! - [`transcript`]: self-contained HTML transcripts of recorded episodes;
+//! - [`scores`] and [`pyjson`]: scores.json as clemcore's legacy `GameScorer` writes it, NaN included;
+//! - [`rescore`]: `clem score`, scores.json again from the records;
+//! - [`eval`]: `clem eval`, clemcore's results table (clemscore);
+//! - [`transcript`] and [`tex`]: HTML transcripts of recorded episodes, and clemcore's `transcript.tex`;
 //! - [`check_hf`]: clembench's `initial_hf_check.py` on a model's tokenizer files.
 
 pub mod check_hf;
+pub mod dialogue;
+pub mod eval;
 pub mod fsio;
 pub mod game;
-pub mod hellogame;
+pub mod games;
 pub mod instances;
+pub mod pyjson;
 pub mod recorder;
+pub mod rescore;
 pub mod runner;
+pub mod scores;
+pub mod tex;
 pub mod transcript;
+
+/// clembench's hellogame (also at `games::hellogame`).
+pub use games::hellogame;

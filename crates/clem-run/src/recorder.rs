@@ -5,14 +5,14 @@
 //! <results>/<run dir>/run_summary.json              ours: the last invocation's outcome per instance
 //! <results>/<run dir>/<game>/<experiment>/experiment.json
 //! <results>/<run dir>/<game>/<experiment>/instance_00000/
-//!     instance.json, interactions.json, player_1.requests.json, scores.json (ours), completed.json | error.json
+//!     instance.json, interactions.json, player_N.requests.json, scores.json, completed.json | error.json
 //! ```
 //!
-//! The recorder gets prompt and response objects only; it never knows which backend produced them.
-//! Deviations from clemcore, on purpose: interactions.json and the requests files are rewritten after every
-//! call (with `meta.completed` null until the episode ends), so an interrupted run keeps every finished call;
-//! clemcore writes them once at the end and not at all for an episode that raised. scores.json is written
-//! when an episode completes (clemcore leaves it to `clem score`).
+//! The recorder writes what it is given: events, keys, rounds and each call's prompt and response objects. It
+//! never knows which game or backend produced them. Deviations from clemcore, on purpose: interactions.json
+//! and the requests files are rewritten after every call (with `meta.completed` null until the episode ends),
+//! so an interrupted run keeps every finished call; clemcore writes them once at the end and not at all for an
+//! episode that raised. scores.json is written when an episode completes, as `clem score` would write it.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,6 @@ use clem_core::{GenArgs, ModelSpec};
 use serde_json::{json, Map, Value};
 
 use crate::fsio::{self, now_iso, FsError};
-use crate::game::Outcome;
 
 /// The value written as `clem_version`.
 pub fn clem_version() -> String {
@@ -152,7 +151,13 @@ pub fn clear_instance_dir(dir: &Path) -> Result<(), FsError> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let ours = matches!(
             name.as_str(),
-            "instance.json" | "interactions.json" | "completed.json" | "error.json" | "scores.json" | "transcript.html"
+            "instance.json"
+                | "interactions.json"
+                | "completed.json"
+                | "error.json"
+                | "scores.json"
+                | "transcript.html"
+                | "transcript.tex"
         ) || name.ends_with(".requests.json")
             || name.starts_with(fsio::TEMP_PREFIX);
         if ours && entry.path().is_file() {
@@ -176,14 +181,11 @@ struct PlayerCalls {
 }
 
 /// Records one episode: `interactions.json` (GameInteractionsRecorder) and one `player_N.requests.json` per
-/// player (EventCallRecorder), flushed to disk after every call.
+/// player with calls (EventCallRecorder), flushed to disk after every call.
 pub struct EpisodeRecorder {
     dir: PathBuf,
     interactions: Value,
     round: usize,
-    requests_counts: Vec<i64>,
-    violated_counts: Vec<i64>,
-    parsed_counts: Vec<i64>,
     players: Vec<PlayerCalls>,
 }
 
@@ -235,43 +237,32 @@ impl EpisodeRecorder {
                 }),
             })
             .collect();
-        EpisodeRecorder {
-            dir: dir.to_path_buf(),
-            interactions,
-            round: 0,
-            requests_counts: vec![0],
-            violated_counts: vec![0],
-            parsed_counts: vec![0],
-            players,
-        }
+        EpisodeRecorder { dir: dir.to_path_buf(), interactions, round: 0, players }
     }
 
-    /// Appends `{from, to, timestamp, action}` to the current round; returns the timestamp.
-    pub fn log_event(&mut self, from: &str, to: &str, action: Value) -> String {
-        let timestamp = now_iso();
-        let event = json!({"from": from, "to": to, "timestamp": timestamp, "action": action});
+    /// Appends `{from, to, timestamp, action}` to the current round.
+    pub fn log_event(&mut self, from: &str, to: &str, action: Value) {
+        let event = json!({"from": from, "to": to, "timestamp": now_iso(), "action": action});
         if let Some(Value::Array(round)) = self.interactions["turns"].get_mut(self.round) {
             round.push(event);
         }
-        timestamp
     }
 
-    /// A GM-to-GM action `{type, content}` (no label, as clemcore's `log_to_self`).
-    pub fn log_to_self(&mut self, type_: &str, content: Value) {
-        self.log_event("GM", "GM", json!({"type": type_, "content": content}));
+    /// A top-level key of interactions.json (clemcore's `log_key`).
+    pub fn log_key(&mut self, key: &str, value: Value) {
+        if let Value::Object(obj) = &mut self.interactions {
+            obj.insert(key.into(), value);
+        }
     }
 
-    /// The player's reply with its call: a `get message` event and `{round, call}` in the player's file.
-    pub fn log_response(&mut self, player: usize, player_name: &str, text: &str, prompt: Value, response: Value) {
-        let action = json!({"type": "get message", "content": text, "label": "response"});
-        let timestamp = self.log_event(player_name, "GM", action);
-        if let Some(p) = self.players.get_mut(player) {
-            if let Value::Array(calls) = &mut p.requests["calls"] {
-                calls.push(json!({
-                    "round": self.round,
-                    "call": {"timestamp": timestamp, "manipulated_prompt_obj": prompt, "raw_response_obj": response},
-                }));
-            }
+    /// A player's call: `{round, call: {timestamp, manipulated_prompt_obj, raw_response_obj}}` in its file.
+    pub fn log_call(&mut self, player: usize, prompt: Value, response: Value) {
+        let round = self.round;
+        if let Some(Value::Array(calls)) = self.players.get_mut(player).map(|p| &mut p.requests["calls"]) {
+            calls.push(json!({
+                "round": round,
+                "call": {"timestamp": now_iso(), "manipulated_prompt_obj": prompt, "raw_response_obj": response},
+            }));
         }
     }
 
@@ -281,22 +272,25 @@ impl EpisodeRecorder {
         if let Value::Array(turns) = &mut self.interactions["turns"] {
             turns.push(json!([]));
         }
-        self.requests_counts.push(0);
-        self.violated_counts.push(0);
-        self.parsed_counts.push(0);
         for p in &mut self.players {
             p.requests["meta"]["round_count"] = json!(self.round + 1);
         }
     }
 
-    pub fn count_request(&mut self) {
-        self.requests_counts[self.round] += 1;
-        self.parsed_counts[self.round] += 1;
+    /// The game ended properly: `round_count` and `completed: true` everywhere (clemcore's `log_game_end`).
+    pub fn log_game_end(&mut self) {
+        let rounds = json!(self.round + 1);
+        self.interactions["meta"]["round_count"] = rounds.clone();
+        self.interactions["meta"]["completed"] = json!(true);
+        for p in &mut self.players {
+            p.requests["meta"]["round_count"] = rounds.clone();
+            p.requests["meta"]["completed"] = json!(true);
+        }
     }
 
-    pub fn count_request_violation(&mut self) {
-        self.violated_counts[self.round] += 1;
-        self.parsed_counts[self.round] -= 1;
+    /// interactions.json as recorded so far.
+    pub fn interactions(&self) -> &Value {
+        &self.interactions
     }
 
     /// Writes interactions.json and every player file that has calls.
@@ -309,77 +303,28 @@ impl EpisodeRecorder {
         fsio::write_json(&self.dir.join("interactions.json"), &self.interactions)
     }
 
-    /// Request counts over all rounds: (requests, parsed, violated).
-    pub fn totals(&self) -> (i64, i64, i64) {
-        (self.requests_counts.iter().sum(), self.parsed_counts.iter().sum(), self.violated_counts.iter().sum())
-    }
-
-    /// Ends the episode properly: the count keys and `completed: true`, scores.json, then completed.json last
-    /// (so completed.json means every other file is final).
-    pub fn complete(&mut self, outcome: &Outcome) -> Result<Value, FsError> {
-        let rounds = json!(self.round + 1);
-        self.interactions["meta"]["round_count"] = rounds.clone();
-        self.interactions["meta"]["completed"] = json!(true);
-        for p in &mut self.players {
-            p.requests["meta"]["round_count"] = rounds.clone();
-            p.requests["meta"]["completed"] = json!(true);
-        }
-        if let Value::Object(obj) = &mut self.interactions {
-            obj.insert("Request Count".into(), json!(self.requests_counts));
-            obj.insert("Violated Request Count".into(), json!(self.violated_counts));
-            obj.insert("Parsed Request Count".into(), json!(self.parsed_counts));
-        }
+    /// Ends the episode properly: the final records, scores.json when there are scores, then completed.json
+    /// last (so completed.json means every other file is final).
+    pub fn complete(&mut self, scores: Option<&Value>) -> Result<(), FsError> {
+        self.log_game_end();
         self.flush()?;
-        let scores = self.scores(outcome);
-        fsio::write_json(&self.dir.join("scores.json"), &scores)?;
-        fsio::write_json(&self.dir.join("completed.json"), &json!({"timestamp": now_iso()}))?;
-        Ok(scores)
+        if let Some(scores) = scores {
+            crate::scores::write(&self.dir.join("scores.json"), scores)?;
+        }
+        fsio::write_json(&self.dir.join("completed.json"), &json!({"timestamp": now_iso()}))
     }
 
     /// Ends the episode with an error: what was recorded so far, then error.json
     /// (`{timestamp, error, message}` as clemcore's SignalFileSaver).
     pub fn fail(&self, error_type: &str, message: &str) -> Result<(), FsError> {
         self.flush()?;
-        fsio::write_json(
-            &self.dir.join("error.json"),
-            &json!({"timestamp": now_iso(), "error": error_type, "message": message}),
-        )
+        write_error(&self.dir, error_type, message)
     }
+}
 
-    /// clembench's scores.json: per-round request counts and the standard episode metrics.
-    fn scores(&self, outcome: &Outcome) -> Value {
-        let mut turns = Map::new();
-        for i in 0..=self.round {
-            turns.insert(
-                i.to_string(),
-                json!({
-                    "Request Count": self.requests_counts[i],
-                    "Parsed Request Count": self.parsed_counts[i],
-                    "Violated Request Count": self.violated_counts[i],
-                }),
-            );
-        }
-        let (requests, parsed, violated) = self.totals();
-        let aborted = i32::from(outcome.aborted);
-        let lose = if outcome.aborted { 0 } else { i32::from(!outcome.success) };
-        let success = if outcome.aborted { 0 } else { 1 - lose };
-        let ratio = if requests > 0 { json!(parsed as f64 / requests as f64) } else { Value::Null };
-        // Python's NaN would not be JSON: an aborted episode has no Main Score in clembench either way.
-        json!({
-            "turn scores": turns,
-            "episode scores": {
-                "Aborted": aborted,
-                "Lose": lose,
-                "Success": success,
-                "Request Count": requests,
-                "Parsed Request Count": parsed,
-                "Violated Request Count": violated,
-                "Request Success Ratio": ratio,
-                "Main Score": outcome.main_score,
-                "Episode Score": outcome.episode_score,
-            },
-        })
-    }
+/// error.json: `{timestamp, error, message}`.
+pub fn write_error(dir: &Path, error_type: &str, message: &str) -> Result<(), FsError> {
+    fsio::write_json(&dir.join("error.json"), &json!({"timestamp": now_iso(), "error": error_type, "message": message}))
 }
 
 #[cfg(test)]

@@ -5,25 +5,33 @@
 //! there is one). Every call's record is on disk before the next request goes out. With `resume`, instances
 //! whose folder holds `completed.json` are skipped and every other instance is redone from scratch.
 //!
+//! Players answer as in clemcore's `Player.__call__`: a game's scripted players, and the `mock` model (unless
+//! its selector scripts `replies`), with the game's custom response; a model with its backend's reply. Calls
+//! of the reserved players (`mock`, `human`) are recorded as clemcore records them: the context message as
+//! the prompt, `{"clem_player": {"response", "model_name"}}` as the response. A completed episode is scored
+//! by its game (scores.json), as `clem score` would score it.
+//!
 //! A run locks its folder (`<results>/<models>/`) for its whole length: a second run there is refused, naming
 //! the process that holds it. Model names must be plain path segments, as they name that folder.
 //!
 //! `CLEM_TEST_CALL_DELAY_MS` (undocumented for users; for tests that interrupt a run) makes the runner wait
-//! that many milliseconds before each request.
+//! that many milliseconds before each request and each scripted reply.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clem_core::{GenArgs, LoadedModel, Message, ModelError};
+use clem_core::{GenArgs, LoadedModel, Message, ModelError, ModelSpec};
 use serde_json::{json, Map, Value};
 
 use crate::fsio::{self, now_iso, FsError};
-use crate::game::{Game, GameMaster, Outcome};
+use crate::game::{Game, GameMaster, Log, LogEntry, Plays, Turn};
 use crate::instances::{Experiment, Instance};
+use crate::pyjson;
 use crate::recorder::{self, EpisodeRecorder, PlayerInfo, ResultsFolder, RunFile};
+use crate::scores;
 
 /// What to run and where to write it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub results_dir: PathBuf,
     /// Only this experiment (`-e`).
@@ -33,6 +41,8 @@ pub struct RunOptions {
     pub batch_size: usize,
     pub resume: bool,
     pub gen_args: GenArgs,
+    /// The game's folder, recorded as run.json's `game_path` as clemcore records it; `None`: `clemrs:<game>`.
+    pub game_path: Option<PathBuf>,
 }
 
 /// A run that cannot start or cannot write its results.
@@ -76,23 +86,25 @@ pub struct InstanceResult {
     pub experiment: String,
     pub game_id: u64,
     pub status: Status,
-    /// `episode scores` of scores.json (completed or skipped instances).
-    pub scores: Option<Value>,
+    /// `episode scores` of scores.json (completed or skipped instances); NaN as [`pyjson`] markers.
+    pub scores: Option<Map<String, Value>>,
+    /// Why the instance failed, or why a completed one has no scores.
     pub error: Option<String>,
 }
 
 impl InstanceResult {
     fn score(&self, key: &str) -> Option<f64> {
-        self.scores.as_ref().and_then(|s| s.get(key)).and_then(Value::as_f64)
+        self.scores.as_ref().and_then(|s| s.get(key)).and_then(pyjson::as_f64)
     }
     pub fn success(&self) -> bool {
-        self.score("Success") == Some(1.0)
+        self.score(scores::SUCCESS) == Some(1.0)
     }
     pub fn aborted(&self) -> bool {
-        self.score("Aborted") == Some(1.0)
+        self.score(scores::ABORTED) == Some(1.0)
     }
+    /// The Main Score: NaN for an aborted episode, as clembench scores it.
     pub fn main_score(&self) -> Option<f64> {
-        self.score("Main Score")
+        self.score(scores::BENCH_SCORE)
     }
 }
 
@@ -116,6 +128,12 @@ pub struct RunSummary {
     pub duration: Duration,
 }
 
+/// The mean of the values that are not NaN (the Main Score over the episodes played), if there are any.
+pub fn mean_played(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let played: Vec<f64> = values.into_iter().filter(|v| !v.is_nan()).collect();
+    (!played.is_empty()).then(|| played.iter().sum::<f64>() / played.len() as f64)
+}
+
 impl RunSummary {
     pub fn count(&self, status: Status) -> usize {
         self.results.iter().filter(|r| r.status == status).count()
@@ -124,7 +142,7 @@ impl RunSummary {
         self.count(Status::Error) > 0
     }
 
-    /// run_summary.json: totals and one row per instance.
+    /// run_summary.json: totals and one row per instance; `mean_main_score` over the episodes played.
     pub fn to_json(&self, models: &[&str], batch_size: usize, resumed: bool) -> Value {
         let rows: Vec<Value> = self
             .results
@@ -136,7 +154,7 @@ impl RunSummary {
                 row.insert("instance".into(), json!(recorder::instance_dir(r.game_id)));
                 row.insert("status".into(), json!(r.status.as_str()));
                 if let Some(s) = &r.scores {
-                    row.insert("episode scores".into(), s.clone());
+                    row.insert("episode scores".into(), Value::Object(s.clone()));
                 }
                 if let Some(e) = &r.error {
                     row.insert("error".into(), json!(e));
@@ -144,9 +162,7 @@ impl RunSummary {
                 Value::Object(row)
             })
             .collect();
-        let scored: Vec<f64> = self.results.iter().filter_map(InstanceResult::main_score).collect();
-        let mean =
-            if scored.is_empty() { Value::Null } else { json!(scored.iter().sum::<f64>() / scored.len() as f64) };
+        let mean = mean_played(self.results.iter().filter_map(InstanceResult::main_score));
         json!({
             "game_name": self.game,
             "models": models,
@@ -173,23 +189,43 @@ struct Episode<'e> {
     instance: &'e Instance,
     master: Box<dyn GameMaster>,
     recorder: EpisodeRecorder,
-    players: Vec<String>,
+    /// Each player's memory of the dialogue (clemcore's `Player._messages`).
     histories: Vec<Vec<Message>>,
-    /// The context of the pending turn, memorised with the reply.
-    pending: Option<(usize, String)>,
+    /// A turn waiting for a model's reply.
+    pending: Option<Turn>,
+    turns: usize,
     done: bool,
 }
+
+/// Turns an episode may take before the runner stops it (a game that never ends).
+const MAX_TURNS: usize = 10_000;
 
 /// The error type written to error.json for a model failure.
 fn model_error_type(e: &ModelError) -> &'static str {
     match e {
         ModelError::ContextExceeded(_) => "ContextExceededError",
         ModelError::Config { .. } => "ModelConfigError",
-        ModelError::Backend { .. } => "BackendError",
+        ModelError::Backend { .. } | ModelError::Cancelled { .. } => "BackendError",
     }
 }
 
-/// Plays `game` with `models` (one per player, or one for all players).
+/// The spec recorded for a model: clemcore records a reserved player (`mock`, `human`) by its name and its
+/// pseudo-backend only (`_player_programmed`, `_player_human`), whatever else the selector held.
+pub fn recorded_spec(spec: &ModelSpec) -> ModelSpec {
+    let backend = if spec.is_mock() {
+        "_player_programmed"
+    } else if spec.is_human() {
+        "_player_human"
+    } else {
+        return spec.clone();
+    };
+    let mut map = Map::new();
+    map.insert("model_name".into(), json!(spec.model_name().unwrap_or_default()));
+    map.insert("backend".into(), json!(backend));
+    ModelSpec::new(map)
+}
+
+/// Plays `game` with `models` (one per model player, or one for all of them).
 pub fn run(
     game: &dyn Game,
     models: &[LoadedModel],
@@ -208,7 +244,7 @@ pub fn run(
         return Err(RunError::ModelName(bad.to_string()));
     }
     let folder = ResultsFolder { root: opts.results_dir.clone(), run_dir: recorder::run_identifier(&names) };
-    let specs: Vec<_> = models.iter().map(|m| (m.spec().clone(), opts.gen_args.clone())).collect();
+    let specs: Vec<_> = models.iter().map(|m| (recorded_spec(m.spec()), opts.gen_args.clone())).collect();
     let infos = recorder::model_infos(&specs);
 
     let experiments: Vec<&Experiment> = match &opts.experiment {
@@ -225,7 +261,9 @@ pub fn run(
 
     // Held until this function returns: a second run on this folder now would clear instances under this one.
     let _lock = fsio::FolderLock::acquire(&folder.run_path())?;
-    let run_file = RunFile::start(&folder, &infos, game.name(), &game.game_path())?;
+    let game_path =
+        opts.game_path.as_ref().map_or_else(|| format!("clemrs:{}", game.name()), |p| p.display().to_string());
+    let run_file = RunFile::start(&folder, &infos, game.name(), &game_path)?;
     let mut results = Vec::new();
     let mut todo: Vec<(&Experiment, &Instance)> = Vec::new();
     let mut total = 0;
@@ -234,8 +272,7 @@ pub fn run(
             total += 1;
             let dir = folder.instance_path(game.name(), &exp.name, inst.game_id);
             if opts.resume && dir.join("completed.json").is_file() {
-                let scores =
-                    fsio::read_json(&dir.join("scores.json")).ok().and_then(|s| s.get("episode scores").cloned());
+                let scores = scores::read_episode_scores(&dir.join("scores.json")).ok();
                 results.push(InstanceResult {
                     experiment: exp.name.clone(),
                     game_id: inst.game_id,
@@ -269,7 +306,7 @@ pub fn run(
     });
     let summary =
         RunSummary { game: game.name().into(), run_path: folder.run_path(), results, duration: clock.elapsed() };
-    fsio::write_json(
+    scores::write(
         &folder.run_path().join("run_summary.json"),
         &summary.to_json(&names, opts.batch_size.max(1), opts.resume),
     )?;
@@ -283,11 +320,30 @@ fn exp_pos(experiments: &[&Experiment], name: &str) -> usize {
 struct Ctx<'a> {
     game: &'a dyn Game,
     models: &'a [LoadedModel],
+    /// The model of each model player.
     player_model: &'a [usize],
     folder: &'a ResultsFolder,
     infos: &'a Value,
     args: &'a GenArgs,
     delay: Option<Duration>,
+}
+
+/// Who answers a turn.
+enum Answerer {
+    /// The game's custom response, recorded under this model name.
+    Scripted(String),
+    /// This model (index into the run's models).
+    Model(usize),
+}
+
+/// The recorded response object of a reserved player's call (clemcore's `Player.__call__`).
+fn clem_player(text: &str, model_name: &str) -> Value {
+    json!({"clem_player": {"response": text, "model_name": model_name}})
+}
+
+/// The recorded prompt of a reserved player's call: the context message.
+fn context_message(context: &str) -> Value {
+    json!({"role": "user", "content": context})
 }
 
 impl Ctx<'_> {
@@ -301,48 +357,30 @@ impl Ctx<'_> {
                 Err(result) => finished.push(result),
             }
         }
-        while !live.is_empty() {
-            // Every live episode either ends here or has one pending turn.
+        loop {
+            // Every live episode plays its scripted turns, then ends or waits for a model.
             for ep in &mut live {
-                match ep.master.next_turn() {
-                    None => {
-                        let outcome: Outcome = ep.master.outcome();
-                        let scores = ep.recorder.complete(&outcome)?;
-                        finished.push(self.result(ep, Status::Completed, scores.get("episode scores").cloned(), None));
-                        ep.done = true;
-                    }
-                    Some(turn) if turn.player >= ep.players.len() => {
-                        let msg =
-                            format!("the game master asked for player {} of {}", turn.player + 1, ep.players.len());
-                        ep.recorder.fail("GameError", &msg)?;
-                        finished.push(self.result(ep, Status::Error, None, Some(msg)));
-                        ep.done = true;
-                    }
-                    Some(turn) => {
-                        let action = json!({"type": "send message", "content": turn.context, "label": "context"});
-                        let to = ep.players[turn.player].clone();
-                        ep.recorder.log_event("GM", &to, action);
-                        ep.pending = Some((turn.player, turn.context));
-                    }
+                if let Some(result) = self.advance(ep)? {
+                    finished.push(result);
                 }
             }
             live.retain(|ep| !ep.done);
+            if live.is_empty() {
+                return Ok(finished);
+            }
             // One request per model: that model's pending turns as one batch.
-            let mut used: Vec<usize> =
-                live.iter().filter_map(|ep| ep.pending.as_ref().map(|(p, _)| self.player_model[*p])).collect();
+            let mut used: Vec<usize> = live.iter().filter_map(|ep| self.pending_model(ep)).collect();
             used.sort_unstable();
             used.dedup();
             for m in used {
-                let idx: Vec<usize> = (0..live.len())
-                    .filter(|&i| live[i].pending.as_ref().is_some_and(|(p, _)| self.player_model[*p] == m))
-                    .collect();
+                let idx: Vec<usize> = (0..live.len()).filter(|&i| self.pending_model(&live[i]) == Some(m)).collect();
                 let batch: Vec<Vec<Message>> = idx
                     .iter()
                     .map(|&i| {
                         let ep = &live[i];
-                        let (p, ctx) = ep.pending.clone().unwrap_or_default();
-                        let mut msgs = ep.histories[p].clone();
-                        msgs.push(Message::user(ctx));
+                        let turn = ep.pending.clone().unwrap_or(Turn { player: 0, context: String::new() });
+                        let mut msgs = ep.histories.get(turn.player).cloned().unwrap_or_default();
+                        msgs.push(Message::user(turn.context));
                         msgs
                     })
                     .collect();
@@ -360,38 +398,144 @@ impl Ctx<'_> {
                 });
                 for (&i, result) in idx.iter().zip(out) {
                     let ep = &mut live[i];
-                    let Some((p, context)) = ep.pending.take() else { continue };
-                    match result {
+                    let Some(turn) = ep.pending.take() else { continue };
+                    let outcome = match result {
                         Ok(generation) => {
-                            let name = ep.players[p].clone();
-                            ep.recorder.count_request();
-                            ep.recorder.log_response(
-                                p,
-                                &name,
-                                &generation.response_text,
-                                generation.prompt,
-                                generation.response,
-                            );
-                            ep.histories[p].push(Message::user(context));
-                            ep.histories[p].push(Message::assistant(generation.response_text.clone()));
-                            ep.master.on_response(p, &generation.response_text, &mut ep.recorder);
-                            ep.recorder.flush()?;
+                            let spec = model.spec();
+                            let (prompt, response) = if spec.is_mock() || spec.is_human() {
+                                (context_message(&turn.context), clem_player(&generation.response_text, model.name()))
+                            } else {
+                                (generation.prompt, generation.response)
+                            };
+                            self.answer(ep, turn, &generation.response_text, prompt, response)?
                         }
                         Err(e) => {
                             ep.recorder.fail(model_error_type(&e), &e.to_string())?;
-                            finished.push(self.result(ep, Status::Error, None, Some(e.to_string())));
                             ep.done = true;
+                            Some(self.result(ep, Status::Error, None, Some(e.to_string())))
                         }
-                    }
+                    };
+                    finished.extend(outcome);
                 }
                 live.retain(|ep| !ep.done);
             }
         }
-        Ok(finished)
     }
 
-    /// Prepares an instance: a clean folder, instance.json, experiment.json, the game master and recorder.
-    /// The inner error is an instance that cannot be played (recorded in error.json).
+    /// The model a pending turn waits for.
+    fn pending_model(&self, ep: &Episode<'_>) -> Option<usize> {
+        let turn = ep.pending.as_ref()?;
+        match self.answerer(ep.master.players().get(turn.player)?.plays) {
+            Some(Answerer::Model(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Who answers for a player; `None` for a model player the game does not declare.
+    fn answerer(&self, plays: Plays) -> Option<Answerer> {
+        match plays {
+            Plays::Programmatic => Some(Answerer::Scripted("programmatic".into())),
+            Plays::Model(i) => {
+                let m = *self.player_model.get(i)?;
+                let model = &self.models[m];
+                // The mock answers as the game scripts it, unless its selector scripts its own replies.
+                if model.spec().is_mock() && model.spec().get("replies").is_none() {
+                    Some(Answerer::Scripted(model.name().to_string()))
+                } else {
+                    Some(Answerer::Model(m))
+                }
+            }
+        }
+    }
+
+    /// Plays an episode's scripted turns until it ends (its result) or waits for a model (`pending`).
+    fn advance(&self, ep: &mut Episode<'_>) -> Result<Option<InstanceResult>, RunError> {
+        loop {
+            if ep.turns >= MAX_TURNS {
+                return self.fail(ep, "GameError", format!("the game did not end within {MAX_TURNS} turns"));
+            }
+            let turn = match ep.master.next_turn() {
+                Ok(Some(turn)) => turn,
+                Ok(None) => return self.complete(ep).map(Some),
+                Err(e) => return self.fail(ep, "GameError", e.message),
+            };
+            let plays = ep.master.players().get(turn.player).map(|p| p.plays);
+            match plays.and_then(|p| self.answerer(p)) {
+                None => {
+                    let msg = format!("the game master asked for player {} of {}", turn.player + 1, ep.histories.len());
+                    return self.fail(ep, "GameError", msg);
+                }
+                Some(Answerer::Model(_)) => {
+                    ep.pending = Some(turn);
+                    return Ok(None);
+                }
+                Some(Answerer::Scripted(model_name)) => {
+                    if let Some(d) = self.delay {
+                        std::thread::sleep(d);
+                    }
+                    let text = ep.master.custom_response(turn.player, &turn.context);
+                    let (prompt, response) = (context_message(&turn.context), clem_player(&text, &model_name));
+                    if let Some(result) = self.answer(ep, turn, &text, prompt, response)? {
+                        return Ok(Some(result));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a player's reply and the call that produced it, then lets the game master judge it.
+    fn answer(
+        &self,
+        ep: &mut Episode<'_>,
+        turn: Turn,
+        text: &str,
+        prompt: Value,
+        response: Value,
+    ) -> Result<Option<InstanceResult>, RunError> {
+        ep.turns += 1;
+        ep.recorder.log_call(turn.player, prompt, response);
+        if let Some(h) = ep.histories.get_mut(turn.player) {
+            h.push(Message::user(turn.context));
+            h.push(Message::assistant(text));
+        }
+        let mut log = Log::default();
+        let stepped = ep.master.step(text, &mut log);
+        apply(&mut ep.recorder, log);
+        if let Err(e) = stepped {
+            return self.fail(ep, "GameError", e.message);
+        }
+        ep.recorder.flush()?;
+        Ok(None)
+    }
+
+    /// Ends an episode properly: its records, its scores, then completed.json.
+    fn complete(&self, ep: &mut Episode<'_>) -> Result<InstanceResult, RunError> {
+        ep.done = true;
+        ep.recorder.log_game_end();
+        let instance = Value::Object(ep.instance.data.clone());
+        match self.game.score(&ep.experiment.params, &instance, ep.recorder.interactions()) {
+            Ok(scores) => {
+                ep.recorder.complete(Some(&scores))?;
+                let episode = pyjson::object(&scores, "episode scores").cloned();
+                Ok(self.result(ep, Status::Completed, episode, None))
+            }
+            Err(e) => {
+                ep.recorder.complete(None)?;
+                Ok(self.result(ep, Status::Completed, None, Some(format!("not scored: {e}"))))
+            }
+        }
+    }
+
+    /// Ends an episode with an error.json.
+    fn fail(&self, ep: &mut Episode<'_>, error: &str, message: String) -> Result<Option<InstanceResult>, RunError> {
+        ep.done = true;
+        ep.recorder.fail(error, &message)?;
+        Ok(Some(self.result(ep, Status::Error, None, Some(message))))
+    }
+
+    /// Prepares an instance: a clean folder, the game master, then (as clemcore's `on_game_start`)
+    /// instance.json, experiment.json and the recorder. The inner error is an instance that cannot be played
+    /// (recorded in error.json).
     fn start<'e>(
         &self,
         exp: &'e Experiment,
@@ -400,13 +544,8 @@ impl Ctx<'_> {
         let game = self.game.name();
         let dir = self.folder.instance_path(game, &exp.name, inst.game_id);
         recorder::clear_instance_dir(&dir)?;
-        fsio::write_json(&dir.join("instance.json"), &Value::Object(inst.data.clone()))?;
-        recorder::write_experiment_file(&self.folder.experiment_path(game, &exp.name), &exp.params, game, self.infos)?;
-        let fail = |error: &str, message: String| -> Result<InstanceResult, RunError> {
-            fsio::write_json(
-                &dir.join("error.json"),
-                &json!({"timestamp": now_iso(), "error": error, "message": message}),
-            )?;
+        let fail = |message: String| -> Result<InstanceResult, RunError> {
+            recorder::write_error(&dir, "GameError", &message)?;
             Ok(InstanceResult {
                 experiment: exp.name.clone(),
                 game_id: inst.game_id,
@@ -415,40 +554,64 @@ impl Ctx<'_> {
                 error: Some(message),
             })
         };
-        let master = match self.game.master(exp, inst) {
+        let mut log = Log::default();
+        let master = match self.game.master(exp, inst, &mut log) {
             Ok(m) => m,
-            Err(e) => return Ok(Err(fail("GameError", e.message)?)),
+            Err(e) => return Ok(Err(fail(e.message)?)),
         };
-        let roles = master.roles();
-        if roles.len() != self.player_model.len() {
-            let msg =
-                format!("the game master has {} players, the game declares {}", roles.len(), self.player_model.len());
-            return Ok(Err(fail("GameError", msg)?));
+        let mut players = Vec::new();
+        for (i, p) in master.players().iter().enumerate() {
+            let model_name = match self.answerer(p.plays) {
+                Some(Answerer::Scripted(name)) => name,
+                Some(Answerer::Model(m)) => self.models[m].name().to_string(),
+                None => {
+                    let msg = format!(
+                        "Player {} plays model player {:?}, the game declares {}",
+                        i + 1,
+                        p.plays,
+                        self.player_model.len()
+                    );
+                    return Ok(Err(fail(msg)?));
+                }
+            };
+            players.push(PlayerInfo { name: format!("Player {}", i + 1), game_role: p.role.clone(), model_name });
         }
-        let players: Vec<PlayerInfo> = roles
-            .iter()
-            .enumerate()
-            .map(|(i, role)| PlayerInfo {
-                name: format!("Player {}", i + 1),
-                game_role: role.clone(),
-                model_name: self.models[self.player_model[i]].name().to_string(),
-            })
-            .collect();
-        let recorder =
+        fsio::write_json(&dir.join("instance.json"), &Value::Object(inst.data.clone()))?;
+        recorder::write_experiment_file(&self.folder.experiment_path(game, &exp.name), &exp.params, game, self.infos)?;
+        let mut recorder =
             EpisodeRecorder::new(&dir, game, &exp.name, inst.game_id, &self.folder.run_dir, self.infos, &players);
+        apply(&mut recorder, log);
         Ok(Ok(Episode {
             experiment: exp,
             instance: inst,
             master,
             recorder,
             histories: vec![Vec::new(); players.len()],
-            players: players.into_iter().map(|p| p.name).collect(),
             pending: None,
+            turns: 0,
             done: false,
         }))
     }
 
-    fn result(&self, ep: &Episode<'_>, status: Status, scores: Option<Value>, error: Option<String>) -> InstanceResult {
+    fn result(
+        &self,
+        ep: &Episode<'_>,
+        status: Status,
+        scores: Option<Map<String, Value>>,
+        error: Option<String>,
+    ) -> InstanceResult {
         InstanceResult { experiment: ep.experiment.name.clone(), game_id: ep.instance.game_id, status, scores, error }
+    }
+}
+
+/// Hands what a game master logged to the recorder, in order.
+fn apply(recorder: &mut EpisodeRecorder, mut log: Log) {
+    for entry in log.drain() {
+        match entry {
+            LogEntry::Event { from, to, action } => recorder.log_event(&from, &to, action),
+            LogEntry::Key { key, value } => recorder.log_key(&key, value),
+            LogEntry::NextRound => recorder.log_next_round(),
+            LogEntry::GameEnd => recorder.log_game_end(),
+        }
     }
 }

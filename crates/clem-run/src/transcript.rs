@@ -2,6 +2,7 @@
 //! instance folder (the dialogue as a chat; each reply's prompt and raw response one click away in a
 //! `<details>`), and an `index.html` at the results root. No network assets: inline CSS, one tiny inline
 //! script, and a Content-Security-Policy that forbids loading anything. Every recorded string is HTML-escaped.
+//! Beside it goes clemcore's `transcript.tex` ([`crate::tex`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct TranscribeReport {
     pub written: Vec<Written>,
     /// Folders whose records could not be read, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Folders with an HTML transcript but no transcript.tex (records clemcore cannot typeset), with the reason.
+    pub tex_skipped: Vec<(PathBuf, String)>,
     pub index: PathBuf,
 }
 
@@ -118,11 +121,12 @@ pub fn render_instance(dir: &Path) -> Result<(String, Written), FsError> {
     let s = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
     let (game, experiment, run_dir) = (s(&meta["game_name"]), s(&meta["experiment_name"]), s(&meta["results_folder"]));
     let status = status_of(dir);
-    let scores = fsio::read_json(&dir.join("scores.json")).ok();
-    let main_score = scores.as_ref().and_then(|v| v["episode scores"]["Main Score"].as_f64());
+    let scores = crate::scores::read(&dir.join("scores.json")).ok();
+    let main_score = scores.as_ref().and_then(|v| crate::pyjson::as_f64(&v["episode scores"]["Main Score"]));
     let error = fsio::read_json(&dir.join("error.json")).ok();
 
-    // Calls of every player, by timestamp (the event and its call share one), then by order.
+    // Calls of every player, in order: a player's n-th reply event comes from its n-th call (clemcore records
+    // the call a moment before the event, so their timestamps differ).
     let mut calls: Vec<(String, Value)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         let mut files: Vec<PathBuf> = entries
@@ -190,8 +194,7 @@ pub fn render_instance(dir: &Path) -> Result<(String, Written), FsError> {
                 escape(&text_of(&action["content"]))
             );
             if class == "from-player" {
-                let ts = &ev["timestamp"];
-                let pos = calls.iter().position(|(p, c)| *p == from && &c["timestamp"] == ts);
+                let pos = calls.iter().position(|(p, _)| *p == from);
                 if let Some(i) = pos {
                     let (_, call) = calls.remove(i);
                     let _ = write!(
@@ -236,6 +239,13 @@ pub fn transcribe(root: &Path) -> Result<TranscribeReport, FsError> {
         match render_instance(&dir) {
             Ok((html, mut written)) => {
                 fsio::write_atomic(&dir.join("transcript.html"), html.as_bytes())?;
+                let tex = crate::scores::read(&dir.join("interactions.json"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|i| crate::tex::build_tex(&i).map_err(|e| e.to_string()));
+                match tex {
+                    Ok(tex) => fsio::write_atomic(&dir.join("transcript.tex"), tex.as_bytes())?,
+                    Err(e) => report.tex_skipped.push((dir.clone(), e)),
+                }
                 written.rel_dir = dir.strip_prefix(root).unwrap_or(&dir).to_path_buf();
                 report.written.push(written);
             }

@@ -1,7 +1,8 @@
 //! Property tests of clem-run's readers of outside input: instances files, the results folder a `--resume` run
 //! finds (run.json, experiment.json, completed.json, scores.json, leftovers, folders where files belong),
-//! the records `clem transcribe` renders (interactions.json, player requests, scores.json, error.json), and the
-//! tokenizer files `check_hf` reads.
+//! the records `clem transcribe` renders (interactions.json, player requests, scores.json, error.json) in HTML
+//! and LaTeX, the records `clem score` rescores and the scores `clem eval` tabulates, Python-style JSON (NaN),
+//! and the tokenizer files `check_hf` reads.
 //!
 //! A panic (an index, an unwrap, an arithmetic overflow in this debug build) fails a test. A refusal must name
 //! the file it is about; where the input is accepted, the output must agree with it. Generators build JSON
@@ -14,10 +15,14 @@ use clem_backends::{load_spec, LoadContext};
 use clem_core::{GenArgs, LoadedModel, ModelSpec};
 use clem_json_strategies as strategies;
 use clem_run::check_hf::{check, CheckOptions};
+use clem_run::eval::{evaluate, EvalOptions};
 use clem_run::hellogame::HelloGame;
 use clem_run::instances::{self, Experiment};
+use clem_run::rescore::{rescore, ScoreOptions};
 use clem_run::runner::{run, NoProgress, RunOptions, Status};
+use clem_run::tex::{build_tex, escape_latex};
 use clem_run::transcript::{escape, render_instance, transcribe};
+use clem_run::{pyjson, scores};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -270,6 +275,21 @@ fn scores_json() -> BoxedStrategy<Value> {
     shaped(&["episode scores", "Main Score"], score)
 }
 
+/// scores.json as `clem eval` reads it: Aborted and Main Score of any kind.
+fn eval_scores_json() -> BoxedStrategy<Value> {
+    let number = || prop_oneof![3 => (0u8..=1).prop_map(Value::from), 2 => (0.0f64..=100.0).prop_map(Value::from), 1 => scalar()];
+    let episode =
+        with_fields(vec![("Aborted", number().boxed()), ("Main Score", number().boxed()), ("Played", scalar())]);
+    prop_oneof![8 => with_fields(vec![("episode scores", episode)]), 1 => tree()].boxed()
+}
+
+/// Bytes of a JSON file as Python may write it: `null`s sometimes written as `NaN`, `Infinity` or `-Infinity`.
+fn python_bytes(json: BoxedStrategy<Value>) -> BoxedStrategy<Vec<u8>> {
+    (file_bytes(json), prop::sample::select(vec!["null", "NaN", "Infinity", "-Infinity"]))
+        .prop_map(|(bytes, special)| String::from_utf8_lossy(&bytes).replace("null", special).into_bytes())
+        .boxed()
+}
+
 fn error_json() -> BoxedStrategy<Value> {
     with_fields(vec![
         ("error", scalar()),
@@ -433,6 +453,82 @@ fn names_a_file(message: &str, dir: &Path, files: &[&str]) -> bool {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
+    /// Python-style JSON: what serde_json reads is read alike; NaN and the infinities outside strings read as
+    /// numbers; anything else is refused, never a panic; what is read writes back to text that reads the same.
+    #[test]
+    fn python_json_reads_like_json_plus_nan(v in tree(), noise in "[ NaInfity\\-\"\\\\,:\\[\\]{}0-9.e]{0,40}") {
+        let text = v.to_string();
+        prop_assert_eq!(pyjson::from_str(&text).ok(), serde_json::from_str::<Value>(&text).ok());
+        let wrapped = format!("[NaN, {text}, -Infinity]");
+        let read = pyjson::from_str(&wrapped).expect("NaN and -Infinity around JSON");
+        prop_assert!(pyjson::as_f64(&read[0]).is_some_and(f64::is_nan));
+        prop_assert_eq!(pyjson::as_f64(&read[2]), Some(f64::NEG_INFINITY));
+        prop_assert_eq!(&read[1], &v);
+        if let Ok(x) = pyjson::from_str(&noise) {
+            prop_assert_eq!(pyjson::from_str(&pyjson::to_string_pretty(&x)).ok(), Some(x));
+        }
+    }
+
+    /// `clem eval` over scores.json files of any content in model/game/experiment/episode folders: a table with
+    /// a row per model and a value per column, or a refusal naming the file it could not use.
+    #[test]
+    fn eval_tabulates_or_names_the_file(
+        files in prop::collection::vec((0usize..3, 0usize..2, python_bytes(eval_scores_json())), 1..6),
+        std in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut paths = Vec::new();
+        for (i, (model, game, bytes)) in files.iter().enumerate() {
+            let p = dir.path().join(format!("m{model}/g{game}/e/instance_{i:05}/scores.json"));
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, bytes).expect("write");
+            paths.push(p);
+        }
+        match evaluate(dir.path(), EvalOptions { show_std: std, sort_by_clemscore: std }) {
+            Ok(table) => {
+                prop_assert_eq!(&table.columns[0], "-, clemscore");
+                let models: std::collections::BTreeSet<usize> = files.iter().map(|f| f.0).collect();
+                prop_assert!(table.rows.len() <= models.len());
+                for (_, values) in &table.rows {
+                    prop_assert_eq!(values.len(), table.columns.len());
+                }
+                prop_assert_eq!(table.to_csv().lines().count(), table.rows.len() + 1);
+                prop_assert!(table.to_html().ends_with("</table>"));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(paths.iter().any(|p| msg.contains(&p.display().to_string())), "{}", msg);
+            }
+        }
+    }
+
+    /// `clem score` over instance folders holding anything: every folder with an interactions.json file is
+    /// scored (a readable scores.json with episode scores), left alone (not completed) or named with the reason.
+    #[test]
+    fn rescoring_scores_or_names_the_folder(
+        folders in prop::collection::vec(instance_files(8), 1..4),
+        experiment in leftover(tree()),
+    ) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let exp = root.path().join("mock").join("hellogame").join("greet_en");
+        experiment.put(&exp.join("experiment.json"));
+        for (i, f) in folders.iter().enumerate() {
+            f.put(&exp.join(format!("instance_{i:05}")));
+        }
+        let report = rescore(root.path(), &ScoreOptions::default());
+        let with_records = (0..folders.len())
+            .filter(|i| exp.join(format!("instance_{i:05}/interactions.json")).is_file())
+            .count();
+        prop_assert_eq!(report.scored.len() + report.skipped.len() + report.failed.len(), with_records);
+        for dir in &report.scored {
+            let s = scores::read_episode_scores(&dir.join("scores.json"));
+            prop_assert!(s.is_ok(), "{:?}", s);
+        }
+        for (dir, why) in &report.failed {
+            prop_assert!(why.contains(&dir.parent().expect("experiment folder").display().to_string()), "{}", why);
+        }
+    }
+
     /// Instances files of every shape: an accepted one agrees with its JSON; a refusal names the file.
     #[test]
     fn instances_parse_or_name_the_file(text in prop_oneof![
@@ -507,9 +603,9 @@ proptest! {
                 for text in event_texts(&interactions) {
                     prop_assert!(html.contains(&escape(text)), "{:?} missing", text);
                 }
-                let scores = read_json(&dir.path().join("scores.json"));
-                let main = scores.as_ref().and_then(|s| s["episode scores"]["Main Score"].as_f64());
-                prop_assert_eq!(written.main_score, main);
+                let scores = scores::read(&dir.path().join("scores.json")).ok();
+                let main = scores.as_ref().and_then(|s| pyjson::as_f64(&s["episode scores"]["Main Score"]));
+                prop_assert_eq!(written.main_score.map(f64::to_bits), main.map(f64::to_bits));
                 let status = if dir.path().join("completed.json").is_file() {
                     "completed"
                 } else if dir.path().join("error.json").is_file() {
@@ -520,6 +616,21 @@ proptest! {
                 prop_assert_eq!(written.status, status);
             }
             Err(e) => prop_assert!(names_a_file(&e.to_string(), dir.path(), &["interactions.json"]), "{}", e),
+        }
+        // clemcore's transcript.tex of the same records: every line of every text is there, escaped, or the
+        // refusal says which key of interactions.json it could not use.
+        if let Some(interactions) = read_json(&dir.path().join("interactions.json")) {
+            match build_tex(&interactions) {
+                Ok(tex) => {
+                    prop_assert!(tex.ends_with("\\end{document}\n"), "the document is closed");
+                    for text in event_texts(&interactions) {
+                        for line in text.lines().filter(|l| !l.trim().is_empty() && !l.contains(['\r', '\u{b}', '\u{c}', '\u{1c}', '\u{1d}', '\u{1e}', '\u{85}', '\u{2028}', '\u{2029}'])) {
+                            prop_assert!(tex.contains(&escape_latex(line)), "{:?} missing", line);
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("interactions.json: "), "{}", e),
+            }
         }
     }
 }
@@ -565,7 +676,7 @@ proptest! {
             for inst in &exp.instances {
                 let dir = instance_dir(root, &exp.name, inst.game_id);
                 let skipped = resume && dir.join("completed.json").is_file();
-                let scores = read_json(&dir.join("scores.json")).and_then(|s| s.get("episode scores").cloned());
+                let scores = scores::read_episode_scores(&dir.join("scores.json")).ok();
                 expected.push((exp.name.clone(), inst.game_id, skipped, scores));
             }
         }
@@ -576,6 +687,7 @@ proptest! {
             batch_size,
             resume,
             gen_args: GenArgs::default(),
+            game_path: None,
         };
         match run(&HelloGame, &[mock(&replies)], &opts, &mut NoProgress) {
             Ok(summary) => {
@@ -601,14 +713,19 @@ proptest! {
                         }
                     }
                 }
-                prop_assert!(read_json(&root.join("mock").join("run_summary.json")).is_some());
+                prop_assert!(scores::read(&root.join("mock").join("run_summary.json")).is_ok(), "NaN and all");
             }
             Err(e) => prop_assert!(e.to_string().contains(&root.display().to_string()), "{}", e),
         }
         match transcribe(root) {
             Ok(report) => {
                 for w in &report.written {
-                    prop_assert!(root.join(&w.rel_dir).join("transcript.html").is_file());
+                    let dir = root.join(&w.rel_dir);
+                    prop_assert!(dir.join("transcript.html").is_file());
+                    prop_assert!(
+                        dir.join("transcript.tex").is_file() || report.tex_skipped.iter().any(|(d, _)| d == &dir),
+                        "{}", dir.display()
+                    );
                 }
                 for (dir, why) in &report.skipped {
                     prop_assert!(why.contains(&dir.join("interactions.json").display().to_string()), "{}", why);

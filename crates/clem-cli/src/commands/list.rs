@@ -1,4 +1,4 @@
-//! `clem list models|backends|keys`.
+//! `clem list models|backends|keys|games`.
 //!
 //! Output (stable, tab-separated, one line per item):
 //! - models: `model_name<TAB>backend`; with `-v` also release_date, open_weight, parameters, context_size,
@@ -8,6 +8,7 @@
 //!   `missing (section S)` or `SOURCE (section S)`.
 //! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated; every value
 //!   masked, except that `base_url` shows its scheme, host and port, never its user, password, path or query).
+//! - games: `name<TAB>description` for each game clemrs plays.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ enum What {
     Backends,
     /// Credentials, masked.
     Keys,
+    /// The games `clem run` plays.
+    Games,
 }
 
 #[derive(clap::Args)]
@@ -67,7 +70,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         What::Models(m) => models(m, ctx),
         What::Backends => backends(ctx),
         What::Keys => keys(ctx),
+        What::Games => games(),
     }
+}
+
+fn games() -> anyhow::Result<ExitCode> {
+    for g in clem_run::games::GAMES {
+        println!("{}\t{}", g.name(), g.description());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn models(args: ModelArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {

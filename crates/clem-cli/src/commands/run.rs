@@ -1,19 +1,26 @@
-//! `clem run -g GAME -m MODEL...`: plays a game's instances and writes clemcore 3.7's results layout.
+//! `clem run -g GAME -m MODEL...`: plays a game's instances and writes clemcore 3.7's results layout, each
+//! completed episode scored (scores.json) as `clem score` would score it.
+//!
+//! Where clembench keeps the game (`./GAME/clemgame.json`, a clembench checkout), its folder is recorded as
+//! run.json's `game_path` and its `in/instances.json` is played, as clemcore does; else the game's own copy.
+//! `-i` takes a path (".json" may be left out) or, as clemcore, an instances file name in `./GAME/in/`.
 //!
 //! A progress bar goes to stderr when it is a terminal; at the end a summary table goes to stdout, one row per
 //! experiment plus a total:
-//! `experiment  instances  completed  skipped  errors  success  aborted  main_score`.
+//! `experiment  instances  completed  skipped  errors  success  aborted  main_score` (main_score: the mean Main
+//! Score over played episodes, aborted ones being NaN).
 //! Exit status 1 when any instance ended in an error (error.json); a model that plays badly is no error.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clem_backends::{load_model, LoadContext};
 use clem_core::registry::Registry;
 use clem_core::{GenArgs, ModelSpec};
-use clem_run::game::{find_game, GAMES};
+use clem_run::game::Game;
+use clem_run::games::{find_game, names_nearest};
 use clem_run::runner::{self, InstanceResult, Progress, RunOptions, Status};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -21,7 +28,7 @@ use crate::context::Ctx;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The game to play (built in: hellogame).
+    /// The game to play (clemrs's games: `clem list games`).
     #[arg(short, long)]
     game: String,
     /// Model selectors (names or JSON objects): one per player, or one for every player.
@@ -43,7 +50,7 @@ pub struct Args {
     /// Only this experiment.
     #[arg(short, long = "experiment-name", alias = "experiment_name", value_name = "EXPERIMENT")]
     experiment: Option<String>,
-    /// An instances file instead of the game's own (".json" is added when the path has no such file).
+    /// An instances file: a path (".json" may be left out), or a name in ./GAME/in/ as clemcore takes it.
     #[arg(short, long = "instances", alias = "instances_filename", value_name = "FILE")]
     instances: Option<PathBuf>,
     /// Skip instances that have completed.json; redo the others.
@@ -51,17 +58,54 @@ pub struct Args {
     resume: bool,
 }
 
+/// What `clem run -g NAME` says about a game clemrs does not have.
+fn unknown_game(name: &str) -> String {
+    format!(
+        "unknown game {name:?}; clemrs plays: {}.\nclembench's Python games run under clemcore with clemrs's \
+         backends: in your clembench folder, `pip install clemcore <clemrs checkout>/crates/clem-py`, then \
+         `python -m clemrs.clemcore install`, then clemcore's `clem run -g {name} -m MODEL`",
+        names_nearest(name).join(", ")
+    )
+}
+
+/// The game's folder in a clembench checkout (`./GAME/clemgame.json`), as clemcore finds it, made absolute.
+fn game_folder(game: &dyn Game) -> Option<PathBuf> {
+    let dir = Path::new(game.name());
+    if !dir.join("clemgame.json").is_file() {
+        return None;
+    }
+    Some(std::env::current_dir().map_or_else(|_| dir.to_path_buf(), |cwd| cwd.join(dir)))
+}
+
+/// The instances file `-i` names: the path, the path with ".json", or clemcore's `./GAME/in/NAME.json`.
+fn instances_path(given: &Path, game: &dyn Game) -> anyhow::Result<PathBuf> {
+    let mut tried = vec![given.to_path_buf()];
+    if given.extension().is_none_or(|e| e != "json") {
+        tried.push(PathBuf::from(format!("{}.json", given.display())));
+    }
+    if given.components().count() == 1 {
+        let in_game = Path::new(game.name()).join("in").join(given);
+        if in_game.extension().is_none_or(|e| e != "json") {
+            tried.push(PathBuf::from(format!("{}.json", in_game.display())));
+        }
+        tried.push(in_game);
+    }
+    if let Some(found) = tried.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    bail!("instances file {}: not found (tried {})", given.display(), tried.join(", "))
+}
+
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let Some(game) = find_game(&args.game) else {
-        bail!("unknown game {:?}; built-in games: {}", args.game, GAMES.join(", "));
+        bail!("{}", unknown_game(&args.game));
     };
-    let experiments = match &args.instances {
-        None => clem_run::instances::parse(game.default_instances(), &format!("{} (built in)", game.name()))?,
-        Some(path) => {
-            let with_ext = path.with_extension("json");
-            let path = if !path.is_file() && with_ext.is_file() { with_ext } else { path.clone() };
-            clem_run::instances::load(&path)?
-        }
+    let folder = game_folder(game);
+    let experiments = match (&args.instances, &folder) {
+        (Some(path), _) => clem_run::instances::load(&instances_path(path, game)?)?,
+        (None, Some(dir)) => clem_run::instances::load(&dir.join("in").join("instances.json"))?,
+        (None, None) => clem_run::instances::parse(game.default_instances(), &format!("{} (built in)", game.name()))?,
     };
 
     let selectors = args
@@ -73,7 +117,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let needs_registry = selectors.iter().any(|s| !s.is_mock() && !s.is_human());
     let registry = if needs_registry { ctx.registry()? } else { crate::context::keep(Registry::default()) };
     let keys = if needs_registry { ctx.keys()? } else { Default::default() };
-    let load_ctx = LoadContext { keys, responder: Some(game.responder()), threads: ctx.threads, ..Default::default() };
+    let load_ctx = LoadContext { keys, threads: ctx.threads, ..Default::default() };
     let mut models = Vec::with_capacity(selectors.len());
     for s in &selectors {
         models.push(load_model(registry, s, &load_ctx)?);
@@ -86,19 +130,21 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         batch_size: args.batch_size as usize,
         resume: args.resume,
         gen_args: GenArgs::new(args.temperature, args.max_tokens),
+        game_path: folder,
     };
     let mut bar = Bar::new();
-    let summary = runner::run(game.as_ref(), &models, &opts, &mut bar)?;
+    let summary = runner::run(game, &models, &opts, &mut bar)?;
 
     print_table(&summary.results);
     println!("results: {}", summary.run_path.display());
-    for r in summary.results.iter().filter(|r| r.status == Status::Error) {
-        eprintln!(
-            "clem: error: {}/{}: {}",
-            r.experiment,
-            clem_run::recorder::instance_dir(r.game_id),
-            r.error.as_deref().unwrap_or("?")
-        );
+    for r in &summary.results {
+        let Some(why) = &r.error else { continue };
+        let at = format!("{}/{}", r.experiment, clem_run::recorder::instance_dir(r.game_id));
+        if r.status == Status::Error {
+            eprintln!("clem: error: {at}: {why}");
+        } else {
+            eprintln!("clem: warning: {at}: {why}");
+        }
     }
     Ok(if summary.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -160,12 +206,8 @@ fn print_table(results: &[InstanceResult]) {
     let header = ["experiment", "instances", "completed", "skipped", "errors", "success", "aborted", "main_score"];
     let mut rows: Vec<Vec<String>> = Vec::new();
     let row = |label: &str, rs: Vec<&InstanceResult>| {
-        let scores: Vec<f64> = rs.iter().filter_map(|r| r.main_score()).collect();
-        let mean = if scores.is_empty() {
-            "-".into()
-        } else {
-            format!("{:.1}", scores.iter().sum::<f64>() / scores.len() as f64)
-        };
+        let mean = runner::mean_played(rs.iter().filter_map(|r| r.main_score()))
+            .map_or_else(|| "-".to_string(), |m| format!("{m:.1}"));
         vec![
             label.to_string(),
             rs.len().to_string(),

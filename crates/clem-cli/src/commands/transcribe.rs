@@ -1,5 +1,5 @@
-//! `clem transcribe -r RESULTS`: writes a self-contained `transcript.html` into every instance folder under
-//! the results root and an `index.html` at the root.
+//! `clem transcribe -r RESULTS`: writes a self-contained `transcript.html` and clemcore's `transcript.tex`
+//! into every instance folder under the results root, and an `index.html` at the root.
 //!
 //! Stdout: the index path, then `N transcripts`. Folders whose records cannot be read are named on stderr.
 
@@ -24,6 +24,9 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let report = clem_run::transcript::transcribe(&args.results_dir)?;
     for (dir, why) in &report.skipped {
         eprintln!("clem: warning: {}: not transcribed: {why}", dir.display());
+    }
+    for (dir, why) in &report.tex_skipped {
+        eprintln!("clem: warning: {}: no transcript.tex: {why}", dir.display());
     }
     if report.written.is_empty() {
         eprintln!("clem: warning: no interactions.json under {}", args.results_dir.display());
