@@ -107,8 +107,13 @@ fn sigkill_mid_run_then_resume() {
     for i in 0..10 {
         let d = exp.join(format!("instance_{i:05}"));
         if d.join("completed.json").is_file() {
-            for f in ["instance.json", "interactions.json", "player_1.requests.json", "player_2.requests.json", "scores.json"]
-            {
+            for f in [
+                "instance.json",
+                "interactions.json",
+                "player_1.requests.json",
+                "player_2.requests.json",
+                "scores.json",
+            ] {
                 assert!(d.join(f).is_file(), "{} lacks {f}", d.display());
             }
             assert_eq!(read(&d.join("interactions.json"))["meta"]["completed"], true);
