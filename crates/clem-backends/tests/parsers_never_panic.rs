@@ -150,6 +150,39 @@ fn shaped(path: &'static [&'static str], leaf: BoxedStrategy<Value>) -> BoxedStr
     prop_oneof![5 => right, 1 => tree()].boxed()
 }
 
+/// A token count as providers might send it, or not: missing, a whole number, any number, any scalar or tree.
+fn count_like() -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        1 => Just(None),
+        3 => any::<u64>().prop_map(|n| Some(json!(n))),
+        1 => (0u32..1000).prop_map(|n| Some(json!(f64::from(n)))),
+        2 => strategies::number().prop_map(Some),
+        1 => tree().prop_map(Some),
+    ]
+    .boxed()
+}
+
+/// A finish reason as a provider might write it.
+fn finish_word() -> BoxedStrategy<Value> {
+    const WORDS: [&str; 9] = [
+        "length",
+        "model_length",
+        "max_tokens",
+        "model_context_window_exceeded",
+        "MAX_TOKENS",
+        "stop",
+        "STOP",
+        "end_turn",
+        "COMPLETE",
+    ];
+    prop_oneof![3 => prop::sample::select(&WORDS[..]).prop_map(|w| json!(w)), 1 => scalar()].boxed()
+}
+
+/// `body.usage[key]`.
+fn usage_of<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    body.get("usage").and_then(|u| u.get(key))
+}
+
 /// `v[key]` when `v` is an object, `v[0]` for `"0"` when it is a list: the readers' own walk, written out.
 fn walk<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, step| match v {
@@ -626,6 +659,72 @@ proptest! {
         prop_assert_eq!(reply.is_ok(), content.is_some_and(Value::is_array));
         if let (Ok(text), Some(Value::Array(items))) = (&reply, content) {
             prop_assert_eq!(text, &text_items(items).concat());
+        }
+    }
+
+    /// Usage and finish readers of every adapter on bodies whose count fields hold anything: no panic; a usage
+    /// exactly when the provider's required counts are whole non-negative numbers, holding them, its total their
+    /// sum (saturating); `Length` only from the provider's own length word.
+    #[test]
+    fn usage_readers_take_any_counts(
+        counts in prop::collection::vec(count_like(), 14),
+        words in prop::collection::vec(finish_word(), 4),
+        noise in prop::collection::vec((key(), tree()), 0..3),
+        flag in any::<bool>(),
+    ) {
+        let c = |i: usize| counts[i].clone();
+        let usage = strategies::object([
+            ("prompt_tokens", c(0)), ("completion_tokens", c(1)),
+            ("completion_tokens_details", c(2).map(|r| json!({"reasoning_tokens": r}))),
+            ("input_tokens", c(3)), ("output_tokens", c(4)),
+            ("cache_creation_input_tokens", c(5)), ("cache_read_input_tokens", c(6)),
+            ("billed_units", Some(strategies::object([("input_tokens", c(7)), ("output_tokens", c(8))], vec![]))),
+            ("tokens", Some(strategies::object([("input_tokens", c(9)), ("output_tokens", c(10))], vec![]))),
+        ], noise);
+        let metadata = strategies::object([
+            ("promptTokenCount", c(11)), ("candidatesTokenCount", c(12)), ("thoughtsTokenCount", c(13)),
+        ], vec![]);
+        let body = json!({"usage": usage, "usageMetadata": metadata,
+            "choices": [{"finish_reason": words[0]}], "stop_reason": words[1],
+            "candidates": [{"finishReason": words[2]}], "finish_reason": words[3]});
+        let n = |v: Option<&Value>| clem_core::usage::count(v);
+        for adapter in adapters(ImagePolicy::default(), flag, 1) {
+            let got = adapter.usage(&body);
+            if let Some(u) = got {
+                prop_assert_eq!(u.total_tokens, u.prompt_tokens.saturating_add(u.completion_tokens));
+            }
+            let (want_some, length_word) = match adapter.provider() {
+                "openai" | "vllm" => {
+                    let (p, q) = (n(usage_of(&body, "prompt_tokens")), n(usage_of(&body, "completion_tokens")));
+                    if let (Some(u), Some(p), Some(q)) = (got, p, q) {
+                        prop_assert_eq!((u.prompt_tokens, u.completion_tokens), (p, q));
+                    }
+                    (p.is_some() && q.is_some(), matches!(words[0].as_str(), Some("length" | "model_length")))
+                }
+                "anthropic" => {
+                    let (i, o) = (n(usage_of(&body, "input_tokens")), n(usage_of(&body, "output_tokens")));
+                    if let (Some(u), Some(i), Some(o)) = (got, i, o) {
+                        prop_assert!(u.prompt_tokens >= i && u.completion_tokens == o);
+                    }
+                    (i.is_some() && o.is_some(),
+                     matches!(words[1].as_str(), Some("max_tokens" | "model_context_window_exceeded")))
+                }
+                "google" => {
+                    if let Some(u) = got {
+                        prop_assert!(u.reasoning_tokens.unwrap_or(0) <= u.completion_tokens);
+                    }
+                    (n(body.pointer("/usageMetadata/promptTokenCount")).is_some(), words[2].as_str() == Some("MAX_TOKENS"))
+                }
+                "cohere" => {
+                    let both = |k: &str| n(body.pointer(&format!("/usage/{k}/input_tokens"))).is_some()
+                        && n(body.pointer(&format!("/usage/{k}/output_tokens"))).is_some();
+                    (both("billed_units") || both("tokens"), words[3].as_str() == Some("MAX_TOKENS"))
+                }
+                other => { prop_assert!(false, "adapter {} not covered", other); unreachable!() }
+            };
+            prop_assert_eq!(got.is_some(), want_some, "{}: {:?}", adapter.provider(), got);
+            let finish = adapter.finish(&body);
+            prop_assert_eq!(finish == Some(clem_core::FinishReason::Length), length_word, "{}: {:?}", adapter.provider(), finish);
         }
     }
 
