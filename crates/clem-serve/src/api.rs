@@ -1,5 +1,6 @@
 //! The OpenAI Chat Completions wire format: parsing a request into messages and generation arguments, and
-//! building the reply, either one `chat.completion` object or a `chat.completion.chunk` SSE stream.
+//! building the reply, either one `chat.completion` object or a `chat.completion.chunk` SSE stream. Image parts
+//! are accepted only as `data:` or `http(s)` URLs ([`crate::images::check_source`]).
 
 use clem_core::{GenArgs, Generation, Message, Role};
 use serde_json::{json, Map, Value};
@@ -112,7 +113,11 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
                     Some("image_url") => {
                         let url = part.get("image_url").and_then(|u| u.get("url").or(Some(u))).and_then(Value::as_str);
                         match url {
-                            Some(u) => images.push(u.to_string()),
+                            Some(u) => {
+                                // Never a local path: backends read those from disk (trusted callers' files).
+                                crate::images::check_source(u)?;
+                                images.push(u.to_string());
+                            }
                             None => return Err(bad("an image_url part needs `image_url.url`")),
                         }
                     }
@@ -268,6 +273,17 @@ mod tests {
         assert!(!r.args.extra.contains_key("user"));
         assert_eq!(r.messages[0].role, Role::System);
         assert_eq!(r.messages[1].image, vec!["http://x/y.png".to_string()]);
+    }
+
+    #[test]
+    fn image_parts_are_never_local_paths() {
+        // Before: each of these was accepted and reached the backend, which read the file from disk.
+        for url in ["/etc/passwd", "/no/such/file.png", "file:///etc/passwd", "/dev/zero", "pic.png"] {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}]}]});
+            let e = parse_chat(body.to_string().as_bytes(), &cfg()).expect_err(url);
+            assert_eq!(e, crate::images::refused_source(), "{url}");
+        }
     }
 
     #[test]

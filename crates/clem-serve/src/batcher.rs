@@ -1,6 +1,8 @@
 //! Dynamic batching for local models: one worker thread per model takes the requests that are waiting when it
 //! becomes free (up to `max_batch`, after a short collection window), groups them by generation arguments, and
-//! runs each group through one `generate_batch_response`, i.e. one forward pass.
+//! runs each group through one `generate_batch_response`, i.e. one forward pass. Each request keeps its own
+//! cancellation flag: a cancelled request still queued is skipped, one in a running batch leaves it at the next
+//! decoding step.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,8 +11,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clem_core::{GenArgs, Generation, LoadedModel, Message, ModelError};
+use clem_core::{Cancel, GenArgs, Generation, LoadedModel, Message, ModelError};
 use tokio::sync::oneshot;
+
+use crate::inflight::Work;
 
 /// The reply to one request.
 pub type Reply = Result<Generation, ModelError>;
@@ -19,7 +23,18 @@ pub type Reply = Result<Generation, ModelError>;
 pub struct Job {
     pub messages: Vec<Message>,
     pub args: GenArgs,
+    pub cancel: Cancel,
     pub reply: oneshot::Sender<Reply>,
+    /// The request's registration, held until the job is answered.
+    pub work: Work,
+}
+
+impl Job {
+    /// Sends the reply (if anyone still waits), then ends the request's registration.
+    fn answer(self, reply: Reply) {
+        let _ = self.reply.send(reply);
+        drop(self.work);
+    }
 }
 
 /// Counters shown on `/health`, so batching can be observed from outside.
@@ -87,8 +102,13 @@ fn work(model: &LoadedModel, rx: &mpsc::Receiver<Job>, max_batch: usize, window:
         while let Ok(job) = rx.try_recv() {
             pending.push_back(job);
         }
-        // A client that went away does not need its reply computed.
-        pending.retain(|j| !j.reply.is_closed());
+        // A client that went away (or a request cancelled by shutdown) does not need its reply computed.
+        let (skipped, kept): (VecDeque<Job>, VecDeque<Job>) =
+            pending.drain(..).partition(|j| j.cancel.is_cancelled() || j.reply.is_closed());
+        pending = kept;
+        for job in skipped {
+            job.answer(Err(ModelError::cancelled(model.name())));
+        }
         let Some(first) = pending.front() else { continue };
         let group = key(&first.args);
         let mut batch = Vec::new();
@@ -108,12 +128,13 @@ fn work(model: &LoadedModel, rx: &mpsc::Receiver<Job>, max_batch: usize, window:
 fn run_batch(model: &LoadedModel, mut batch: Vec<Job>, stats: &Stats) {
     let Some(args) = batch.first().map(|j| j.args.clone()) else { return };
     let lists: Vec<Vec<Message>> = batch.iter_mut().map(|j| std::mem::take(&mut j.messages)).collect();
+    let cancels: Vec<Cancel> = batch.iter().map(|j| j.cancel.clone()).collect();
     // A panicking backend must not take the worker (and every later request) with it.
     let results = catch_unwind(AssertUnwindSafe(|| {
         if lists.len() == 1 {
-            vec![model.generate_response(&lists[0], &args)]
+            vec![model.generate_response_cancellable(&lists[0], &args, &cancels[0])]
         } else {
-            model.generate_batch_response(&lists, &args)
+            model.generate_batch_response_cancellable(&lists, &args, &cancels)
         }
     }));
     stats.record(batch.len());
@@ -124,12 +145,12 @@ fn run_batch(model: &LoadedModel, mut batch: Vec<Job>, stats: &Stats) {
                 let reply = results
                     .next()
                     .unwrap_or_else(|| Err(ModelError::backend(model.name(), "the batch returned too few results")));
-                let _ = job.reply.send(reply);
+                job.answer(reply);
             }
         }
         Err(_) => {
             for job in batch {
-                let _ = job.reply.send(Err(ModelError::backend(model.name(), "the backend panicked")));
+                job.answer(Err(ModelError::backend(model.name(), "the backend panicked")));
             }
         }
     }

@@ -1,9 +1,20 @@
 //! Images in messages: whether an entry allows them (`model_config.multimodality`), and turning a message's
 //! image (a URL, a data URL or a local file) into what a provider takes (a URL or base64 with its media type).
+//!
+//! Local files come from trusted callers (clembench games pass paths, as with clemcore); `clem serve` never
+//! passes one on from a client (clem-serve `images.rs`). Even so a file is read only when it is a regular file
+//! of at most [`MAX_IMAGE_FILE_BYTES`]. Which providers take what: OpenAI-style chat (`openai`,
+//! `openai_compatible`, `openrouter`, `azure`, `mistral`, `cohere`) and `anthropic` take an `http(s)` URL as it
+//! is (the provider fetches it) or inline data; `google` takes inline data only and refuses URLs.
+
+use std::io::Read as _;
 
 use base64::Engine as _;
 use clem_core::{Message, ModelSpec};
 use serde_json::Value;
+
+/// Largest image file read from disk (providers take at most 20 MB per image).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 20 << 20;
 
 /// What the entry's `multimodality` allows (clemcore: `{"single_image": true, "multiple_images": true}`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,7 +77,7 @@ impl Image {
                 rest.split_once(";base64,").ok_or_else(|| "image: a data URL must be base64 encoded".to_string())?;
             return Ok(Image::Inline { media_type: media_type.to_string(), base64: data.to_string() });
         }
-        let bytes = std::fs::read(source).map_err(|e| format!("image {source}: cannot read: {e}"))?;
+        let bytes = read_file(source)?;
         let media_type = media_type(source, &bytes)
             .ok_or_else(|| format!("image {source}: not a PNG, JPEG, GIF or WebP file"))?
             .to_string();
@@ -80,6 +91,30 @@ impl Image {
             Image::Inline { media_type, base64 } => format!("data:{media_type};base64,{base64}"),
         }
     }
+}
+
+/// A regular file's bytes, at most [`MAX_IMAGE_FILE_BYTES`] (a device such as /dev/zero never ends, a FIFO
+/// blocks: both refused before reading).
+fn read_file(source: &str) -> Result<Vec<u8>, String> {
+    let cannot = |e: std::io::Error| format!("image {source}: cannot read: {e}");
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // Opening a FIFO for reading waits for a writer; non-blocking, it opens at once (and is refused below).
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(source).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(format!("image {source}: not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(format!("image {source}: larger than {MAX_IMAGE_FILE_BYTES} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// The media type from the file's first bytes, else from its extension.
@@ -145,5 +180,25 @@ mod tests {
         let txt = dir.path().join("notes.txt");
         std::fs::write(&txt, b"hello").expect("write");
         assert!(Image::load(txt.to_str().expect("utf8")).is_err());
+    }
+
+    #[test]
+    fn reads_only_regular_files_of_bounded_size() {
+        // Before: std::fs::read("/dev/zero") read until memory ran out, and a FIFO blocked for a writer.
+        assert!(Image::load("/dev/zero").expect_err("device").contains("not a regular file"));
+        assert!(Image::load("/tmp").expect_err("folder").contains("not a regular file"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big.png");
+        let file = std::fs::File::create(&big).expect("create");
+        file.set_len(MAX_IMAGE_FILE_BYTES + 1).expect("sparse file");
+        assert!(Image::load(big.to_str().expect("utf8")).expect_err("too big").contains("larger than"));
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("fifo.png");
+            let path = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("path");
+            // SAFETY: mkfifo reads the NUL-terminated path only.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+            assert!(Image::load(fifo.to_str().expect("utf8")).expect_err("fifo").contains("not a regular file"));
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `clem serve -m MODEL... [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N]`: every model given
 //! behind one OpenAI-compatible server (clem-serve). Prints `clem serve: listening on http://HOST:PORT` on stdout
-//! once it accepts connections (`--port 0` picks a free port), and stops cleanly on Ctrl-C or SIGTERM.
+//! once it accepts connections (`--port 0` picks a free port). On Ctrl-C or SIGTERM it stops accepting, lets
+//! requests in flight finish within `--shutdown-timeout`, cancels the rest and prints `clem serve: stopped`
+//! once nothing runs any more. An empty `--api-key` is refused; listening beyond loopback without a key warns.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -38,12 +40,58 @@ pub struct Args {
     /// Requests in flight across all models; more get 503.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent: u32,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes (also the largest image the server fetches itself).
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Bytes of request bodies being received at once, across all connections; more get 503.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_body_buffer_bytes: usize,
+    /// Seconds a connection may take to send a request's headers (idle keep-alive connections close after it).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    header_timeout: Duration,
+    /// Seconds a request's body may take to arrive (408 after).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
+    body_timeout: Duration,
+    /// Open connections; at the cap, new ones wait until one closes.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds requests in flight may take to finish on Ctrl-C/SIGTERM before they are cancelled.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    shutdown_timeout: Duration,
+    /// Let the server fetch images (for providers that take them inline only, e.g. google) from private,
+    /// loopback and link-local addresses.
+    #[arg(long)]
+    allow_private_urls: bool,
+}
+
+/// The warning for a server reachable beyond this machine without an API key.
+fn exposure_warning(addr: std::net::SocketAddr, authenticated: bool) -> Option<String> {
+    (!authenticated && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "clem serve: WARNING: listening on {addr}, beyond this machine, WITHOUT an API key: anyone who can \
+             reach it can use the models (and the provider keys behind them). Give --api-key KEY, or --host \
+             127.0.0.1."
+        )
+    })
+}
+
+/// A positive number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let api_key = args.api_key.or_else(|| std::env::var("CLEM_SERVE_API_KEY").ok());
+    if api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        // Checked before loading models: an empty key used to switch authentication off silently.
+        anyhow::bail!(
+            "the API key is empty (--api-key or CLEM_SERVE_API_KEY): give a non-empty key, or neither to serve \
+             without authentication"
+        );
+    }
     let registry = ctx.registry()?;
     let load = ctx.load_context()?;
     let mut models = Vec::new();
@@ -52,21 +100,41 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         models.push(clem_backends::load_model(registry, &spec, &load)?);
     }
     let config = ServeConfig {
-        api_key: args.api_key.or_else(|| std::env::var("CLEM_SERVE_API_KEY").ok()).filter(|k| !k.is_empty()),
+        api_key,
         max_batch: usize::from(args.max_batch),
         batch_window: Duration::from_millis(args.batch_window_ms),
         max_tokens_cap: args.max_tokens_cap,
         max_concurrent: args.max_concurrent as usize,
         max_body_bytes: args.max_body_bytes,
+        max_body_buffer_bytes: args.max_body_buffer_bytes,
+        header_read_timeout: args.header_timeout,
+        body_read_timeout: args.body_timeout,
+        max_connections: args.max_connections as usize,
+        shutdown_timeout: args.shutdown_timeout,
+        allow_private_urls: args.allow_private_urls,
         ..ServeConfig::default()
     };
+    let unauthenticated = config.api_key.is_none();
     let app = App::new(models, config)?;
+    // The connection cap, not the default descriptor limit (often 1024), should be what limits connections.
+    match clem_serve::raise_fd_limit() {
+        Ok(n) if n < u64::from(args.max_connections) + 64 => eprintln!(
+            "clem serve: warning: the open-file limit is {n}, below --max-connections {}; connections beyond it \
+             are refused (raise `ulimit -Hn`)",
+            args.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("clem serve: warning: cannot read the open-file limit: {e}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
+        if let Some(warning) = exposure_warning(addr, !unauthenticated) {
+            eprintln!("{warning}");
+        }
         eprintln!("clem serve: models {}", app.model_names().join(", "));
         println!("clem serve: listening on http://{addr}");
         std::io::stdout().flush()?;
@@ -74,5 +142,31 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         eprintln!("clem serve: stopped");
         anyhow::Ok(())
     })?;
+    // Every request has stopped by now; do not wait on a backend that ignores cancellation.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_when_listening_beyond_loopback_without_a_key() {
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().expect("address");
+        assert!(exposure_warning(at("0.0.0.0:8000"), false).is_some_and(|w| w.contains("WITHOUT an API key")));
+        assert!(exposure_warning(at("[::]:8000"), false).is_some());
+        assert!(exposure_warning(at("192.168.1.5:8000"), false).is_some());
+        assert!(exposure_warning(at("0.0.0.0:8000"), true).is_none());
+        assert!(exposure_warning(at("127.0.0.1:8000"), false).is_none());
+        assert!(exposure_warning(at("[::1]:8000"), false).is_none());
+    }
+
+    #[test]
+    fn seconds_are_positive() {
+        assert_eq!(seconds("2.5"), Ok(Duration::from_millis(2500)));
+        for bad in ["0", "-1", "soon", "inf", "NaN"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+    }
 }
