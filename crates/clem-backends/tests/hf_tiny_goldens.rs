@@ -3,8 +3,12 @@
 //! doc says how to regenerate them) with the logits and greedy tokens transformers computed for them. Runs without
 //! Python: the fixtures are committed. Logits must agree to 1e-4 of the row's largest logit, greedy tokens exactly,
 //! alone and in left-padded batches; config layouts that mean the same must give the same numbers, and a changed
-//! RoPE base or norm must not. Every architecture is checked twice: with the CPU kernels, and with candle's own ops
-//! on the CPU (the path a GPU runs with the `cuda` feature; `CLEM_TEST_DEVICE=cuda:0` runs those on a GPU).
+//! RoPE base or norm must not. Every architecture is checked with the CPU kernels on each kernel path this CPU runs
+//! (AVX-512 BF16, AVX-512, AVX2, portable; `SKIP:` on stderr names the features a skipped path lacks, and
+//! `CLEM_KERNELS` restricts the run to the path it forces), and with candle's own ops on the CPU (the path a GPU
+//! runs with the `cuda` feature; `CLEM_TEST_DEVICE=cuda:0` runs those on a GPU). The fixtures are f32, which every
+//! kernel path sums in f32; bf16 copies of them check the AVX-512 BF16 path's rounding of activations against the
+//! candle path's, which rounds them too.
 
 #![cfg(feature = "huggingface_local")]
 
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use clem_backends::huggingface_local::causal_lm::CausalLm;
+use clem_backends::huggingface_local::clem_kernels::{self, Path as KernelPath};
 use clem_backends::huggingface_local::device::{DeviceSetting, Placement};
 use clem_backends::huggingface_local::generate::{self, Sampling};
 use serde_json::{json, Value};
@@ -148,12 +153,42 @@ fn candle_placement() -> Placement {
     }
 }
 
+/// `SKIP: <what>` on stderr, written directly: the test harness hides what a passing test prints.
+fn skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {what}");
+}
+
+/// The kernel paths to check: the one `CLEM_KERNELS` forces (a path this CPU lacks fails, naming what is
+/// missing), else every path this CPU runs, with `SKIP:` for the others.
+fn kernel_paths(what: &str) -> Vec<KernelPath> {
+    if std::env::var_os(clem_kernels::dispatch::ENV).is_some() {
+        return vec![clem_kernels::path().unwrap_or_else(|e| panic!("{e}"))];
+    }
+    KernelPath::ALL
+        .into_iter()
+        .filter(|p| {
+            let missing = p.missing(clem_kernels::Features::detect());
+            if !missing.is_empty() {
+                skip(&format!("{what} on the {p} kernels: this CPU lacks {}", missing.join(", ")));
+            }
+            missing.is_empty()
+        })
+        .collect()
+}
+
+fn kernels_on(path: KernelPath) -> Placement {
+    Placement::cpu_kernels(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
 macro_rules! golden_tests {
     ($($name:ident, $candle:ident => $arch:literal),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                check_arch($arch, Placement::cpu());
+                for path in kernel_paths($arch) {
+                    check_arch($arch, kernels_on(path));
+                }
             }
 
             #[test]
@@ -384,5 +419,60 @@ fn unsupported_settings_are_refused_naming_the_key() {
         let dir = variant(arch, edit, same_weights);
         let e = CausalLm::load_dir(dir.path()).err().unwrap_or_else(|| panic!("{arch}: {key} was accepted"));
         assert!(e.to_string().contains(key), "{arch}: the error does not name {key}: {e}");
+    }
+}
+
+/// max |a - b| / max(1, max |b|) over rows.
+fn rows_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| rel_diff(x, &y.iter().map(|&v| f64::from(v)).collect::<Vec<_>>())).fold(0.0, f64::max)
+}
+
+#[test]
+fn bf16_weights_round_no_more_on_any_kernel_path_than_on_the_candle_path() {
+    // bf16 copies of the fixtures. The reference: the portable kernels (f32 activations, f32 sums). The candle
+    // path rounds activations and products to bf16, as transformers does on a GPU and oneDNN on AVX-512 BF16
+    // CPUs; the AVX-512 BF16 kernel path rounds activations only: it may move the logits by the same order as the
+    // candle path does (at most 3x: through a scalar model of `vdpbf16ps` the seven models moved 0.6x to 1.5x
+    // as far), the f32-sum paths only by attention's summation order (within the goldens' tolerance).
+    let to_bf16 = |t: HashMap<String, Tensor>| -> HashMap<String, Tensor> {
+        t.into_iter().map(|(k, v)| (k, v.to_dtype(candle_core::DType::BF16).expect("bf16"))).collect()
+    };
+    for arch in ARCHS {
+        let g = Goldens::load(arch);
+        let dir = variant(arch, |c| c["dtype"] = json!("bfloat16"), to_bf16);
+        let on = |placement: Placement| {
+            let model = CausalLm::load_dir_on(dir.path(), &placement).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            let single: Vec<Vec<f32>> = g
+                .prompts
+                .iter()
+                .map(|p| logits(&model, std::slice::from_ref(p), g.pad, &Device::Cpu).remove(0))
+                .collect();
+            let (rows, _) = g.batch(1);
+            let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| g.prompts[r].clone()).collect();
+            let tokens = greedy(&model, &prompts, &vec![g.new_tokens; prompts.len()], g.pad, &Device::Cpu);
+            let alone: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|p| greedy(&model, std::slice::from_ref(p), &[g.new_tokens], g.pad, &Device::Cpu).remove(0))
+                .collect();
+            (single, tokens, alone)
+        };
+        let (reference, _, _) = on(kernels_on(KernelPath::Portable));
+        let (candle, _, _) = on(Placement::cpu_candle());
+        let candle_diff = rows_diff(&candle, &reference);
+        assert!(candle_diff > TOLERANCE, "{arch}: the candle path rounded by only {candle_diff:.2e}");
+        for path in kernel_paths(&format!("{arch} in bf16")) {
+            let (ours, batched, alone) = on(kernels_on(path));
+            let diff = rows_diff(&ours, &reference);
+            // The f32-sum paths differ from the portable one only in attention's summation order.
+            let bound = if path == KernelPath::Avx512Bf16 { 3.0 * candle_diff } else { TOLERANCE };
+            assert!(
+                diff <= bound,
+                "{arch} in bf16 on {path}: {diff:.2e} from the f32-sum logits; candle's {candle_diff:.2e}"
+            );
+            if arch != "phi3" {
+                assert_eq!(batched, alone, "{arch} in bf16 on {path}: a batched row differs from its single run");
+            }
+            println!("{arch} in bf16 on {path}: {diff:.2e} from the f32-sum logits (candle path: {candle_diff:.2e})");
+        }
     }
 }

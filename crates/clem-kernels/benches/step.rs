@@ -3,11 +3,12 @@
 //! f32 and bf16; then the decoding attention of 8 rows at 110 positions over distinct f32 and bf16 KV buffers.
 //! Time per step, GMAC/s and the time per matrix shape. A development aid for the kernels; `bench/hf_local/run.py`
 //! is the benchmark against transformers. `cargo bench -p clem-kernels --bench step` (RAYON_NUM_THREADS sets the
-//! threads).
+//! threads, `CLEM_KERNELS` the kernel path; every line names the path and its tuning, the first the CPU).
 
 use std::time::Instant;
 
 use clem_kernels::attention::{attend, prefetch, AttendShape, KvValue};
+use clem_kernels::dispatch::{cpu_model, Features};
 use clem_kernels::{PackedMatrix, Result};
 use half::bf16;
 
@@ -53,7 +54,8 @@ fn steps(as_bf16: bool) -> Result<()> {
             }
         }
         println!(
-            "{} rows {rows:2}: step {:6.2} ms, {:5.1} GMAC/s; qkv {:.2} o {:.2} gate_up {:.2} down {:.2} lm_head {:.2} ms",
+            "[{}] {} rows {rows:2}: step {:6.2} ms, {:5.1} GMAC/s; qkv {:.2} o {:.2} gate_up {:.2} down {:.2} lm_head {:.2} ms",
+            label()?,
             if as_bf16 { "bf16" } else { "f32 " },
             best * 1e3,
             (macs * rows) as f64 / best / 1e9,
@@ -90,11 +92,26 @@ fn attention<T: KvValue>(dtype: &str) -> Result<()> {
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    println!("{dtype} attention of a step (8 rows, {calls} calls, {len} keys): {:.2} ms", best * 1e3);
+    println!("[{}] {dtype} attention of a step (8 rows, {calls} calls, {len} keys): {:.2} ms", label()?, best * 1e3);
     Ok(())
 }
 
+/// The kernel path and its tuning, for every figure.
+fn label() -> Result<String> {
+    let path = clem_kernels::path()?;
+    Ok(format!("{path} {:?}", clem_kernels::tuning::get(path)))
+}
+
 fn main() -> Result<()> {
+    // The tuning `clem` runs with: cached, or measured now (CLEM_KERNELS_TUNING=default: today's constants).
+    let calibration = clem_kernels::tuning::calibrate(clem_kernels::path()?)?;
+    println!(
+        "CPU {}: {}; kernel path {} ({})",
+        cpu_model(),
+        Features::detect().describe(),
+        label()?,
+        calibration.source
+    );
     steps(false)?;
     steps(true)?;
     attention::<f32>("f32")?;

@@ -6,7 +6,7 @@
 
 use half::{bf16, f16};
 
-use crate::{KernelError, Result, Weight};
+use crate::{KernelError, Path, Result, Weight};
 
 /// The element type of cached keys and values: a [`Weight`] type (widened the same way), also narrowed into.
 pub trait KvValue: Weight {
@@ -77,11 +77,25 @@ pub struct AttendShape {
 }
 
 /// `out (queries, head_dim) = softmax(mask + cap(scale * q k^T)) v` for `q (queries, head_dim)`, keys and values
-/// `len` rows of `head_dim` at `kv_stride`, `mask (positions, len)` additive.
-///
-/// With AVX2 + FMA and a head size that is a multiple of 8, the query heads sharing this KV head read each key
-/// and value once, the exponentials are computed 8 at a time; otherwise a portable loop computes the same.
+/// `len` rows of `head_dim` at `kv_stride`, `mask (positions, len)` additive; on the default [`crate::path`].
 pub fn attend<T: KvValue>(q: &[f32], k: &[T], v: &[T], mask: &[f32], s: &AttendShape, out: &mut [f32]) -> Result<()> {
+    attend_on(crate::path()?, q, k, v, mask, s, out)
+}
+
+/// [`attend`] on `path` (an error when this CPU cannot run it). On every SIMD path (all have AVX2 + FMA) with a
+/// head size that is a multiple of 8, the query heads sharing this KV head read each key and value once and the
+/// exponentials are computed 8 at a time (a step's attention is a few percent of its time: the AVX-512 paths run
+/// these loops too); otherwise a portable loop computes the same.
+pub fn attend_on<T: KvValue>(
+    path: Path,
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    mask: &[f32],
+    s: &AttendShape,
+    out: &mut [f32],
+) -> Result<()> {
+    let path = path.check()?;
     let d = s.head_dim;
     let kv_need = rows_len(s.len, s);
     let sizes_ok = s.queries.checked_mul(d).is_some_and(|n| q.len() >= n && out.len() >= n)
@@ -94,11 +108,13 @@ pub fn attend<T: KvValue>(q: &[f32], k: &[T], v: &[T], mask: &[f32], s: &AttendS
     }
     let mut scores = vec![0f32; s.queries * s.len];
     #[cfg(target_arch = "x86_64")]
-    if d.is_multiple_of(8) && crate::simd_available() {
-        // SAFETY: the CPU has AVX2 and FMA; the sizes were checked above.
+    if d.is_multiple_of(8) && path.has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (every path but the portable one needs them, and `path` runs
+        // here); the sizes were checked above.
         unsafe { simd::attend(q, k, v, mask, s, &mut scores, out) };
         return Ok(());
     }
+    let _ = path;
     portable(q, k, v, mask, s, &mut scores, out);
     Ok(())
 }
@@ -446,15 +462,17 @@ mod tests {
         let (kh, vh): (Vec<f16>, Vec<f16>) =
             (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
         let widen = |xs: &[f32]| xs.to_vec();
-        let mut out = vec![f32::NAN; queries * d];
-        attend(&q, &k, &v, &mask, &shape, &mut out)?;
-        compare(&q, (&widen(&k), &widen(&v)), &mask, &shape, &out, "f32");
-        attend(&q, &kb, &vb, &mask, &shape, &mut out)?;
-        let wide = |xs: &[bf16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
-        compare(&q, (&wide(&kb), &wide(&vb)), &mask, &shape, &out, "bf16");
-        attend(&q, &kh, &vh, &mask, &shape, &mut out)?;
-        let wide = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
-        compare(&q, (&wide(&kh), &wide(&vh)), &mask, &shape, &out, "f16");
+        for path in Path::ALL.into_iter().filter(|p| p.supported()) {
+            let mut out = vec![f32::NAN; queries * d];
+            attend_on(path, &q, &k, &v, &mask, &shape, &mut out)?;
+            compare(&q, (&widen(&k), &widen(&v)), &mask, &shape, &out, &format!("{path} f32"));
+            attend_on(path, &q, &kb, &vb, &mask, &shape, &mut out)?;
+            let wide = |xs: &[bf16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            compare(&q, (&wide(&kb), &wide(&vb)), &mask, &shape, &out, &format!("{path} bf16"));
+            attend_on(path, &q, &kh, &vh, &mask, &shape, &mut out)?;
+            let wide = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            compare(&q, (&wide(&kh), &wide(&vh)), &mask, &shape, &out, &format!("{path} f16"));
+        }
         Ok(())
     }
 
@@ -493,6 +511,24 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn paths_this_cpu_lacks_are_refused_and_the_others_listed() {
+        let shape =
+            AttendShape { queries: 1, positions: 1, len: 1, head_dim: 8, kv_stride: 8, scale: 1.0, softcap: None };
+        for path in Path::ALL {
+            let result = attend_on(path, &[0.0; 8], &[0f32; 8], &[0f32; 8], &[0.0], &shape, &mut [0.0; 8]);
+            if path.supported() {
+                assert_eq!(result, Ok(()));
+            } else {
+                crate::skip(&format!(
+                    "attention on the {path} path: this CPU lacks {}",
+                    path.missing(crate::Features::detect()).join(", ")
+                ));
+                assert!(matches!(result, Err(KernelError::Unsupported { .. })), "{path}: {result:?}");
+            }
+        }
     }
 
     #[test]

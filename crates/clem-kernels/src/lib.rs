@@ -7,26 +7,37 @@
 //!
 //! Layout: output rows in panels of [`PANEL`]; a panel stores, input by input, the weights of its 64 outputs
 //! (zero-padded past the last output). Decoding reads each panel as one sequential stream, broadcasting one input
-//! against 64 outputs held in 8 registers; several rows take register tiles of 16 outputs x 6 rows, the panel
-//! staying in cache while the rows pass, so every weight is read from memory once per step whatever the batch.
-//! bf16 weights are stored pairwise interleaved within 16 outputs so that one load, a shift and a mask widen
-//! them. Panels are split across the current rayon pool's threads. With AVX2 + FMA (+ F16C) the inner loops are
-//! SIMD; elsewhere a portable loop computes the same sums in the same order.
+//! against 64 outputs held in registers; several rows take register tiles (16 outputs x 6 rows with AVX2, 64 x 6
+//! with AVX-512), the panel staying in cache while the rows pass, so every weight is read from memory once per step
+//! whatever the batch. bf16 weights are stored pairwise interleaved within 16 outputs so that one load, a shift and
+//! a mask widen them. Panels are split across the current rayon pool's threads.
 //!
-//! Each (row, output) is one fused multiply-add chain over the inputs in order, whatever the number of rows or
-//! the tile that computed it, so a batch gives bit-identical logits to single runs.
+//! The inner loops are picked at run time ([`dispatch`]): AVX-512 BF16 (bf16 weights only: [`bf16dot`], its own
+//! layout, activations rounded to bf16), AVX-512, AVX2 + FMA (+ F16C), or portable. Every matrix keeps the
+//! [`Path`] it was packed for; `CLEM_KERNELS` forces one. Prefetch distance and block size come from [`tuning`].
+//!
+//! On the f32-sum paths (all but the BF16 dot product) each (row, output) is one fused multiply-add chain over the
+//! inputs in order, whatever the number of rows, the tile or the path that computed it: a batch gives
+//! bit-identical logits to single runs, and the AVX-512, AVX2 and portable paths give the same bits.
 
 pub mod activation;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod bf16dot;
+pub mod dispatch;
 pub mod rope;
+pub mod tuning;
 mod vmath;
 
 use std::mem::MaybeUninit;
 
+pub use dispatch::{path, Features, Path};
 use half::{bf16, f16};
 use rayon::prelude::*;
+pub use tuning::Tuning;
 
-/// A matrix or an input of the wrong size.
+/// A matrix or an input of the wrong size, or a kernel path this CPU cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelError {
     #[error("a ({out}, {inp}) matrix needs {} values, got {got}", out * inp)]
@@ -37,6 +48,15 @@ pub enum KernelError {
     RowOutOfRange { id: u32, rows: usize },
     #[error("attention buffers are shorter than their shapes say")]
     AttentionShape,
+    #[error(
+        "the {path} kernels need {missing}, which this CPU lacks: set {} to a path it runs (or unset it)",
+        dispatch::ENV
+    )]
+    Unsupported { path: &'static str, missing: String },
+    #[error("{}={value:?} names no kernel path: use avx512bf16|avx512|avx2|portable, or auto", dispatch::ENV)]
+    UnknownPath { value: String },
+    #[error("{}={value:?}: use default (no calibration) or measure (calibrate anew), or unset it", tuning::ENV)]
+    BadTuning { value: String },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;
@@ -49,9 +69,12 @@ pub enum StoredDtype {
     F16,
 }
 
-/// Outputs per packed panel, and per pair of AVX2 registers.
+/// Outputs per packed panel, and per pair of AVX2 registers (one AVX-512 register).
 const PANEL: usize = 64;
 const PAIR: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m256, __m512};
 
 /// One element type of stored weights.
 pub trait Weight: Copy + Send + Sync + Default + 'static {
@@ -65,7 +88,36 @@ pub trait Weight: Copy + Send + Sync + Default + 'static {
     /// # Safety
     /// `p..p + 16` must be readable, and the CPU must have AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+    unsafe fn load16(p: *const Self) -> (__m256, __m256);
+    /// The 32 outputs of two pairs of one input, widened, in the lane order of [`Weight::acc32`].
+    ///
+    /// # Safety
+    /// `p..p + 32` must be readable, and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load32(p: *const Self) -> (__m512, __m512);
+    /// Running sums of the 32 outputs at `y`, in [`Weight::load32`]'s lane order (outputs 0..16, 16..32).
+    ///
+    /// # Safety
+    /// `y..y + 32` must be readable, and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn acc32(y: *const f32) -> (__m512, __m512) {
+        use std::arch::x86_64::*;
+        (_mm512_loadu_ps(y), _mm512_loadu_ps(y.add(16)))
+    }
+    /// Writes sums in [`Weight::acc32`]'s lane order back to the 32 outputs at `y`.
+    ///
+    /// # Safety
+    /// `y..y + 32` must be writable, and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store32(acc: (__m512, __m512), y: *mut f32) {
+        use std::arch::x86_64::*;
+        _mm512_storeu_ps(y, acc.0);
+        _mm512_storeu_ps(y.add(16), acc.1);
+    }
 }
 
 impl Weight for f32 {
@@ -75,9 +127,16 @@ impl Weight for f32 {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn load16(p: *const f32) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    unsafe fn load16(p: *const f32) -> (__m256, __m256) {
         use std::arch::x86_64::*;
         (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load32(p: *const f32) -> (__m512, __m512) {
+        use std::arch::x86_64::*;
+        (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
     }
 }
 
@@ -96,13 +155,47 @@ impl Weight for bf16 {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn load16(p: *const bf16) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    unsafe fn load16(p: *const bf16) -> (__m256, __m256) {
         use std::arch::x86_64::*;
         // bf16 is the top half of an f32: the low halves shift into place, the high halves are masked.
         let v = _mm256_loadu_si256(p.cast::<__m256i>());
         let lo = _mm256_slli_epi32::<16>(v);
         let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
         (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
+    }
+    /// As [`Weight::load16`] on two pairs at once: lanes 0..8 of the first vector are outputs 0..8 of the first
+    /// pair, lanes 8..16 outputs 0..8 of the second; the second vector holds both pairs' outputs 8..16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load32(p: *const bf16) -> (__m512, __m512) {
+        use std::arch::x86_64::*;
+        let v = _mm512_loadu_si512(p.cast());
+        let lo = _mm512_slli_epi32::<16>(v);
+        let hi = _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+        (_mm512_castsi512_ps(lo), _mm512_castsi512_ps(hi))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn acc32(y: *const f32) -> (__m512, __m512) {
+        use std::arch::x86_64::*;
+        let join = |a: *const f32, b: *const f32| {
+            let low = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(a)));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(low, _mm256_castps_pd(_mm256_loadu_ps(b))))
+        };
+        (join(y, y.add(16)), join(y.add(8), y.add(24)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store32(acc: (__m512, __m512), y: *mut f32) {
+        use std::arch::x86_64::*;
+        let high = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        _mm256_storeu_ps(y, _mm512_castps512_ps256(acc.0));
+        _mm256_storeu_ps(y.add(8), _mm512_castps512_ps256(acc.1));
+        _mm256_storeu_ps(y.add(16), high(acc.0));
+        _mm256_storeu_ps(y.add(24), high(acc.1));
     }
 }
 
@@ -113,18 +206,26 @@ impl Weight for f16 {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn load16(p: *const f16) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    unsafe fn load16(p: *const f16) -> (__m256, __m256) {
         use std::arch::x86_64::*;
         let lo = _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()));
         (lo, _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast::<__m128i>())))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load32(p: *const f16) -> (__m512, __m512) {
+        use std::arch::x86_64::*;
+        let lo = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>()));
+        (lo, _mm512_cvtph_ps(_mm256_loadu_si256(p.add(16).cast::<__m256i>())))
     }
 }
 
 /// Where a tile works: its band of `x` (the band's rows interleaved input by input: `x[i * ROWS + b]`), one
 /// panel, the tile's first pair within the panel, the band's first row, and the inputs `i0..i1` it sums over
-/// (continuing the sums already in `y` when `i0 > 0`).
-struct At<'a, W> {
-    x: &'a [f32],
+/// (continuing the sums already in `y` when `i0 > 0`). `X` is the activations' type (bf16 pairs for [`bf16dot`]).
+struct At<'a, W, X = f32> {
+    x: &'a [X],
     panel: &'a [W],
     pair0: usize,
     row0: usize,
@@ -150,17 +251,17 @@ impl PanelOut {
     }
 }
 
-// SAFETY: a `PanelOut` is only written through by the one task computing its panel (see `products`).
+// SAFETY: a `PanelOut` is only written through by the one task computing its panel (see `split_panels`).
 unsafe impl Send for PanelOut {}
 unsafe impl Sync for PanelOut {}
 
 /// Offset in `y` of row `b` and output `q` of pair `p` of `at`.
 #[inline(always)]
-fn y_index<W>(at: &At<W>, y: PanelOut, p: usize, b: usize, q: usize) -> usize {
+fn y_index<W, X>(at: &At<W, X>, y: PanelOut, p: usize, b: usize, q: usize) -> usize {
     (at.row0 + b) * y.ld + (at.pair0 + p) * PAIR + q
 }
 
-/// Portable: sums of `PAIRS` pairs of outputs x `ROWS` rows, in the order the SIMD path uses.
+/// Portable: sums of `PAIRS` pairs of outputs x `ROWS` rows, in the order the SIMD paths use.
 ///
 /// # Safety
 /// `y` must hold the tile's rows and outputs, written by no other thread meanwhile.
@@ -192,14 +293,15 @@ unsafe fn tile_portable<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &A
     }
 }
 
-/// AVX2 + FMA form of [`tile_portable`].
+/// AVX2 + FMA form of [`tile_portable`]; `PF`: prefetch `at.ahead` (several rows: the next block; one row: the
+/// stream ahead, when the tuning asks for it).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `at` and `y` must hold the tile's rows, pairs and inputs (the callers'
 /// loops ensure it), `y` written by no other thread meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, y: PanelOut) {
+unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize, const PF: bool>(at: &At<W>, y: PanelOut) {
     use std::arch::x86_64::*;
     let xp = at.x.as_ptr();
     let wp = at.panel.as_ptr().add(at.pair0 * PAIR);
@@ -220,10 +322,9 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
     let (mut fetched, mut credit) = (0, 0);
     for i in at.i0..at.i1 {
         credit += lines;
-        // One row streams the panel without prefetching: the hardware prefetcher keeps up with it.
-        while ROWS > 1 && credit >= steps {
+        while PF && credit >= steps {
             credit -= steps;
-            _mm_prefetch::<_MM_HINT_T1>(ahead.add(fetched * 64));
+            prefetch::<ROWS>(ahead.add(fetched * 64));
             fetched += 1;
         }
         for (p, acc_p) in acc.iter_mut().enumerate() {
@@ -244,19 +345,33 @@ unsafe fn tile_avx2<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>
     }
 }
 
-/// One tile on the path the CPU allows.
+/// Prefetches one cache line for a tile of `ROWS` rows: several rows fetch the next block into L2 (it is read
+/// `ROWS` times from L1 later); one row streaming ahead fetches into L1, where it reads next.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch<const ROWS: usize>(line: *const i8) {
+    use std::arch::x86_64::*;
+    if ROWS == 1 {
+        _mm_prefetch::<_MM_HINT_T0>(line);
+    } else {
+        _mm_prefetch::<_MM_HINT_T1>(line);
+    }
+}
+
+/// One tile of 16-output pairs on `path` (AVX2 for every SIMD path: they all have it).
 ///
 /// # Safety
-/// As [`tile_portable`].
+/// As [`tile_portable`]; `path` must be one this CPU runs.
 #[inline(always)]
-unsafe fn tile<W: Weight, const PAIRS: usize, const ROWS: usize>(at: &At<W>, simd: bool, y: PanelOut) {
+unsafe fn tile<W: Weight, const PAIRS: usize, const ROWS: usize, const PF: bool>(at: &At<W>, path: Path, y: PanelOut) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is true only when the CPU has AVX2, FMA and F16C; the rest is the caller's contract.
-        unsafe { tile_avx2::<W, PAIRS, ROWS>(at, y) };
+    if path.has_avx2() {
+        // SAFETY: every path but the portable one needs AVX2, FMA and F16C, and `path` runs on this CPU; the rest
+        // is the caller's contract.
+        unsafe { tile_avx2::<W, PAIRS, ROWS, PF>(at, y) };
         return;
     }
-    let _ = simd;
+    let _ = path;
     tile_portable::<W, PAIRS, ROWS>(at, y);
 }
 
@@ -268,21 +383,21 @@ type Pairs = std::ops::Range<usize>;
 /// prefetch `ahead` between them.
 ///
 /// # Safety
-/// As [`tile_portable`], for the band's rows and the panel's `pairs`.
+/// As [`tile`], for the band's rows and the panel's `pairs`.
 #[inline(always)]
-unsafe fn band<W: Weight, const PAIRS: usize, const ROWS: usize>(
+unsafe fn band<W: Weight, const PAIRS: usize, const ROWS: usize, const PF: bool>(
     x: &[f32],
     panel: &[W],
     (row0, i0, i1, pairs): (usize, usize, usize, Pairs),
     ahead: &[W],
-    simd: bool,
+    path: Path,
     y: PanelOut,
 ) {
     let tiles = (pairs.len() / PAIRS).max(1);
     let share = ahead.len().div_ceil(tiles);
     for (t, pair0) in pairs.step_by(PAIRS).enumerate() {
         let ahead = &ahead[(t * share).min(ahead.len())..((t + 1) * share).min(ahead.len())];
-        tile::<W, PAIRS, ROWS>(&At { x, panel, pair0, row0, i0, i1, ahead }, simd, y);
+        tile::<W, PAIRS, ROWS, PF>(&At { x, panel, pair0, row0, i0, i1, ahead }, path, y);
     }
 }
 
@@ -292,9 +407,9 @@ fn bands(rows: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// `x` (row-major) with each band's rows interleaved input by input, as tiles read them.
-fn interleave_bands(x: &[f32], rows: usize, inp: usize, out: &mut Vec<f32>) {
+fn interleave_bands<T: Copy + Default>(x: &[T], rows: usize, inp: usize, out: &mut Vec<T>) {
     // Every value is overwritten: only the length matters.
-    out.resize(rows * inp, 0.0);
+    out.resize(rows * inp, T::default());
     for (r0, n) in bands(rows) {
         let band = &mut out[r0 * inp..(r0 + n) * inp];
         for (b, row) in x[r0 * inp..(r0 + n) * inp].chunks_exact(inp).enumerate() {
@@ -311,27 +426,58 @@ thread_local! {
     static BANDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// `f` with the calling thread's reusable buffer in `cell`, or a fresh one when that buffer is in use (re-entered
+/// on this thread: a product inside a product's task).
+fn with_scratch<T, R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    cell.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// How a product runs: the path of its f32-sum tiles and the tuning of that path.
+#[derive(Clone, Copy)]
+struct Run {
+    path: Path,
+    tuning: Tuning,
+}
+
 /// All rows against `pairs` of one panel (the first `PANEL * inp` values of `data`; what follows is the next
-/// panels), into `y` (`rows x PANEL`). One row sweeps the whole panel once with 8 running sums. More rows take
-/// tiles of 6 rows x 16 outputs (smaller at the end), over blocks of inputs whose slice of the panel stays in L1
-/// while every row passes, prefetching the next block meanwhile. `x` is laid out by [`interleave_bands`].
+/// panels), into `y` (`rows x PANEL`). One row sweeps the whole panel once. More rows take tiles over blocks of
+/// inputs whose slice of the panel stays in L1 while every row passes, prefetching the next block meanwhile. `x`
+/// is laid out by [`interleave_bands`].
 ///
 /// # Safety
 /// `y` must hold `rows` rows of the panel's outputs in `pairs`, written by no other thread meanwhile; one row
-/// takes whole panels.
+/// takes whole panels; `run.path` must be one this CPU runs.
 unsafe fn panel_outputs<W: Weight>(
     x: &[f32],
     data: &[W],
     (inp, rows, pairs): (usize, usize, Pairs),
-    simd: bool,
+    run: Run,
     y: PanelOut,
 ) {
     let panel = &data[..PANEL * inp];
+    let path = run.path;
     if rows == 1 {
-        band::<W, 4, 1>(x, panel, (0, 0, inp, 0..4), &[], simd, y);
+        // With a prefetch distance, one row fetches that far ahead in the matrix (the next panels follow this one).
+        let ahead = run.tuning.stream_ahead(data, PANEL * inp);
+        #[cfg(target_arch = "x86_64")]
+        if path == Path::Avx512 {
+            avx512::band(x, panel, (0, 0, inp, pairs), ahead, 1, y);
+            return;
+        }
+        if ahead.is_empty() {
+            band::<W, 4, 1, false>(x, panel, (0, 0, inp, 0..4), &[], path, y);
+        } else {
+            band::<W, 4, 1, true>(x, panel, (0, 0, inp, 0..4), ahead, path, y);
+        }
         return;
     }
-    let block = (16 * 1024 / (PANEL * std::mem::size_of::<W>())).max(1);
+    let block = run.tuning.block_inputs(PANEL * std::mem::size_of::<W>());
     for i0 in (0..inp).step_by(block) {
         let i1 = (i0 + block).min(inp);
         let next = &data[(i1 * PANEL).min(data.len())..((i1 + block) * PANEL).min(data.len())];
@@ -339,54 +485,38 @@ unsafe fn panel_outputs<W: Weight>(
             let xb = &x[r * inp..(r + n) * inp];
             let at = (r, i0, i1, pairs.clone());
             let ahead = &next[r * next.len() / rows..(r + n) * next.len() / rows];
+            #[cfg(target_arch = "x86_64")]
+            if path == Path::Avx512 {
+                avx512::band(xb, panel, at, ahead, n, y);
+                continue;
+            }
             match n {
-                6 => band::<W, 1, 6>(xb, panel, at, ahead, simd, y),
-                5 => band::<W, 1, 5>(xb, panel, at, ahead, simd, y),
-                4 => band::<W, 1, 4>(xb, panel, at, ahead, simd, y),
-                3 => band::<W, 2, 3>(xb, panel, at, ahead, simd, y),
-                2 => band::<W, 2, 2>(xb, panel, at, ahead, simd, y),
-                _ if pairs.len() == 4 => band::<W, 4, 1>(xb, panel, at, ahead, simd, y),
-                _ => band::<W, 2, 1>(xb, panel, at, ahead, simd, y),
+                6 => band::<W, 1, 6, true>(xb, panel, at, ahead, path, y),
+                5 => band::<W, 1, 5, true>(xb, panel, at, ahead, path, y),
+                4 => band::<W, 1, 4, true>(xb, panel, at, ahead, path, y),
+                3 => band::<W, 2, 3, true>(xb, panel, at, ahead, path, y),
+                2 => band::<W, 2, 2, true>(xb, panel, at, ahead, path, y),
+                _ if pairs.len() == 4 => band::<W, 4, 1, false>(xb, panel, at, ahead, path, y),
+                _ => band::<W, 2, 1, false>(xb, panel, at, ahead, path, y),
             }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn simd_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn simd_available() -> bool {
-    false
-}
-
-/// `x (rows, inp) . W^T` over packed panels into `y`, `(rows, panels * PANEL)` row-major.
-/// Every value of `y` is written (each panel writes all its columns of every row), so it may start uninitialised.
-fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: bool, y: &mut [MaybeUninit<f32>]) {
-    let panel_len = PANEL * inp;
-    let panels = data.len() / panel_len.max(1);
-    let ld = panels * PANEL;
-    assert!(y.len() >= rows * ld, "products: output buffer too short");
-    let out = PanelOut { ptr: y.as_mut_ptr().cast::<f32>(), ld };
+/// Runs `panel(p, pairs)` for each of `panels` panels of a product of `rows` rows, split over the current rayon
+/// pool: several rows are compute-bound, so threads split half panels (small matrices, 9 panels say, divide
+/// evenly); one row streams whole panels. `work` (weights x rows) below 2^16 stays on the calling thread.
+fn split_panels(panels: usize, rows: usize, work: usize, panel: impl Fn(usize, Pairs) + Sync) {
     let threads = rayon::current_num_threads();
-    // Several rows are compute-bound: threads split half panels, so that small matrices (9 panels, say) divide
-    // evenly. One row streams whole panels.
     let halves = if rows > 1 { 2 } else { 1 };
     let units = panels * halves;
     let run = |u0: usize, u1: usize| {
         for p in u0 / halves..u1.div_ceil(halves) {
             let (from, to) = (u0.max(p * halves) - p * halves, u1.min((p + 1) * halves) - p * halves);
-            let pairs = from * 4 / halves..to * 4 / halves;
-            // SAFETY: panel p writes `pairs` of columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked
-            // above), and each unit (a panel's half, or the panel) is run by one task.
-            unsafe { panel_outputs(x, &data[p * panel_len..], (inp, rows, pairs), simd, out.columns_from(p * PANEL)) };
+            panel(p, from * 4 / halves..to * 4 / halves);
         }
     };
-    let per_task = if threads <= 1 || data.len() * rows < 1 << 16 { units } else { units.div_ceil(threads) };
+    let per_task = if threads <= 1 || work < 1 << 16 { units } else { units.div_ceil(threads) };
     if per_task >= units {
         run(0, units);
     } else {
@@ -396,11 +526,29 @@ fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, simd: boo
     }
 }
 
+/// `x (rows, inp) . W^T` over packed panels into `y`, `(rows, panels * PANEL)` row-major.
+/// Every value of `y` is written (each panel writes all its columns of every row), so it may start uninitialised.
+fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, run: Run, y: &mut [MaybeUninit<f32>]) {
+    let panel_len = PANEL * inp;
+    let panels = data.len() / panel_len.max(1);
+    let ld = panels * PANEL;
+    assert!(y.len() >= rows * ld, "products: output buffer too short");
+    let out = PanelOut { ptr: y.as_mut_ptr().cast::<f32>(), ld };
+    split_panels(panels, rows, data.len() * rows, |p, pairs| {
+        // SAFETY: panel p writes `pairs` of columns p * PANEL.. p * PANEL + PANEL of the rows of `y` (checked
+        // above), and each unit (a panel's half, or the panel) is run by one task; the matrix's path was checked
+        // against the CPU when it was packed.
+        unsafe { panel_outputs(x, &data[p * panel_len..], (inp, rows, pairs), run, out.columns_from(p * PANEL)) };
+    });
+}
+
 #[derive(Debug)]
 enum Packed {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
+    /// bf16 in [`bf16dot`]'s layout (pairs of inputs side by side), for the AVX-512 BF16 path.
+    Bf16Pairs(Vec<bf16>),
 }
 
 /// Index of weight `(o, i)` in the packed data of a matrix with `inp` inputs.
@@ -409,12 +557,14 @@ fn packed_index<W: Weight>(o: usize, i: usize, inp: usize) -> usize {
     (o / PANEL) * PANEL * inp + i * PANEL + (within / PAIR) * PAIR + W::slot(within % PAIR)
 }
 
-/// A `(out, inp)` weight matrix packed as the module doc says, in its stored dtype (other dtypes as f32).
+/// A `(out, inp)` weight matrix packed as the module doc says, in its stored dtype (other dtypes as f32), for
+/// the [`Path`] that multiplies it.
 #[derive(Debug)]
 pub struct PackedMatrix {
     data: Packed,
     out: usize,
     inp: usize,
+    path: Path,
 }
 
 fn pack<W: Weight>(w: &[W], out: usize, inp: usize) -> Vec<W> {
@@ -441,22 +591,42 @@ impl PackedMatrix {
         }
     }
 
-    /// Packs a row-major `(out, inp)` f32 matrix.
+    /// Packs a row-major `(out, inp)` f32 matrix for the default [`path`].
     pub fn from_f32(w: &[f32], out: usize, inp: usize) -> Result<PackedMatrix> {
-        Self::check(w.len(), out, inp)?;
-        Ok(PackedMatrix { data: Packed::F32(pack(w, out, inp)), out, inp })
+        Self::from_f32_on(path()?, w, out, inp)
     }
 
-    /// Packs a row-major `(out, inp)` bf16 matrix, kept in bf16.
+    /// Packs a row-major `(out, inp)` bf16 matrix, kept in bf16, for the default [`path`].
     pub fn from_bf16(w: &[bf16], out: usize, inp: usize) -> Result<PackedMatrix> {
-        Self::check(w.len(), out, inp)?;
-        Ok(PackedMatrix { data: Packed::Bf16(pack(w, out, inp)), out, inp })
+        Self::from_bf16_on(path()?, w, out, inp)
     }
 
-    /// Packs a row-major `(out, inp)` f16 matrix, kept in f16.
+    /// Packs a row-major `(out, inp)` f16 matrix, kept in f16, for the default [`path`].
     pub fn from_f16(w: &[f16], out: usize, inp: usize) -> Result<PackedMatrix> {
+        Self::from_f16_on(path()?, w, out, inp)
+    }
+
+    /// [`PackedMatrix::from_f32`] for `path` (an error when this CPU cannot run it).
+    pub fn from_f32_on(path: Path, w: &[f32], out: usize, inp: usize) -> Result<PackedMatrix> {
         Self::check(w.len(), out, inp)?;
-        Ok(PackedMatrix { data: Packed::F16(pack(w, out, inp)), out, inp })
+        Ok(PackedMatrix { data: Packed::F32(pack(w, out, inp)), out, inp, path: path.check()? })
+    }
+
+    /// [`PackedMatrix::from_bf16`] for `path`: the AVX-512 BF16 path packs pairs of inputs side by side.
+    pub fn from_bf16_on(path: Path, w: &[bf16], out: usize, inp: usize) -> Result<PackedMatrix> {
+        Self::check(w.len(), out, inp)?;
+        let path = path.check()?;
+        let data = match path {
+            Path::Avx512Bf16 => Packed::Bf16Pairs(bf16dot::pack(w, out, inp)),
+            _ => Packed::Bf16(pack(w, out, inp)),
+        };
+        Ok(PackedMatrix { data, out, inp, path })
+    }
+
+    /// [`PackedMatrix::from_f16`] for `path`.
+    pub fn from_f16_on(path: Path, w: &[f16], out: usize, inp: usize) -> Result<PackedMatrix> {
+        Self::check(w.len(), out, inp)?;
+        Ok(PackedMatrix { data: Packed::F16(pack(w, out, inp)), out, inp, path: path.check()? })
     }
 
     /// `(out, inp)`.
@@ -467,9 +637,14 @@ impl PackedMatrix {
     pub fn dtype(&self) -> StoredDtype {
         match self.data {
             Packed::F32(_) => StoredDtype::F32,
-            Packed::Bf16(_) => StoredDtype::Bf16,
+            Packed::Bf16(_) | Packed::Bf16Pairs(_) => StoredDtype::Bf16,
             Packed::F16(_) => StoredDtype::F16,
         }
+    }
+
+    /// The path this matrix was packed for, which multiplies it.
+    pub fn path(&self) -> Path {
+        self.path
     }
 
     /// `x (rows, inp) . W^T` -> `(rows, out)`.
@@ -477,39 +652,45 @@ impl PackedMatrix {
         if rows.checked_mul(self.inp) != Some(x.len()) {
             return Err(KernelError::InputSize { inp: self.inp, got: x.len() });
         }
+        Ok(self.matmul_tuned(x, rows, tuning::get(self.path)))
+    }
+
+    /// [`PackedMatrix::matmul_t`] with `tuning`, `x` of the right size.
+    fn matmul_tuned(&self, x: &[f32], rows: usize, tuning: Tuning) -> Vec<f32> {
         if self.inp == 0 || rows == 0 {
-            return Ok(vec![0f32; rows * self.out]);
+            return vec![0f32; rows * self.out];
         }
-        let simd = simd_available();
+        if let Packed::Bf16Pairs(d) = &self.data {
+            // SAFETY: the matrix's path (the only one packing pairs) was checked against the CPU when packed.
+            return self.rows_of(rows, |y| unsafe { bf16dot::matmul(d, x, (rows, self.inp), tuning, false, y) });
+        }
+        let run = Run { path: self.path.f32_sums(), tuning };
         if rows == 1 {
-            return Ok(self.products_into_rows(x, 1, simd));
+            return self.products_into_rows(x, 1, run);
         }
-        BANDED.with(|banded| match banded.try_borrow_mut() {
-            Ok(mut banded) => {
-                interleave_bands(x, rows, self.inp, &mut banded);
-                Ok(self.products_into_rows(&banded, rows, simd))
-            }
-            // Re-entered on this thread (a product inside a product's task): a buffer of its own.
-            Err(_) => {
-                let mut own = Vec::new();
-                interleave_bands(x, rows, self.inp, &mut own);
-                Ok(self.products_into_rows(&own, rows, simd))
-            }
+        with_scratch(&BANDED, |banded| {
+            interleave_bands(x, rows, self.inp, banded);
+            self.products_into_rows(banded, rows, run)
         })
     }
 
     /// [`products`] of `x` (laid out by [`interleave_bands`] when `rows > 1`) as `(rows, out)` row-major.
-    fn products_into_rows(&self, x: &[f32], rows: usize, simd: bool) -> Vec<f32> {
-        // Tiles write whole panels: rows of `ld` outputs, compacted to `out` after.
+    fn products_into_rows(&self, x: &[f32], rows: usize, run: Run) -> Vec<f32> {
+        self.rows_of(rows, |y| match &self.data {
+            Packed::F32(d) => products(d, x, rows, self.inp, run, y),
+            Packed::Bf16(d) => products(d, x, rows, self.inp, run, y),
+            Packed::F16(d) => products(d, x, rows, self.inp, run, y),
+            Packed::Bf16Pairs(_) => unreachable!("matmul_t takes the BF16 dot product for this layout"),
+        })
+    }
+
+    /// The `(rows, out)` row-major result of `fill`, which must write all of a `(rows, ld)` buffer (`ld`: the
+    /// outputs rounded up to whole panels, which tiles write).
+    fn rows_of(&self, rows: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
         let ld = self.out.div_ceil(PANEL) * PANEL;
         let mut y: Vec<f32> = Vec::with_capacity(rows * ld);
-        let uninit = &mut y.spare_capacity_mut()[..rows * ld];
-        match &self.data {
-            Packed::F32(d) => products(d, x, rows, self.inp, simd, uninit),
-            Packed::Bf16(d) => products(d, x, rows, self.inp, simd, uninit),
-            Packed::F16(d) => products(d, x, rows, self.inp, simd, uninit),
-        }
-        // SAFETY: `products` wrote all `rows * ld` values.
+        fill(&mut y.spare_capacity_mut()[..rows * ld]);
+        // SAFETY: `fill` wrote all `rows * ld` values (every product writes every column of every row).
         unsafe { y.set_len(rows * ld) };
         if ld != self.out {
             for r in 1..rows {
@@ -522,23 +703,38 @@ impl PackedMatrix {
 
     /// Rows `ids` of the matrix, widened to f32 (an embedding lookup), `(ids.len(), inp)` row-major.
     pub fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        fn gather<W: Weight>(d: &[W], ids: &[u32], m: &PackedMatrix) -> Result<Vec<f32>> {
+        fn gather<W: Weight>(
+            d: &[W],
+            ids: &[u32],
+            m: &PackedMatrix,
+            index: impl Fn(usize, usize) -> usize,
+        ) -> Result<Vec<f32>> {
             let mut y = Vec::with_capacity(ids.len() * m.inp);
             for &id in ids {
                 let o = id as usize;
                 if o >= m.out {
                     return Err(KernelError::RowOutOfRange { id, rows: m.out });
                 }
-                y.extend((0..m.inp).map(|i| d[packed_index::<W>(o, i, m.inp)].widen()));
+                y.extend((0..m.inp).map(|i| d[index(o, i)].widen()));
             }
             Ok(y)
         }
+        let inp = self.inp;
         match &self.data {
-            Packed::F32(d) => gather(d, ids, self),
-            Packed::Bf16(d) => gather(d, ids, self),
-            Packed::F16(d) => gather(d, ids, self),
+            Packed::F32(d) => gather(d, ids, self, |o, i| packed_index::<f32>(o, i, inp)),
+            Packed::Bf16(d) => gather(d, ids, self, |o, i| packed_index::<bf16>(o, i, inp)),
+            Packed::F16(d) => gather(d, ids, self, |o, i| packed_index::<f16>(o, i, inp)),
+            Packed::Bf16Pairs(d) => gather(d, ids, self, |o, i| bf16dot::index(o, i, inp)),
         }
     }
+}
+
+/// `SKIP: <what>` on stderr, written directly: the test harness hides what a passing test prints, and a skipped
+/// check must not pass silently.
+#[cfg(test)]
+fn skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {what}");
 }
 
 #[cfg(test)]
@@ -560,14 +756,16 @@ mod tests {
         (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
-    /// The matrix in each stored dtype, and its values as f32 after rounding to that dtype.
+    /// The matrix in each stored dtype, and its values as f32 after rounding to that dtype, for the default path's
+    /// f32 sums (`CLEM_KERNELS` picks another; the BF16 dot product has its own tests below).
     fn each_dtype(w: &[f32], out: usize, inp: usize) -> Result<Vec<(PackedMatrix, Vec<f32>)>> {
+        let path = path()?.f32_sums();
         let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         Ok(vec![
-            (PackedMatrix::from_f32(w, out, inp)?, w.to_vec()),
-            (PackedMatrix::from_bf16(&b, out, inp)?, b.iter().map(|v| v.to_f32()).collect()),
-            (PackedMatrix::from_f16(&h, out, inp)?, h.iter().map(|v| v.to_f32()).collect()),
+            (PackedMatrix::from_f32_on(path, w, out, inp)?, w.to_vec()),
+            (PackedMatrix::from_bf16_on(path, &b, out, inp)?, b.iter().map(|v| v.to_f32()).collect()),
+            (PackedMatrix::from_f16_on(path, &h, out, inp)?, h.iter().map(|v| v.to_f32()).collect()),
         ])
     }
 
@@ -617,10 +815,12 @@ mod tests {
             }
             // The portable path sums in the same order as the SIMD one.
             let mut portable = vec![MaybeUninit::new(f32::NAN); out.div_ceil(PANEL) * PANEL];
+            let run = Run { path: Path::Portable, tuning: Tuning::DEFAULT };
             match &m.data {
-                Packed::F32(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
-                Packed::Bf16(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
-                Packed::F16(d) => products(d, &x[..inp], 1, inp, false, &mut portable),
+                Packed::F32(d) => products(d, &x[..inp], 1, inp, run, &mut portable),
+                Packed::Bf16(d) => products(d, &x[..inp], 1, inp, run, &mut portable),
+                Packed::F16(d) => products(d, &x[..inp], 1, inp, run, &mut portable),
+                Packed::Bf16Pairs(_) => continue,
             }
             // SAFETY: initialised above (and overwritten by `products`).
             let portable: Vec<f32> = portable.iter().map(|v| unsafe { v.assume_init() }).collect();
@@ -677,5 +877,223 @@ mod tests {
         assert_eq!(m.matmul_t(&[], 0)?, Vec::<f32>::new());
         assert_eq!(PackedMatrix::from_bf16(&[], 0, 5)?.matmul_t(&[0.0; 5], 1)?, Vec::<f32>::new());
         Ok(())
+    }
+
+    /// Runs `f` for each path this CPU runs; prints `SKIP:` with `what` and the missing features for the others.
+    fn each_path(what: &str, mut f: impl FnMut(Path) -> Result<()>) -> Result<()> {
+        for p in Path::ALL {
+            let missing = p.missing(Features::detect());
+            if missing.is_empty() {
+                f(p)?;
+            } else {
+                skip(&format!("{what} on the {p} path: this CPU lacks {}", missing.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The matrix packed for `path` in each stored dtype the path sums in f32 (bf16 on the BF16 path is tested
+    /// below), with its values rounded to that dtype.
+    fn each_f32_sum_dtype(path: Path, w: &[f32], out: usize, inp: usize) -> Result<Vec<(PackedMatrix, Vec<f32>)>> {
+        let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut all = vec![
+            (PackedMatrix::from_f32_on(path, w, out, inp)?, w.to_vec()),
+            (PackedMatrix::from_f16_on(path, &h, out, inp)?, h.iter().map(|v| v.to_f32()).collect()),
+        ];
+        if path != Path::Avx512Bf16 {
+            all.push((PackedMatrix::from_bf16_on(path, &b, out, inp)?, b.iter().map(|v| v.to_f32()).collect()));
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn every_f32_sum_path_gives_the_portable_bits_in_any_batch_and_split(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build();
+        let (one, two, four) = (pool(1)?, pool(2)?, pool(4)?);
+        // Odd sizes, several blocks of inputs (bf16: 128 inputs a block), 9 panels split in halves by threads.
+        let shapes = [(203, 77), (300, 9 * 64 - 5), (37, 130), (1, 64)];
+        each_path("products equal to the portable path's", |path| {
+            for (inp, out) in shapes {
+                let w = values(out * inp, 11);
+                let reference = each_f32_sum_dtype(Path::Portable, &w, out, inp)?;
+                for ((m, wr), (r, _)) in each_f32_sum_dtype(path, &w, out, inp)?.iter().zip(&reference) {
+                    assert_eq!((m.path(), m.dtype()), (path, r.dtype()));
+                    for rows in [1, 2, 3, 5, 6, 7, 8, 13] {
+                        let x = values(rows * inp, 13);
+                        let want = one.install(|| r.matmul_t(&x, rows))?;
+                        let at = format!("{path} {:?} {rows}x{inp}x{out}", m.dtype());
+                        for pool in [&one, &two, &four] {
+                            assert_eq!(
+                                pool.install(|| m.matmul_t(&x, rows))?,
+                                want,
+                                "{at}, {} threads",
+                                pool.current_num_threads()
+                            );
+                        }
+                        for (g, w) in want.iter().zip(&naive(&x, rows, inp, wr, out)) {
+                            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{at}: {g} vs {w}");
+                        }
+                    }
+                }
+            }
+            println!("{path}: the portable path's bits");
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_prefetch_distance_or_block_size_changes_no_bit() -> Result<()> {
+        let (inp, out) = (300, 200);
+        each_path("tuning changes no bit", |path| {
+            for (m, _) in each_f32_sum_dtype(path, &values(out * inp, 2), out, inp)? {
+                for rows in [1, 7] {
+                    let x = values(rows * inp, 3);
+                    let want = m.matmul_tuned(&x, rows, Tuning::DEFAULT);
+                    for block_bytes in Tuning::BLOCKS {
+                        for row_ahead in Tuning::AHEADS {
+                            let t = Tuning { block_bytes, row_ahead };
+                            assert_eq!(m.matmul_tuned(&x, rows, t), want, "{path} {:?} {rows} rows {t:?}", m.dtype());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `x . W^T` as the BF16 path defines it, from the row-major weights: the activations rounded to bf16, then
+    /// per (row, output) one [`bf16dot::dot_pair`] per pair of inputs, in order.
+    fn bf16_dot_reference(x: &[f32], rows: usize, inp: usize, w: &[bf16], out: usize) -> Vec<f32> {
+        let bits = |v: Option<bf16>| u32::from(v.map_or(0, bf16::to_bits));
+        let mut y = vec![0f32; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                let mut acc = 0f32;
+                for k in 0..inp.div_ceil(2) {
+                    let at = |i: usize| (i < inp).then_some(i);
+                    let wp =
+                        bits(at(2 * k).map(|i| w[o * inp + i])) | bits(at(2 * k + 1).map(|i| w[o * inp + i])) << 16;
+                    let xv = |i: Option<usize>| i.map(|i| bf16::from_f32(x[r * inp + i]));
+                    let xp = bits(xv(at(2 * k))) | bits(xv(at(2 * k + 1))) << 16;
+                    acc = bf16dot::dot_pair(acc, wp, xp);
+                }
+                y[r * out + o] = acc;
+            }
+        }
+        y
+    }
+
+    /// The BF16 path's product of `m` (its pairs layout) with `emulate` as [`bf16dot::matmul`] takes it.
+    fn bf16_dot(m: &PackedMatrix, x: &[f32], rows: usize, emulate: bool) -> Vec<f32> {
+        let Packed::Bf16Pairs(d) = &m.data else { panic!("not the pairs layout") };
+        // SAFETY: emulated, or the caller checked that the CPU has AVX-512 BF16.
+        m.rows_of(rows, |y| unsafe { bf16dot::matmul(d, x, (rows, m.inp), Tuning::DEFAULT, emulate, y) })
+    }
+
+    /// A matrix in the BF16 path's layout whatever the CPU (its products run emulated, or where the CPU has it).
+    fn pairs_matrix(w: &[bf16], out: usize, inp: usize) -> PackedMatrix {
+        PackedMatrix { data: Packed::Bf16Pairs(bf16dot::pack(w, out, inp)), out, inp, path: Path::Avx512Bf16 }
+    }
+
+    #[test]
+    fn the_bf16_dot_product_layout_blocks_and_bands_match_its_definition(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        // Emulated (runs on any CPU): packing, odd inputs, blocks of input pairs (64 a block), bands, thread splits.
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build();
+        let (one, three) = (pool(1)?, pool(3)?);
+        for (inp, out) in [(1, 3), (7, 64), (203, 77), (300, 9 * 64 - 5)] {
+            let w: Vec<bf16> = values(out * inp, 17).iter().map(|&v| bf16::from_f32(v)).collect();
+            let m = pairs_matrix(&w, out, inp);
+            for rows in [1, 2, 5, 6, 7, 13] {
+                let x = values(rows * inp, 19);
+                let want = bf16_dot_reference(&x, rows, inp, &w, out);
+                assert_eq!(one.install(|| bf16_dot(&m, &x, rows, true)), want, "{rows}x{inp}x{out}");
+                assert_eq!(three.install(|| bf16_dot(&m, &x, rows, true)), want, "{rows}x{inp}x{out}, 3 threads");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn one_bf16_pair_product_rounds_once_per_sum() {
+        let pair =
+            |lo: f32, hi: f32| u32::from(bf16::from_f32(lo).to_bits()) | u32::from(bf16::from_f32(hi).to_bits()) << 16;
+        // 3 * 5 = 15 first (the high halves), then + 1.5 * 2 = 3: exact.
+        assert_eq!(bf16dot::dot_pair(0.5, pair(1.5, 3.0), pair(2.0, 5.0)), 18.5);
+        // Each sum rounds to f32: 2^24 + 1 is not an f32, so adding 1 to 2^24 leaves it.
+        assert_eq!(bf16dot::dot_pair(16_777_216.0, pair(1.0, 0.0), pair(1.0, 0.0)), 16_777_216.0);
+        // Subnormal bf16 inputs count as zero.
+        let tiny = f32::from_bits(0x0001_0000);
+        assert!(tiny.is_subnormal());
+        assert_eq!(bf16dot::dot_pair(0.0, pair(tiny, 0.0), pair(1e30, 0.0)), 0.0);
+    }
+
+    #[test]
+    fn the_avx512_bf16_path_rounds_activations_and_keeps_batches_equal_to_single_runs() -> Result<()> {
+        if !Path::Avx512Bf16.supported() {
+            skip(&format!(
+                "the avx512bf16 path: this CPU lacks {}",
+                Path::Avx512Bf16.missing(Features::detect()).join(", ")
+            ));
+            return Ok(());
+        }
+        for (inp, out) in [(1, 3), (7, 64), (203, 77), (576, 9 * 64 - 5)] {
+            let w: Vec<bf16> = values(out * inp, 23).iter().map(|&v| bf16::from_f32(v)).collect();
+            let m = PackedMatrix::from_bf16_on(Path::Avx512Bf16, &w, out, inp)?;
+            assert!(matches!(m.data, Packed::Bf16Pairs(_)));
+            for rows in [1, 2, 5, 6, 7, 13] {
+                let x = values(rows * inp, 29);
+                let got = m.matmul_t(&x, rows)?;
+                // Batched rows equal their single runs, bit for bit.
+                for r in 0..rows {
+                    assert_eq!(m.matmul_t(&x[r * inp..(r + 1) * inp], 1)?, got[r * out..(r + 1) * out], "row {r}");
+                }
+                // The instruction against its definition (Intel's pseudo-code): equal up to how the hardware
+                // orders its two roundings, far below bf16's resolution.
+                let emulated = bf16_dot(&m, &x, rows, true);
+                let xw: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+                let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+                let scale = naive(
+                    &xw.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                    rows,
+                    inp,
+                    &wf.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                    out,
+                );
+                let exact = naive(&xw, rows, inp, &wf, out);
+                for (((g, e), s), x) in got.iter().zip(&emulated).zip(&scale).zip(&exact) {
+                    assert!((g - e).abs() <= 1e-6 * s + 1e-30, "{rows}x{inp}x{out}: {g} vs emulated {e}");
+                    assert!((g - x).abs() <= 1e-5 * s + 1e-30, "{rows}x{inp}x{out}: {g} vs exact {x}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_pairs_come_back_as_stored() -> Result<()> {
+        for (inp, out) in [(19, 70), (1, 1), (2, 65)] {
+            let w: Vec<bf16> = values(out * inp, 9).iter().map(|&v| bf16::from_f32(v)).collect();
+            let m = pairs_matrix(&w, out, inp);
+            let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let got = m.rows_f32(&[(out - 1) as u32, 0])?;
+            assert_eq!(got, [&wide[(out - 1) * inp..out * inp], &wide[..inp]].concat());
+            assert_eq!(m.rows_f32(&[out as u32]), Err(KernelError::RowOutOfRange { id: out as u32, rows: out }));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_path_this_cpu_lacks_is_refused_not_run() {
+        for p in Path::ALL.into_iter().filter(|p| !p.supported()) {
+            let e = PackedMatrix::from_f32_on(p, &[1.0; 4], 2, 2).expect_err("refused");
+            assert!(matches!(e, KernelError::Unsupported { path, .. } if path == p.name()), "{e}");
+            assert!(PackedMatrix::from_bf16_on(p, &[bf16::ONE; 4], 2, 2).is_err());
+            assert!(activation::silu_mul_on(p, &[0.0; 4], 2).is_err());
+            println!("{p}: refused ({e})");
+        }
     }
 }

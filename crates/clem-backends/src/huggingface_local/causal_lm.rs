@@ -32,6 +32,9 @@ pub enum LoadError {
     Files(#[from] FilesError),
     #[error("{}: {source}", dir.display())]
     Weights { dir: PathBuf, source: candle_core::Error },
+    /// `CLEM_KERNELS` names a kernel path this CPU cannot run (or none).
+    #[error("{0}")]
+    Placement(String),
 }
 
 impl CausalLm {
@@ -46,9 +49,10 @@ impl CausalLm {
         })
     }
 
-    /// Loads `config.json` and the safetensors weights of a folder on the CPU (no tokenizer needed).
+    /// Loads `config.json` and the safetensors weights of a folder on the CPU, with the kernels' default path (no
+    /// tokenizer needed).
     pub fn load_dir(dir: &Path) -> std::result::Result<CausalLm, LoadError> {
-        CausalLm::load_dir_on(dir, &Placement::cpu())
+        CausalLm::load_dir_on(dir, &Placement::cpu().map_err(LoadError::Placement)?)
     }
 
     /// [`CausalLm::load_dir`] on `placement`'s device, computing as it says.

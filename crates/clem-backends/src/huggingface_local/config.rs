@@ -142,7 +142,7 @@ pub struct ModelConfig {
     /// The dtype the KV cache is kept in: the weights' (f32, bf16 or f16), as transformers keeps it. f32 until the
     /// weights are opened ([`super::model`] sets it).
     pub kv_dtype: candle_core::DType,
-    /// How the layers compute: [`Compute::Kernels`] until the loader places the model elsewhere.
+    /// How the layers compute: [`Compute::Kernels`] on the CPU's best path until the loader places the model.
     pub compute: Compute,
 }
 
@@ -358,7 +358,7 @@ impl ModelConfig {
                 .find_map(|key| text.get(*key).or_else(|| json.get(*key)).and_then(Value::as_str))
                 .map(String::from),
             kv_dtype: candle_core::DType::F32,
-            compute: Compute::Kernels,
+            compute: Compute::Kernels(clem_kernels::dispatch::choose(clem_kernels::Features::detect())),
         })
     }
 

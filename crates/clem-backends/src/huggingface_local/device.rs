@@ -1,20 +1,33 @@
 //! Where a model runs and how its layers compute there: the entry's `model_config.device` ("auto", "cpu",
 //! "cuda" or "cuda:N"), the candle device it names, and the memory free on it for the check before loading.
 //!
-//! On the CPU the layers use [`clem_kernels`] (weights packed as stored, f32 activations). Any other device runs
+//! On the CPU the layers use [`clem_kernels`] (weights packed as stored, f32 activations) on the kernel path the CPU
+//! runs best or `CLEM_KERNELS` forces ([`clem_kernels::path`]; a forced path the CPU lacks fails the load, naming
+//! what is missing). Any other device runs
 //! candle's own ops ([`Compute::Candle`]): matrices multiplied in the weights' dtype as transformers does on a GPU,
 //! everything else in f32. The same candle path also runs on the CPU, where the tests hold it to the same
 //! transformers goldens as the kernels: a GPU build only swaps the device under it.
 
 use candle_core::Device;
+use clem_kernels::Path as KernelPath;
 
 /// How the layers compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
-    /// [`clem_kernels`]: packed weights, fused decoding steps. CPU only.
-    Kernels,
+    /// [`clem_kernels`] on this path: packed weights, fused decoding steps. CPU only.
+    Kernels(KernelPath),
     /// candle's own ops, on any device.
     Candle,
+}
+
+impl Compute {
+    /// The kernel path, when the layers compute with the kernels.
+    pub fn kernel_path(self) -> Option<KernelPath> {
+        match self {
+            Compute::Kernels(path) => Some(path),
+            Compute::Candle => None,
+        }
+    }
 }
 
 /// The entry's `model_config.device`.
@@ -51,9 +64,16 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// The CPU with [`clem_kernels`] (the default, and the fast path on a CPU).
-    pub fn cpu() -> Placement {
-        Placement { device: Device::Cpu, compute: Compute::Kernels }
+    /// The CPU with [`clem_kernels`] on the default path (the fast path on a CPU); an error when `CLEM_KERNELS`
+    /// names no path or one this CPU cannot run.
+    pub fn cpu() -> Result<Placement, String> {
+        Placement::cpu_kernels(clem_kernels::path().map_err(|e| e.to_string())?)
+    }
+
+    /// The CPU with [`clem_kernels`] on `path` (tests run each path the CPU has); an error when the CPU lacks it.
+    pub fn cpu_kernels(path: KernelPath) -> Result<Placement, String> {
+        let path = path.check().map_err(|e| e.to_string())?;
+        Ok(Placement { device: Device::Cpu, compute: Compute::Kernels(path) })
     }
 
     /// The CPU running candle's own ops: what a GPU runs, checkable without one.
@@ -64,8 +84,8 @@ impl Placement {
     /// The device `setting` names; `Auto` falls back to the CPU when no GPU can be opened.
     pub fn from_setting(setting: DeviceSetting) -> Result<Placement, String> {
         match setting {
-            DeviceSetting::Cpu => Ok(Placement::cpu()),
-            DeviceSetting::Auto => Ok(Placement::cuda(0).unwrap_or_else(|_| Placement::cpu())),
+            DeviceSetting::Cpu => Placement::cpu(),
+            DeviceSetting::Auto => Placement::cuda(0).or_else(|_| Placement::cpu()),
             DeviceSetting::Cuda(n) => Placement::cuda(n),
         }
     }
@@ -134,12 +154,25 @@ mod tests {
     #[test]
     fn without_the_cuda_feature_auto_is_the_cpu_and_cuda_says_how_to_get_it() {
         let auto = Placement::from_setting(DeviceSetting::Auto).expect("auto");
-        assert!(auto.device.is_cpu() && auto.compute == Compute::Kernels);
+        assert!(auto.device.is_cpu() && matches!(auto.compute, Compute::Kernels(_)));
         assert_eq!(auto.name(), "cpu");
         let e = Placement::from_setting(DeviceSetting::Cuda(1)).expect_err("no cuda here");
         assert!(e.contains("cuda:1") && e.contains("--features cuda"), "{e}");
         let (free, source) = auto.available_memory();
         assert!(source.contains("MemAvailable"), "{source}");
         assert!(free.is_some_and(|f| f > 0), "the CPU's free memory is readable on Linux");
+    }
+
+    #[test]
+    fn a_kernel_path_this_cpu_lacks_is_refused_naming_what_is_missing() {
+        for path in KernelPath::ALL {
+            match Placement::cpu_kernels(path) {
+                Ok(p) => assert_eq!(p.compute, Compute::Kernels(path)),
+                Err(e) => {
+                    assert!(!path.supported());
+                    assert!(e.contains(path.name()) && e.contains("CLEM_KERNELS"), "{e}");
+                }
+            }
+        }
     }
 }

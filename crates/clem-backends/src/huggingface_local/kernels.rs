@@ -1,4 +1,5 @@
-//! candle's side of [`clem_kernels`]: a weight tensor packed in its stored dtype, multiplied as a candle op (f32
+//! candle's side of [`clem_kernels`], each on the kernel path the model was placed with: a weight tensor packed in
+//! its stored dtype for that path, multiplied as a candle op (f32
 //! activations in, f32 out) and read back by rows for embedding lookups; decoding attention read from the KV
 //! cache buffers in place, after a decoding step's fused q/k/v projection is split, rotated and written into them in
 //! one pass; the gated SiLU of an MLP in one pass.
@@ -7,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp1, Layout, Result, Shape, Storage, Tensor};
 use clem_kernels::attention::{self, AttendShape};
 use clem_kernels::rope;
-use clem_kernels::PackedMatrix;
+use clem_kernels::{PackedMatrix, Path as KernelPath};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -20,13 +21,14 @@ fn kernel_err(e: clem_kernels::KernelError) -> candle_core::Error {
 }
 
 impl PackedWeight {
-    pub fn new(w: &Tensor) -> Result<PackedWeight> {
+    /// `w` packed for the kernels' `path` (an error when this CPU cannot run it).
+    pub fn new(w: &Tensor, path: KernelPath) -> Result<PackedWeight> {
         let (out, inp) = w.dims2()?;
         let flat = w.flatten_all()?;
         let packed = match w.dtype() {
-            DType::BF16 => PackedMatrix::from_bf16(&flat.to_vec1::<bf16>()?, out, inp),
-            DType::F16 => PackedMatrix::from_f16(&flat.to_vec1::<f16>()?, out, inp),
-            _ => PackedMatrix::from_f32(&flat.to_dtype(DType::F32)?.to_vec1::<f32>()?, out, inp),
+            DType::BF16 => PackedMatrix::from_bf16_on(path, &flat.to_vec1::<bf16>()?, out, inp),
+            DType::F16 => PackedMatrix::from_f16_on(path, &flat.to_vec1::<f16>()?, out, inp),
+            _ => PackedMatrix::from_f32_on(path, &flat.to_dtype(DType::F32)?.to_vec1::<f32>()?, out, inp),
         };
         packed.map(PackedWeight).map_err(kernel_err)
     }
@@ -68,11 +70,12 @@ impl CustomOp1 for PackedWeight {
 }
 
 /// `silu(gate) * up` of `gate_up (.., 2 * inter)` (the gate then the up projection) -> `(.., inter)`, for f32
-/// tensors on the CPU.
-pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+/// tensors on the CPU, on the kernels' `path`.
+pub fn silu_mul(path: KernelPath, gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     let gate_up = gate_up.contiguous()?;
     let (store, layout) = gate_up.storage_and_layout();
-    let out = clem_kernels::activation::silu_mul(contiguous_f32(&store, layout)?, inter).map_err(kernel_err)?;
+    let values = contiguous_f32(&store, layout)?;
+    let out = clem_kernels::activation::silu_mul_on(path, values, inter).map_err(kernel_err)?;
     let mut shape = gate_up.dims().to_vec();
     if let Some(last) = shape.last_mut() {
         *last = inter;
@@ -101,8 +104,16 @@ fn tail<T>(s: &[T], at: usize) -> &[T] {
 
 /// Attention of `q (b, kv_heads, queries, d)` against `k`, `v` `(b, kv_heads, len, d)` (views of the cache
 /// buffers; the last dimension contiguous) with the additive `mask (b, 1, positions, len)`; `(b, kv_heads,
-/// queries, d)` out. Each (row, KV head) runs on the current rayon pool.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, softcap: Option<f64>) -> Result<Tensor> {
+/// queries, d)` out, on the kernels' `path`. Each (row, KV head) runs on the current rayon pool.
+pub fn attend(
+    path: KernelPath,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Result<Tensor> {
     let (q, mask) = (q.contiguous()?, mask.contiguous()?);
     let (b, kvh, queries, d) = q.dims4()?;
     let (len, positions) = (k.dim(2)?, mask.dim(2)?);
@@ -127,9 +138,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, sof
     let stores = (&*k_store, k_lay.start_offset(), &*v_store, v_lay.start_offset());
     let dims = (&shape, kvh, kst);
     match k.dtype() {
-        DType::F32 => attend_rows::<f32>(stores, (qs, ms), dims, &mut out)?,
-        DType::BF16 => attend_rows::<bf16>(stores, (qs, ms), dims, &mut out)?,
-        DType::F16 => attend_rows::<f16>(stores, (qs, ms), dims, &mut out)?,
+        DType::F32 => attend_rows::<f32>(path, stores, (qs, ms), dims, &mut out)?,
+        DType::BF16 => attend_rows::<bf16>(path, stores, (qs, ms), dims, &mut out)?,
+        DType::F16 => attend_rows::<f16>(path, stores, (qs, ms), dims, &mut out)?,
         other => candle_core::bail!("kernel attention: a {other:?} KV cache"),
     }
     Tensor::from_vec(out, (b, kvh, queries, d), q.device())
@@ -137,6 +148,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, sof
 
 /// [`attend`] for a cache of `T`: each (row, KV head) on the current rayon pool.
 fn attend_rows<T: attention::KvValue + candle_core::WithDType>(
+    path: KernelPath,
     (k_store, k_at, v_store, v_at): (&Storage, usize, &Storage, usize),
     (qs, ms): (&[f32], &[f32]),
     (shape, kvh, kst): (&AttendShape, usize, &[usize]),
@@ -149,7 +161,7 @@ fn attend_rows<T: attention::KvValue + candle_core::WithDType>(
         // The next (row, KV head) is most often this thread's next call.
         attention::prefetch(tail(ks, kv_at(i + 1)), shape);
         let (q_at, m_at) = (i * queries * d, (i / kvh) * positions * len);
-        attention::attend(tail(qs, q_at), tail(ks, kv_at(i)), tail(vs, kv_at(i)), tail(ms, m_at), shape, o)
+        attention::attend_on(path, tail(qs, q_at), tail(ks, kv_at(i)), tail(vs, kv_at(i)), tail(ms, m_at), shape, o)
             .map_err(kernel_err)
     })
 }

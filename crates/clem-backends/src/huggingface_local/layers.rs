@@ -12,6 +12,7 @@ use super::config::{Activation, LayerType, ModelConfig, RopeScaling, RopeSpec};
 use super::device::Compute;
 use super::kernels::{self, PackedWeight};
 use super::weights::get_f32;
+use clem_kernels::Path as KernelPath;
 
 /// Added to the scores of masked keys. Finite on purpose: a fully masked (padding) query row must stay finite,
 /// or its NaNs would reach real rows through the KV cache.
@@ -37,7 +38,7 @@ enum Weight {
 impl Weight {
     fn new(w: &Tensor, compute: Compute) -> Result<Weight> {
         Ok(match compute {
-            Compute::Kernels => Weight::Packed(Arc::new(PackedWeight::new(w)?)),
+            Compute::Kernels(path) => Weight::Packed(Arc::new(PackedWeight::new(w, path)?)),
             Compute::Candle if w.device().is_cpu() => {
                 Weight::Dense { weight: w.to_dtype(DType::F32)?, dtype: w.dtype() }
             }
@@ -446,8 +447,8 @@ pub struct Attention {
     softcap: Option<f64>,
     /// The KV cache's dtype (see [`ModelConfig::kv_dtype`]).
     kv_dtype: DType,
-    /// Decoding steps take the fused kernels ([`Compute::Kernels`]).
-    kernels: bool,
+    /// Decoding steps take the fused kernels on this path ([`Compute::Kernels`]).
+    kernels: Option<KernelPath>,
 }
 
 impl Attention {
@@ -464,7 +465,7 @@ impl Attention {
             scale: c.attn_scale,
             softcap: c.attn_softcap,
             kv_dtype: c.kv_dtype,
-            kernels: c.compute == Compute::Kernels,
+            kernels: c.compute.kernel_path(),
         }
     }
 
@@ -495,7 +496,7 @@ impl Attention {
         let (b, seq, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
-        let decoding = seq <= DECODE_STEP && self.kernels;
+        let decoding = seq <= DECODE_STEP && self.kernels.is_some();
         if let (true, None, Some((cos, sin))) = (decoding, &self.qk_norms, rope.full(hd)) {
             // A decoding step: split, rotate and cache in one pass, then attend reading the cache in place.
             let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), self.kv_dtype, x.device())?;
@@ -546,7 +547,8 @@ impl Attention {
         (b, seq): (usize, usize),
     ) -> Result<Tensor> {
         let (h, hd) = (self.heads, self.head_dim);
-        let out = kernels::attend(q, &k, &v, mask, self.scale, self.softcap)?;
+        let Some(path) = self.kernels else { candle_core::bail!("kernel attention without a kernel path") };
+        let out = kernels::attend(path, q, &k, &v, mask, self.scale, self.softcap)?;
         self.o.forward(&out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?)
     }
 }
@@ -562,20 +564,14 @@ pub struct Mlp {
     down: Linear,
     act: Activation,
     intermediate: usize,
-    /// The gated SiLU takes the fused kernel ([`Compute::Kernels`]).
-    kernels: bool,
+    /// The gated SiLU takes the fused kernel on this path ([`Compute::Kernels`]).
+    kernels: Option<KernelPath>,
 }
 
 impl Mlp {
     /// `gate_up` projects to the gate and the up projection stacked in that order.
     pub fn new(gate_up: Linear, down: Linear, c: &ModelConfig) -> Mlp {
-        Mlp {
-            gate_up,
-            down,
-            act: c.activation,
-            intermediate: c.intermediate_size,
-            kernels: c.compute == Compute::Kernels,
-        }
+        Mlp { gate_up, down, act: c.activation, intermediate: c.intermediate_size, kernels: c.compute.kernel_path() }
     }
 
     /// `gate_proj`, `up_proj` (fused) and `down_proj` under `vb` (a layer's `mlp`).
@@ -593,8 +589,8 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;
-        if self.act == Activation::Silu && self.kernels {
-            return self.down.forward(&kernels::silu_mul(&gate_up, self.intermediate)?);
+        if let (Activation::Silu, Some(path)) = (self.act, self.kernels) {
+            return self.down.forward(&kernels::silu_mul(path, &gate_up, self.intermediate)?);
         }
         let last = gate_up.rank() - 1;
         let gate = gate_up.narrow(last, 0, self.intermediate)?.contiguous()?;
@@ -612,18 +608,35 @@ impl Mlp {
 mod tests {
     use super::*;
 
+    /// The kernels on each path this CPU runs (`SKIP:` on stderr for the others), and candle's ops.
+    fn computes() -> Vec<Compute> {
+        let mut all = Vec::new();
+        for path in KernelPath::ALL {
+            match path.check() {
+                Ok(path) => all.push(Compute::Kernels(path)),
+                Err(e) => {
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stderr(), "SKIP: layers on the {path} kernels: {e}");
+                }
+            }
+        }
+        all.push(Compute::Candle);
+        all
+    }
+
     #[test]
     fn linear_layers_match_a_plain_matmul_for_each_stored_dtype_and_compute() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (300, 40), &dev)?;
         let bias = Tensor::randn(0f32, 1.0, 300, &dev)?;
-        for compute in [Compute::Kernels, Compute::Candle] {
+        for compute in computes() {
             for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let w = w.to_dtype(dtype)?;
                 let lin = Linear::new(&w, Some(bias.clone()), compute)?;
-                // candle rounds activations to the weights' dtype (as transformers on a GPU): bf16 keeps 8 bits.
+                // candle rounds activations to the weights' dtype (as transformers on a GPU), and so does the
+                // AVX-512 BF16 kernel path for bf16 weights: bf16 keeps 8 bits.
                 let tolerance = match (compute, dtype) {
-                    (Compute::Candle, DType::BF16) => 0.3,
+                    (Compute::Candle | Compute::Kernels(KernelPath::Avx512Bf16), DType::BF16) => 0.3,
                     (Compute::Candle, DType::F16) => 0.05,
                     _ => 1e-4,
                 };
@@ -646,7 +659,7 @@ mod tests {
         let table = Tensor::randn(0f32, 1.0, (50, 8), &dev)?.to_dtype(DType::BF16)?;
         let ids = Tensor::new(&[[3u32, 0, 49], [7, 7, 1]], &dev)?;
         let want = table.to_dtype(DType::F32)?.index_select(&ids.flatten_all()?, 0)?.reshape((2, 3, 8))?;
-        for compute in [Compute::Kernels, Compute::Candle] {
+        for compute in computes() {
             let embed = Embedding { table: Weight::new(&table, compute)?, hidden: 8 };
             let got = embed.forward(&ids)?;
             let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;

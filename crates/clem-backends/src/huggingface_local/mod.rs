@@ -18,10 +18,12 @@
 //! - [`model`]: the [`Model`] implementation: templates, context check, cleaning, recorded objects.
 //!
 //! - [`kernels`]: [`clem_kernels`] as candle ops: weights packed in their stored dtype, decoding attention, the
-//!   gated activation.
+//!   gated activation, each on the kernel path chosen for the CPU (AVX-512 BF16, AVX-512, AVX2 or portable;
+//!   `CLEM_KERNELS` forces one), whose prefetch distance and block size the loader calibrates once per CPU model.
 //!
 //! Compute dtype: weight matrices stay as stored (f32, bf16 or f16: half the memory and half the bytes read per
-//! token for bf16/f16) and are multiplied with f32 activations, summed in f32 ([`clem_kernels`]); everything else
+//! token for bf16/f16) and are multiplied with f32 activations, summed in f32 ([`clem_kernels`]; on the AVX-512
+//! BF16 path bf16 weights meet activations rounded to bf16, as oneDNN does for transformers there); everything else
 //! (norms, attention, softmax, RoPE) is f32, and the KV cache is kept in the weights' dtype as transformers keeps
 //! it. That is more precise than transformers' bf16 compute, and a batched row gets bit-identical linear-layer
 //! results to the same row run alone. On a GPU ([`device`]) matrices are multiplied in the weights' dtype by
@@ -48,6 +50,8 @@ use serde_json::Value;
 
 use crate::{Backend, LoadContext};
 
+/// The kernels crate, for what reports on it (`clem list backends -v`: the path in use, the CPU's features).
+pub use clem_kernels;
 pub use model::HfLocalModel;
 
 pub const BACKEND: Backend = Backend {

@@ -150,6 +150,10 @@ impl HfLocalModel {
             eos_ids.extend(eos_token.as_deref().and_then(|t| tokenizer.token_id(t)));
         }
 
+        if let Some(path) = placement.compute.kernel_path() {
+            // The kernels' prefetch distance and block size for this CPU: cached, else measured once (a second).
+            clem_kernels::tuning::calibrate(path).map_err(|e| config_err(e.to_string()))?;
+        }
         // Matrices stay as stored (f32, bf16 or f16); activations are computed in f32 (see `device`).
         let vb = safetensors.var_builder(&placement.device);
         let model = CausalLm::load(vb, &config).map_err(|e| ModelError::backend(&name, e))?;

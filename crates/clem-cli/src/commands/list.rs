@@ -5,7 +5,8 @@
 //!   source (`file#index`), pricing (`$2.5/$10 per 1M tokens` from `model_config.pricing`, else `-`); `--json`
 //!   prints the entries as a JSON list instead.
 //! - backends: `name<TAB>built|not built<TAB>credentials` where credentials is `not needed`,
-//!   `missing (section S)` or `SOURCE (section S)`.
+//!   `missing (section S)` or `SOURCE (section S)`; with `-v` also the backend's runtime (huggingface_local: the
+//!   CPU kernel path in use, the CPU and its features, the kernels' tuning; `-` for the others).
 //! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated; every value
 //!   masked, except that `base_url` shows its scheme, host and port, never its user, password, path or query).
 //! - games: `name<TAB>description` for each game clemrs plays.
@@ -29,11 +30,18 @@ enum What {
     /// Models in the registries, in priority order.
     Models(ModelArgs),
     /// Backends of this build and whether each has credentials.
-    Backends,
+    Backends(BackendArgs),
     /// Credentials, masked.
     Keys,
     /// The games `clem run` plays.
     Games,
+}
+
+#[derive(clap::Args)]
+struct BackendArgs {
+    /// Also show what each backend runs on (huggingface_local: the CPU kernel path, the CPU's features).
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(clap::Args)]
@@ -68,7 +76,7 @@ fn parse_min_context(s: &str) -> Result<f64, String> {
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Models(m) => models(m, ctx),
-        What::Backends => backends(ctx),
+        What::Backends(b) => backends(b, ctx),
         What::Keys => keys(ctx),
         What::Games => games(),
     }
@@ -131,7 +139,7 @@ fn pricing(entry: &Value) -> String {
     }
 }
 
-fn backends(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+fn backends(args: BackendArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let keys = ctx.keys()?;
     for b in clem_backends::BACKENDS {
         let built = if b.loader.is_some() { "built" } else { "not built" };
@@ -142,9 +150,34 @@ fn backends(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 _ => format!("missing (section {section})"),
             },
         };
-        println!("{}\t{built}\t{creds}", b.name());
+        if args.verbose {
+            let runtime = if b.name() == "huggingface_local" { cpu_kernels() } else { "-".into() };
+            println!("{}\t{built}\t{creds}\t{runtime}", b.name());
+        } else {
+            println!("{}\t{built}\t{creds}", b.name());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// huggingface_local's CPU side: "kernels avx2 on AMD EPYC (avx2 fma f16c -avx512f -avx512bf16); tuning ...", or
+/// why `CLEM_KERNELS` cannot be used.
+fn cpu_kernels() -> String {
+    use clem_backends::huggingface_local::clem_kernels::{self as kernels, tuning};
+    let cpu = format!("{} ({})", kernels::dispatch::cpu_model(), kernels::Features::detect().describe());
+    match kernels::path() {
+        Ok(path) => {
+            let tuned = match tuning::cached(path) {
+                Some((t, file)) => {
+                    format!("block {} B, row prefetch {} B ({})", t.block_bytes, t.row_ahead, file.display())
+                }
+                None if path == kernels::Path::Portable => "default".into(),
+                None => "not measured yet (the first model load calibrates it)".into(),
+            };
+            format!("kernels {path} on {cpu}; tuning {tuned}")
+        }
+        Err(e) => format!("kernels: {e}; CPU {cpu}"),
+    }
 }
 
 fn keys(ctx: &Ctx) -> anyhow::Result<ExitCode> {
