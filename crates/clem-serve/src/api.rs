@@ -1,6 +1,7 @@
 //! The OpenAI Chat Completions wire format: parsing a request into messages and generation arguments, and
-//! building the reply, either one `chat.completion` object or a `chat.completion.chunk` SSE stream. Image parts
-//! are accepted only as `data:` or `http(s)` URLs ([`crate::images::check_source`]).
+//! building the reply, either one `chat.completion` object or a `chat.completion.chunk` SSE stream, with the
+//! generation's `usage` and exact `finish_reason`. Image parts are accepted only as `data:` or `http(s)` URLs
+//! ([`crate::images::check_source`]).
 
 use clem_core::{GenArgs, Generation, Message, Role};
 use serde_json::{json, Map, Value};
@@ -148,8 +149,12 @@ fn completion_object(g: &Generation) -> &Value {
     }
 }
 
-/// `stop` or `length`, from what the backend reported (`stop` when it did not say).
-pub fn finish_reason(g: &Generation) -> &str {
+/// `length` when `max_tokens` cut the reply, else `stop`: the generation's normalised finish reason (every
+/// built-in backend sets it), else the completion object's `finish_reason` (`stop` when it says nothing).
+pub fn finish_reason(g: &Generation) -> &'static str {
+    if let Some(f) = g.finish_reason {
+        return f.as_str();
+    }
     let reason = completion_object(g).pointer("/choices/0/finish_reason").and_then(Value::as_str);
     match reason {
         Some("length") => "length",
@@ -157,8 +162,13 @@ pub fn finish_reason(g: &Generation) -> &str {
     }
 }
 
-/// Token usage when the backend counted it (counts whose sum overflows are nonsense: no usage).
+/// Token usage: the generation's normalised usage (the provider's counts, the local tokenizer's, the mock's
+/// words; reasoning tokens as `completion_tokens_details.reasoning_tokens`), else the completion object's
+/// `usage` (counts whose sum overflows are nonsense: no usage); `None` when the backend counted nothing.
 pub fn usage(g: &Generation) -> Option<Value> {
+    if let Some(u) = &g.usage {
+        return Some(u.to_openai());
+    }
     let u = completion_object(g).get("usage")?;
     let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
     let completion = u.get("completion_tokens").and_then(Value::as_u64)?;
@@ -328,5 +338,33 @@ mod tests {
         assert_eq!(text, "Hello there");
         assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
         assert_eq!(chunks[chunks.len() - 1]["usage"]["total_tokens"], 5);
+    }
+
+    /// The generation's normalised usage and finish reason win over its response object, which for a
+    /// huggingface_local model holds neither (before: such replies had no `usage` and always said `stop`).
+    #[test]
+    fn usage_and_finish_reason_come_from_the_generation() {
+        use clem_core::{FinishReason, Usage};
+        let hf = Generation::new(json!({}), json!({"response": "<|im_start|>...Hello"}), "Hello")
+            .with_usage(Some(Usage::new(30, 20).with_reasoning(Some(4))))
+            .with_finish(Some(FinishReason::Length));
+        let want = json!({"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50,
+                          "completion_tokens_details": {"reasoning_tokens": 4}});
+        let body = completion("id", 1, "m", &hf);
+        assert_eq!((&body["usage"], &body["choices"][0]["finish_reason"]), (&want, &json!("length")));
+        let stream = stream_body("id", 1, "m", &hf, true);
+        let chunks: Vec<Value> = stream
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("json"))
+            .collect();
+        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+        assert_eq!(chunks[chunks.len() - 1]["usage"], want);
+        // A generation that says `stop` is `stop`, whatever a response object claims.
+        let g = Generation::new(json!({}), json!({"choices": [{"finish_reason": "length"}]}), "x")
+            .with_finish(Some(FinishReason::Stop));
+        assert_eq!(finish_reason(&g), "stop");
+        assert!(usage(&Generation::new(json!({}), json!({"response": "x"}), "x")).is_none());
     }
 }
