@@ -11,6 +11,7 @@
 //! - [`scores`] and [`pyjson`]: scores.json as clemcore's legacy `GameScorer` writes it, NaN included;
 //! - [`rescore`]: `clem score`, scores.json again from the records;
 //! - [`eval`]: `clem eval`, clemcore's results table (clemscore);
+//! - [`usage`]: each model's calls, tokens, time and cost, in run_summary.json and summed for `clem eval`;
 //! - [`transcript`] and [`tex`]: HTML transcripts of recorded episodes, and clemcore's `transcript.tex`;
 //! - [`check_hf`]: clembench's `initial_hf_check.py` on a model's tokenizer files.
 
@@ -28,6 +29,7 @@ pub mod runner;
 pub mod scores;
 pub mod tex;
 pub mod transcript;
+pub mod usage;
 
 /// clembench's hellogame (also at `games::hellogame`).
 pub use games::hellogame;

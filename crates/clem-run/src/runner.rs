@@ -14,13 +14,18 @@
 //! A run locks its folder (`<results>/<models>/`) for its whole length: a second run there is refused, naming
 //! the process that holds it. Model names must be plain path segments, as they name that folder.
 //!
+//! Each model's calls, tokens, time and cost are counted ([`crate::usage`]) and written to run_summary.json
+//! only: clemcore's files stay as clemcore writes them.
+//!
 //! `CLEM_TEST_CALL_DELAY_MS` (undocumented for users; for tests that interrupt a run) makes the runner wait
 //! that many milliseconds before each request and each scripted reply.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clem_core::{GenArgs, LoadedModel, Message, ModelError, ModelSpec};
+use clem_core::{GenArgs, LoadedModel, Message, ModelError, ModelSpec, Pricing};
 use serde_json::{json, Map, Value};
 
 use crate::fsio::{self, now_iso, FsError};
@@ -29,6 +34,7 @@ use crate::instances::{Experiment, Instance};
 use crate::pyjson;
 use crate::recorder::{self, EpisodeRecorder, PlayerInfo, ResultsFolder, RunFile};
 use crate::scores;
+use crate::usage::{self, ModelUsage};
 
 /// What to run and where to write it.
 #[derive(Clone, Debug, Default)]
@@ -43,6 +49,8 @@ pub struct RunOptions {
     pub gen_args: GenArgs,
     /// The game's folder, recorded as run.json's `game_path` as clemcore records it; `None`: `clemrs:<game>`.
     pub game_path: Option<PathBuf>,
+    /// Prices by model name (`--prices`), before each entry's own `model_config.pricing`.
+    pub prices: BTreeMap<String, Pricing>,
 }
 
 /// A run that cannot start or cannot write its results.
@@ -126,6 +134,8 @@ pub struct RunSummary {
     pub run_path: PathBuf,
     pub results: Vec<InstanceResult>,
     pub duration: Duration,
+    /// Each model's calls in this invocation (one row per model name).
+    pub usage: Vec<ModelUsage>,
 }
 
 /// The mean of the values that are not NaN (the Main Score over the episodes played), if there are any.
@@ -179,6 +189,7 @@ impl RunSummary {
                 "aborted": self.results.iter().filter(|r| r.aborted()).count(),
                 "mean_main_score": mean,
             },
+            "usage": self.usage.iter().map(ModelUsage::to_json).collect::<Vec<_>>(),
             "instances": rows,
         })
     }
@@ -289,8 +300,26 @@ pub fn run(
 
     let delay =
         std::env::var("CLEM_TEST_CALL_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
-    let ctx =
-        Ctx { game, models, player_model: &player_model, folder: &folder, infos: &infos, args: &opts.gen_args, delay };
+    let calls = RefCell::new(
+        models
+            .iter()
+            .map(|m| {
+                let pricing =
+                    opts.prices.get(m.name()).copied().or_else(|| Pricing::from_spec(m.spec()).ok().flatten());
+                ModelUsage::new(m.name(), pricing)
+            })
+            .collect::<Vec<_>>(),
+    );
+    let ctx = Ctx {
+        game,
+        models,
+        player_model: &player_model,
+        folder: &folder,
+        infos: &infos,
+        args: &opts.gen_args,
+        delay,
+        calls: &calls,
+    };
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         for result in ctx.play_chunk(chunk)? {
             progress.instance_done(&result);
@@ -304,12 +333,22 @@ pub fn run(
     results.sort_by(|a, b| {
         (exp_pos(&experiments, &a.experiment), a.game_id).cmp(&(exp_pos(&experiments, &b.experiment), b.game_id))
     });
-    let summary =
-        RunSummary { game: game.name().into(), run_path: folder.run_path(), results, duration: clock.elapsed() };
-    scores::write(
-        &folder.run_path().join("run_summary.json"),
-        &summary.to_json(&names, opts.batch_size.max(1), opts.resume),
-    )?;
+    let summary = RunSummary {
+        game: game.name().into(),
+        run_path: folder.run_path(),
+        results,
+        duration: clock.elapsed(),
+        usage: usage::merged(&calls.into_inner()),
+    };
+    let path = folder.run_path().join("run_summary.json");
+    // The former summary's usage of other games (and, resumed, of this one) stays: clem eval sums it.
+    let previous = path.is_file().then(|| scores::read(&path).ok()).flatten();
+    let mut json = summary.to_json(&names, opts.batch_size.max(1), opts.resume);
+    if let Value::Object(o) = &mut json {
+        let by_game = usage::usage_by_game(previous.as_ref(), game.name(), &summary.usage, opts.resume);
+        o.insert("usage_by_game".into(), by_game);
+    }
+    scores::write(&path, &json)?;
     Ok(summary)
 }
 
@@ -326,6 +365,8 @@ struct Ctx<'a> {
     infos: &'a Value,
     args: &'a GenArgs,
     delay: Option<Duration>,
+    /// Each model's calls so far (index as `models`).
+    calls: &'a RefCell<Vec<ModelUsage>>,
 }
 
 /// Who answers a turn.
@@ -388,6 +429,7 @@ impl Ctx<'_> {
                     std::thread::sleep(d);
                 }
                 let model = &self.models[m];
+                let started = Instant::now();
                 let mut out = if batch.len() == 1 {
                     vec![model.generate_response(&batch[0], self.args)]
                 } else {
@@ -396,6 +438,9 @@ impl Ctx<'_> {
                 out.resize_with(batch.len(), || {
                     Err(ModelError::backend(model.name(), "the backend returned fewer replies than requests"))
                 });
+                if let Some(row) = self.calls.borrow_mut().get_mut(m) {
+                    row.record(&out, started.elapsed());
+                }
                 for (&i, result) in idx.iter().zip(out) {
                     let ep = &mut live[i];
                     let Some(turn) = ep.pending.take() else { continue };

@@ -57,6 +57,12 @@ const KEYS: &[&str] = &[
     "message",
     "chat_template",
     "template",
+    "usage_by_game",
+    "hellogame",
+    "model",
+    "mock",
+    "prompt_tokens",
+    "cost",
 ];
 
 /// Strings the readers compare against.
@@ -350,11 +356,12 @@ impl InstanceFiles {
     }
 }
 
-/// The results folder of an earlier run of the mock player: run.json, and per experiment experiment.json (or a
-/// file where the experiment's folder belongs) and the instance folders' files.
+/// The results folder of an earlier run of the mock player: run.json, run_summary.json, and per experiment
+/// experiment.json (or a file where the experiment's folder belongs) and the instance folders' files.
 #[derive(Clone, Debug)]
 struct Earlier {
     run_json: Leftover,
+    run_summary: Leftover,
     experiment_json: Leftover,
     experiment_is_file: bool,
     instances: Vec<InstanceFiles>,
@@ -362,10 +369,13 @@ struct Earlier {
 
 fn earlier() -> BoxedStrategy<Earlier> {
     let run_json = shaped(&["games", "hellogame"], tree());
+    let run_summary = shaped(&["usage_by_game", "hellogame", "0", "calls"], tree());
     let instances = prop::collection::vec(instance_files(1), 4);
-    (leftover_weighted(run_json, 1), leftover_weighted(tree(), 1), prop::bool::weighted(0.03), instances)
-        .prop_map(|(run_json, experiment_json, experiment_is_file, instances)| Earlier {
+    let summary = leftover_weighted(run_summary, 1);
+    (leftover_weighted(run_json, 1), summary, leftover_weighted(tree(), 1), prop::bool::weighted(0.03), instances)
+        .prop_map(|(run_json, run_summary, experiment_json, experiment_is_file, instances)| Earlier {
             run_json,
+            run_summary,
             experiment_json,
             experiment_is_file,
             instances,
@@ -658,6 +668,7 @@ proptest! {
         let root = tempfile::tempdir().expect("tempdir");
         let root = root.path();
         earlier.run_json.put(&root.join("mock").join("run.json"));
+        earlier.run_summary.put(&root.join("mock").join("run_summary.json"));
         let mut spots = earlier.instances.iter().cycle();
         for exp in &experiments {
             let exp_dir = root.join("mock").join("hellogame").join(&exp.name);
@@ -688,6 +699,7 @@ proptest! {
             resume,
             gen_args: GenArgs::default(),
             game_path: None,
+            prices: Default::default(),
         };
         match run(&HelloGame, &[mock(&replies)], &opts, &mut NoProgress) {
             Ok(summary) => {
@@ -713,7 +725,15 @@ proptest! {
                         }
                     }
                 }
-                prop_assert!(scores::read(&root.join("mock").join("run_summary.json")).is_ok(), "NaN and all");
+                let written = scores::read(&root.join("mock").join("run_summary.json"));
+                prop_assert!(written.is_ok(), "NaN and all");
+                // This invocation's calls are in the game's usage, alone or (resumed) added to the earlier ones.
+                let calls = summary.usage.iter().map(|u| u.calls).sum::<u64>();
+                let kept = written.ok().and_then(|w| {
+                    let rows = w["usage_by_game"]["hellogame"].as_array()?.clone();
+                    rows.iter().find(|r| r["model"] == "mock").and_then(|r| r["calls"].as_u64())
+                });
+                prop_assert!(kept.is_some_and(|k| if resume { k >= calls } else { k == calls }), "{:?} {}", kept, calls);
             }
             Err(e) => prop_assert!(e.to_string().contains(&root.display().to_string()), "{}", e),
         }

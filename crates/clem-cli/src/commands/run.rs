@@ -8,9 +8,15 @@
 //! A progress bar goes to stderr when it is a terminal; at the end a summary table goes to stdout, one row per
 //! experiment plus a total:
 //! `experiment  instances  completed  skipped  errors  success  aborted  main_score` (main_score: the mean Main
-//! Score over played episodes, aborted ones being NaN).
+//! Score over played episodes, aborted ones being NaN); then one row per model of this invocation's calls:
+//! `model  calls  uncounted  prompt_tokens  completion_tokens  model_seconds  cost` (uncounted: calls whose
+//! backend counted no tokens; cost in dollars from `--prices FILE`, a JSON object `{"MODEL":
+//! {"input_per_million": 2.5, "output_per_million": 10}}`, else the entry's `model_config.pricing`; `-` without
+//! prices). run_summary.json holds the same per model (`usage`) and per game across invocations
+//! (`usage_by_game`).
 //! Exit status 1 when any instance ended in an error (error.json); a model that plays badly is no error.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clem_backends::{load_model, LoadContext};
 use clem_core::registry::Registry;
-use clem_core::{GenArgs, ModelSpec};
+use clem_core::{GenArgs, ModelSpec, Pricing};
 use clem_run::game::Game;
 use clem_run::games::{find_game, names_nearest};
 use clem_run::runner::{self, InstanceResult, Progress, RunOptions, Status};
@@ -56,6 +62,29 @@ pub struct Args {
     /// Skip instances that have completed.json; redo the others.
     #[arg(long)]
     resume: bool,
+    /// Prices per model name, for the run's cost: `{"MODEL": {"input_per_million": 2.5, "output_per_million":
+    /// 10}}` (dollars per million prompt / completion tokens); before each entry's `model_config.pricing`.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+}
+
+/// `--prices FILE`: model name -> prices; errors name the file and the model.
+fn read_prices(path: &Path) -> anyhow::Result<BTreeMap<String, Pricing>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let serde_json::Value::Object(map) = value else {
+        bail!(
+            "{}: expected an object of model names to {{\"input_per_million\", \"output_per_million\"}}",
+            path.display()
+        );
+    };
+    map.iter()
+        .map(|(model, v)| match Pricing::from_value(v) {
+            Ok(p) => Ok((model.clone(), p)),
+            Err(m) => bail!("{}: {model}: {m}", path.display()),
+        })
+        .collect()
 }
 
 /// What `clem run -g NAME` says about a game clemrs does not have.
@@ -118,6 +147,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let registry = if needs_registry { ctx.registry()? } else { crate::context::keep(Registry::default()) };
     let keys = if needs_registry { ctx.keys()? } else { Default::default() };
     let load_ctx = LoadContext { keys, threads: ctx.threads, ..Default::default() };
+    let prices = args.prices.as_deref().map(read_prices).transpose()?.unwrap_or_default();
     let mut models = Vec::with_capacity(selectors.len());
     for s in &selectors {
         models.push(load_model(registry, s, &load_ctx)?);
@@ -131,11 +161,13 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         resume: args.resume,
         gen_args: GenArgs::new(args.temperature, args.max_tokens),
         game_path: folder,
+        prices,
     };
     let mut bar = Bar::new();
     let summary = runner::run(game, &models, &opts, &mut bar)?;
 
     print_table(&summary.results);
+    print_usage(&summary.usage);
     println!("results: {}", summary.run_path.display());
     for r in &summary.results {
         let Some(why) = &r.error else { continue };
@@ -196,6 +228,47 @@ impl Progress for Bar {
     }
 }
 
+/// Columns left-aligned first, right-aligned after, two spaces apart.
+fn print_aligned(header: &[&str], rows: Vec<Vec<String>>) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .collect();
+        println!("{}", parts.join("  "));
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// Each model's calls in this invocation; `uncounted`: answered calls whose backend counted no tokens (the
+/// totals lack theirs); cost `-` without prices.
+fn print_usage(usage: &[clem_run::usage::ModelUsage]) {
+    let header = ["model", "calls", "uncounted", "prompt_tokens", "completion_tokens", "model_seconds", "cost"];
+    let rows = usage
+        .iter()
+        .map(|u| {
+            vec![
+                u.model.clone(),
+                u.calls.to_string(),
+                u.calls_without_usage.to_string(),
+                u.usage.prompt_tokens.to_string(),
+                u.usage.completion_tokens.to_string(),
+                format!("{:.1}", u.seconds),
+                u.cost.map_or_else(|| "-".to_string(), |c| format!("${c:.4}")),
+            ]
+        })
+        .collect();
+    println!();
+    print_aligned(&header, rows);
+}
+
 fn print_table(results: &[InstanceResult]) {
     let mut names: Vec<&str> = Vec::new();
     for r in results {
@@ -223,19 +296,5 @@ fn print_table(results: &[InstanceResult]) {
         rows.push(row(name, results.iter().filter(|r| r.experiment == *name).collect()));
     }
     rows.push(row("total", results.iter().collect()));
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
-        .collect();
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
-            .collect();
-        println!("{}", parts.join("  "));
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
+    print_aligned(&header, rows);
 }
