@@ -11,7 +11,7 @@ import clemrs
 def main():
     tokens, repeats, threads = (int(x) for x in sys.argv[1:4])
     model = clemrs.load_model("smollm2-135m", {"temperature": 0.0, "max_tokens": tokens}, threads=threads)
-    msgs = [{"role": "user", "content": "Count from 1 to 1000, one number per line, and nothing else."}]
+    msgs = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
     tps = []
     for _ in range(repeats):
         start = time.perf_counter()

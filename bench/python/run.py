@@ -7,7 +7,8 @@ Usage: python3 bench/python/run.py [overhead] [decode] [game] [--venv DIR] [--ca
   sequential calls from Python (target: >= 10x clemcore's requests/s).
 - decode: SmolLM2-135M (`smollm2-135m`, llamacpp) greedy decode through `clemrs` from Python (wall clock around
   `generate_response`) vs the same model through `clem generate` (its own `call_duration`); tokens/s from the
-  reply's `usage.completion_tokens`; fastest of BENCH_REPEATS (default 3) each (target: within 3%).
+  reply's `usage.completion_tokens`; fastest of BENCH_REPEATS (default 3) each, BENCH_THREADS (default 1)
+  threads (target: within 3%).
 - game: clemcore playing hellogame (10 instances) and guesswhat (experiment Level_1, 10 instances) with
   `smollm2-135m-hf`, `-b 8`: wall time with the clemrs drop-in vs clemcore's own huggingface_local
   (transformers + torch on the CPU) (target: >= 3x faster).
@@ -81,7 +82,9 @@ def last_json(text: str):
 
 
 def overhead(py: Path, clem: Path, calls: int):
-    server = subprocess.Popen([clem, "serve", "-m", "mock", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    # No batch window: clem serve would hold each request 2 ms for a batch of the (batchable) mock player.
+    server = subprocess.Popen([clem, "serve", "-m", "mock", "--port", "0", "--batch-window-ms", "0"],
+                              stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline().strip()
         base = line.removeprefix("clem serve: listening on ").rstrip("/") + "/v1"
@@ -102,22 +105,24 @@ def overhead(py: Path, clem: Path, calls: int):
 
 def decode(py: Path, clem: Path, tokens: int):
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
-    msgs = [{"role": "user", "content": "Count from 1 to 1000, one number per line, and nothing else."}]
+    # One thread by default: llama.cpp's spinning thread pool collapses when a shared 2-core machine is busy.
+    threads = int(os.environ.get("BENCH_THREADS", "1"))
+    msgs = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "messages.json"
         path.write_text(json.dumps(msgs))
         cli = []
         for _ in range(repeats):
-            out = sh([clem, "--threads", str(os.cpu_count()), "generate", "-m", "smollm2-135m", "--messages", path,
+            out = sh([clem, "--threads", str(threads), "generate", "-m", "smollm2-135m", "--messages", path,
                       "-l", str(tokens), "--json"], capture_output=True, text=True, cwd=d).stdout
             v = json.loads(out)
             n = v["response"]["response"]["usage"]["completion_tokens"]
             cli.append(n / seconds(v["response"]["clem_player"]["call_duration"]))
-    out = sh([py, HERE / "decode.py", str(tokens), str(repeats), str(os.cpu_count())], capture_output=True,
+    out = sh([py, HERE / "decode.py", str(tokens), str(repeats), str(threads)], capture_output=True,
              text=True).stdout
     r = last_json(out)
     ours, theirs = max(r["tps"]), max(cli)
-    print(f"\n## Local decode, smollm2-135m (llamacpp, Q4_1), {tokens} greedy tokens, {os.cpu_count()} threads, "
+    print(f"\n## Local decode, smollm2-135m (llamacpp, Q4_1), {tokens} greedy tokens, {threads} thread(s), "
           f"fastest of {repeats}\nCPU: {cpu_model()}")
     print("| clemrs from Python tok/s (wall clock) | clem generate tok/s (call_duration) | ratio |\n|---|---|---|")
     print(f"| {ours:.1f} | {theirs:.1f} | {ours / theirs:.3f} |")
@@ -136,9 +141,10 @@ def main():
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--fixtures", type=Path, default=ROOT.parent / "shared" / "fixtures" / "clembench")
+    ap.add_argument("--no-build", action="store_true", help="use the wheel installed in the venv and release/clem")
     a = ap.parse_args()
     py = venv_python(a.venv, "game" in a.which)
-    clem = build(py)
+    clem = target_dir() / "release" / "clem" if a.no_build else build(py)
     if "overhead" in a.which:
         overhead(py, clem, a.calls)
     if "decode" in a.which:
