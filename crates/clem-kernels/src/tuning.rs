@@ -3,13 +3,14 @@
 //! several rows covers (the slice kept in L1 while the rows pass).
 //!
 //! [`calibrate`] picks each among a few candidates with a micro-benchmark on one thread (about a second: one row
-//! streaming bf16 matrices twice the last-level cache, clamped to 64-256 MiB, and eight rows over 32 MiB of them,
-//! each candidate's fastest of 7 passes taken in turns), once
-//! per CPU model and path: the result is cached in `<user cache>/clemrs/kernels-<cpu>.json` (`~/.cache` on Linux)
-//! and installed for the process. A candidate replaces the default only when it is at least 3% faster, so noise
-//! keeps today's constants. `CLEM_KERNELS_TUNING=default` skips the measurement and the cache, `=measure` measures
-//! anew (and rewrites the cache). Until a path is calibrated, [`get`] gives [`Tuning::DEFAULT`]. No setting
-//! changes any result: only the order memory is fetched in.
+//! streaming bf16 and f32 matrices twice the last-level cache, clamped to 64-256 MiB, and eight rows over 32 MiB
+//! of them; 7 rounds in which the candidates take turns, timed in the thread's CPU time so other processes' turns
+//! do not count), once per CPU model and path: the result is cached in `<user cache>/clemrs/kernels-<cpu>.json`
+//! (`~/.cache` on Linux) and installed for the process. A candidate replaces the default only when its median
+//! round is at least 5% faster than the default's in the same round, so noise keeps today's constants.
+//! `CLEM_KERNELS_TUNING=default` skips the measurement and the cache, `=measure` measures anew (and rewrites the
+//! cache). Until a path is calibrated, [`get`] gives [`Tuning::DEFAULT`]. No setting changes any result: only the
+//! order memory is fetched in.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -25,7 +26,7 @@ use crate::{KernelError, Packed, PackedMatrix, Result};
 pub const ENV: &str = "CLEM_KERNELS_TUNING";
 
 /// Bumped when the candidates or the benchmark change: older cache entries are measured again.
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 
 /// Machine-dependent settings of the packed products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -201,71 +202,123 @@ fn last_level_cache() -> Option<usize> {
     best
 }
 
-/// Each candidate's fastest time (ms) of `rounds` passes of `run`, the candidates taking turns within a round (so
-/// that whatever else the machine does falls on all of them), after one pass each to warm up.
-fn timed(candidates: &[usize], rounds: usize, mut run: impl FnMut(usize)) -> Vec<(usize, f64)> {
-    let mut best = vec![f64::MAX; candidates.len()];
+/// Milliseconds of CPU time this thread has run (Linux and other Unixes; elsewhere wall time since a fixed
+/// instant): time the thread spent preempted by other processes is not counted, time stalled on memory is.
+fn thread_ms() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the C library defines.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6;
+        }
+    }
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
+}
+
+/// Each candidate's times (ms of this thread's CPU time, see [`thread_ms`]) over `rounds` passes of `run`, the
+/// candidates taking turns within a round (so that whatever else the machine does falls on all of them alike),
+/// after one pass each to warm up.
+fn timed(candidates: &[usize], rounds: usize, mut run: impl FnMut(usize)) -> Vec<(usize, Vec<f64>)> {
+    let mut times = vec![Vec::with_capacity(rounds); candidates.len()];
     for round in 0..=rounds {
-        for (b, &c) in best.iter_mut().zip(candidates) {
-            let t = Instant::now();
+        for (t, &c) in times.iter_mut().zip(candidates) {
+            let start = thread_ms();
             run(c);
             if round > 0 {
-                *b = b.min(t.elapsed().as_secs_f64() * 1e3);
+                t.push(thread_ms() - start);
             }
         }
     }
-    candidates.iter().copied().zip(best).collect()
+    candidates.iter().copied().zip(times).collect()
 }
 
-/// The candidate (from `times`, in candidate order, the first being the default) to use: the fastest, when it
-/// beats the default by 3%.
-fn pick(times: &[(usize, f64)]) -> usize {
-    let Some(&(default, base)) = times.first() else { return 0 };
-    let (best, t) = times.iter().copied().fold((default, base), |b, c| if c.1 < b.1 { c } else { b });
-    if t < base * 0.97 {
+/// The median of each round's time over the default's (the first candidate's) in that round: robust to a burst of
+/// other work, which slows a round's candidates alike or one pass alone.
+fn median_ratio(times: &[f64], default: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = times.iter().zip(default).map(|(t, d)| t / d.max(1e-9)).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied().unwrap_or(1.0)
+}
+
+/// The candidate to use (of `times`, the first being the default): the one with the lowest [`median_ratio`],
+/// when that is below 0.95 (5% faster: on a busy machine rounds vary by a few percent); else the default.
+fn pick(times: &[(usize, Vec<f64>)]) -> usize {
+    let Some((default, base)) = times.first() else { return 0 };
+    let (best, ratio) =
+        times
+            .iter()
+            .map(|(c, t)| (*c, median_ratio(t, base)))
+            .fold((*default, 1.0), |b, c| if c.1 < b.1 { c } else { b });
+    if ratio < 0.95 {
         best
     } else {
-        default
+        *default
     }
 }
 
-/// Measures the candidates on one thread, one row over `bytes` of bf16 matrices, eight rows over up to 32 MiB of
-/// them; the chosen tuning and each candidate's time (ms).
+/// Measures the candidates on one thread, one row over `bytes` of matrices, eight rows over up to 32 MiB of them;
+/// the chosen tuning and each candidate's times.
 fn measure(path: Path, bytes: usize) -> (Tuning, Value) {
     let run = || {
-        // One (1024, 1024) bf16 matrix is 2 MiB.
-        let (out, inp) = (1024usize, 1024usize);
-        let count = (bytes / (2 * out * inp)).max(1);
-        let value = bf16::from_f32(0.5);
-        // The values do not matter to the speed: the matrices are filled, not packed.
-        let matrices: Vec<PackedMatrix> = (0..count)
-            .map(|_| {
-                let data = match path {
-                    Path::Avx512Bf16 => Packed::Bf16Pairs(vec![value; out * inp]),
-                    _ => Packed::Bf16(vec![value; out * inp]),
+        // Half the bytes in bf16 matrices, half in f32 ones (a setting must suit both: prefetching ahead of one
+        // row can help one dtype and slow the other), of a small model's shapes and a larger one's in turn. The
+        // values do not matter to the speed: the matrices are filled, not packed.
+        let shapes = [(1536usize, 576usize), (2048, 1024)];
+        let mut matrices: Vec<PackedMatrix> = Vec::new();
+        for (width, as_bf16) in [(2usize, true), (4, false)] {
+            let mut filled = 0;
+            for (out, inp) in shapes.iter().copied().cycle() {
+                if filled >= bytes / 2 {
+                    break;
+                }
+                filled += width * out * inp;
+                let data = match (as_bf16, path) {
+                    (true, Path::Avx512Bf16) => Packed::Bf16Pairs(vec![bf16::from_f32(0.5); out * inp]),
+                    (true, _) => Packed::Bf16(vec![bf16::from_f32(0.5); out * inp]),
+                    (false, _) => Packed::F32(vec![0.5; out * inp]),
                 };
-                PackedMatrix { data, out, inp, path }
-            })
-            .collect();
-        let x: Vec<f32> = (0..8 * inp).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
-        let stream = |tuning: Tuning, rows: usize, matrices: &[PackedMatrix]| {
+                matrices.push(PackedMatrix { data, out, inp, path });
+            }
+        }
+        let x: Vec<f32> = (0..8 * 2048).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let stream = |tuning: Tuning, rows: usize, matrices: &mut dyn Iterator<Item = &PackedMatrix>| {
             for m in matrices {
-                std::hint::black_box(m.matmul_tuned(&x[..rows * inp], rows, tuning));
+                std::hint::black_box(m.matmul_tuned(&x[..rows * m.inp], rows, tuning));
             }
         };
+        // Eight rows over 32 MiB of them, both dtypes.
+        let mut batch_bytes = 0;
+        let batch: Vec<&PackedMatrix> = matrices
+            .iter()
+            .step_by(2)
+            .chain(matrices.iter().skip(1).step_by(2))
+            .take_while(|m| {
+                batch_bytes += m.out * m.inp * if m.dtype() == crate::StoredDtype::F32 { 4 } else { 2 };
+                batch_bytes <= 32 << 20
+            })
+            .collect();
         // Ordered with the default first (see `pick`).
         let aheads: Vec<usize> = std::iter::once(Tuning::DEFAULT.row_ahead)
             .chain(Tuning::AHEADS.into_iter().filter(|&a| a != Tuning::DEFAULT.row_ahead))
             .collect();
-        let aheads = timed(&aheads, 7, |a| stream(Tuning { row_ahead: a, ..Tuning::DEFAULT }, 1, &matrices));
-        let batch = &matrices[..count.min(16)];
+        let aheads = timed(&aheads, 7, |a| stream(Tuning { row_ahead: a, ..Tuning::DEFAULT }, 1, &mut matrices.iter()));
         let blocks: Vec<usize> = std::iter::once(Tuning::DEFAULT.block_bytes)
             .chain(Tuning::BLOCKS.into_iter().filter(|&b| b != Tuning::DEFAULT.block_bytes))
             .collect();
-        let blocks = timed(&blocks, 7, |b| stream(Tuning { block_bytes: b, ..Tuning::DEFAULT }, 8, batch));
+        let blocks =
+            timed(&blocks, 7, |b| stream(Tuning { block_bytes: b, ..Tuning::DEFAULT }, 8, &mut batch.iter().copied()));
         let tuning = Tuning { block_bytes: pick(&blocks), row_ahead: pick(&aheads) };
-        let table = |times: &[(usize, f64)]| {
-            Value::Object(times.iter().map(|(k, t)| (k.to_string(), json!((t * 1000.0).round() / 1000.0))).collect())
+        // Per candidate: its fastest pass and its median ratio to the default.
+        let table = |times: &[(usize, Vec<f64>)]| {
+            let base = times.first().map(|(_, t)| t.clone()).unwrap_or_default();
+            let round = |x: f64| (x * 1000.0).round() / 1000.0;
+            let rows = times.iter().map(|(k, t)| {
+                let fastest = t.iter().copied().fold(f64::MAX, f64::min);
+                (k.to_string(), json!({"fastest_ms": round(fastest), "vs_default": round(median_ratio(t, &base))}))
+            });
+            Value::Object(rows.collect())
         };
         (tuning, json!({"one_row_by_row_ahead": table(&aheads), "eight_rows_by_block_bytes": table(&blocks)}))
     };
@@ -281,9 +334,15 @@ mod tests {
 
     #[test]
     fn the_default_stays_unless_a_candidate_is_clearly_faster() {
-        assert_eq!(pick(&[(16, 10.0), (8, 9.8), (32, 10.5)]), 16);
-        assert_eq!(pick(&[(16, 10.0), (8, 9.5), (32, 9.6)]), 8);
-        assert_eq!(pick(&[(0, 10.0)]), 0);
+        let t = |v: &[f64]| v.to_vec();
+        assert_eq!(pick(&[(16, t(&[10.0, 10.0, 10.0])), (8, t(&[9.6, 9.6, 9.6])), (32, t(&[10.5, 11.0, 9.0]))]), 16);
+        assert_eq!(pick(&[(16, t(&[10.0, 10.0, 10.0])), (8, t(&[9.3, 9.3, 9.2])), (32, t(&[9.4, 9.4, 9.4]))]), 8);
+        // One lucky pass does not make a candidate faster: the median round decides.
+        assert_eq!(pick(&[(0, t(&[10.0, 10.0, 10.0])), (1, t(&[5.0, 10.0, 10.2]))]), 0);
+        // A burst that slowed a whole round (default included) does not count against anyone.
+        assert_eq!(pick(&[(0, t(&[20.0, 10.0, 10.0])), (1, t(&[18.0, 9.0, 9.0]))]), 1);
+        assert_eq!(pick(&[(0, t(&[10.0]))]), 0);
+        assert_eq!(pick(&[]), 0);
     }
 
     #[test]
@@ -321,7 +380,7 @@ mod tests {
         assert!(Tuning::BLOCKS.contains(&first.tuning.block_bytes) && Tuning::AHEADS.contains(&first.tuning.row_ahead));
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("written")).expect("json");
         assert_eq!(doc["version"], VERSION);
-        assert!(doc["paths"][path.name()]["measured_ms"]["one_row_by_row_ahead"].is_object(), "{doc}");
+        assert!(doc["paths"][path.name()]["measured_ms"]["one_row_by_row_ahead"]["0"]["vs_default"] == 1.0, "{doc}");
         println!("{path}: {doc}");
         let again = cached_or_measured(path, Some(file.clone()), false, small);
         assert_eq!(again, Calibration { tuning: first.tuning, source: format!("cached in {}", file.display()) });
