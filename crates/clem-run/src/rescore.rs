@@ -37,23 +37,7 @@ pub struct ScoreReport {
     pub other_games: BTreeMap<String, usize>,
 }
 
-/// Folders under `root` holding `interactions.json` (symlinked folders are not followed), sorted.
-pub fn episode_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else if e.file_name() == "interactions.json" {
-                found.push(dir.clone());
-            }
-        }
-    }
-    found.sort();
-    found
-}
+pub use crate::fsio::episode_dirs;
 
 fn folder_names(p: &Path) -> Vec<String> {
     p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect()

@@ -214,28 +214,10 @@ pub fn render_instance(dir: &Path) -> Result<(String, Written), FsError> {
     Ok((page(&title, &header, &body), written))
 }
 
-/// Folders under `root` holding `interactions.json` (symlinked folders are not followed).
-fn instance_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else if e.file_name() == "interactions.json" {
-                found.push(dir.clone());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Writes `transcript.html` into every instance folder under `root` and `index.html` at `root`.
 pub fn transcribe(root: &Path) -> Result<TranscribeReport, FsError> {
     let mut report = TranscribeReport { index: root.join("index.html"), ..Default::default() };
-    for dir in instance_dirs(root) {
+    for dir in crate::fsio::episode_dirs(root) {
         match render_instance(&dir) {
             Ok((html, mut written)) => {
                 fsio::write_atomic(&dir.join("transcript.html"), html.as_bytes())?;

@@ -147,30 +147,12 @@ pub fn usage_by_game(previous: Option<&Value>, game: &str, current: &[ModelUsage
     Value::Object(map)
 }
 
-/// Every run_summary.json under `root` (symlinked folders are not followed), sorted.
-fn summary_files(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else if e.file_name() == "run_summary.json" {
-                found.push(e.path());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Per model, the sum of `usage_by_game` over every run_summary.json under `root` (for `clem eval`). A file
 /// that cannot be read adds nothing and is named in the second list.
 pub fn totals(root: &Path) -> (BTreeMap<String, ModelUsage>, Vec<PathBuf>) {
     let mut out: BTreeMap<String, ModelUsage> = BTreeMap::new();
     let mut unreadable = Vec::new();
-    for path in summary_files(root) {
+    for path in crate::fsio::files_named(root, "run_summary.json") {
         let Ok(summary) = crate::scores::read(&path) else {
             unreadable.push(path);
             continue;
