@@ -168,6 +168,29 @@ pub fn now_iso() -> String {
     isoformat(&chrono::Local::now())
 }
 
+/// Every file named `name` under `root` (symlinked folders are not followed), sorted.
+pub fn files_named(root: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else if e.file_name() == name {
+                found.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Folders under `root` holding `interactions.json` (one per recorded episode), sorted.
+pub fn episode_dirs(root: &Path) -> Vec<PathBuf> {
+    files_named(root, "interactions.json").into_iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,27 +258,4 @@ mod tests {
         let names: Vec<_> = fs::read_dir(p.parent().expect("parent")).expect("ls").flatten().collect();
         assert_eq!(names.len(), 1, "no temp file left");
     }
-}
-
-/// Every file named `name` under `root` (symlinked folders are not followed), sorted.
-pub fn files_named(root: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else if e.file_name() == name {
-                found.push(e.path());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Folders under `root` holding `interactions.json` (one per recorded episode), sorted.
-pub fn episode_dirs(root: &Path) -> Vec<PathBuf> {
-    files_named(root, "interactions.json").into_iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect()
 }
