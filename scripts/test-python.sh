@@ -2,9 +2,9 @@
 # The Python wheel `clemrs` (crates/clem-py), as scripts/test.sh runs it after `cargo test --workspace`:
 #  1. pytest and maturin into the clemcore venv ($CARGO_TARGET_DIR/clemcore-venv, default target/, made by
 #     install-test-deps.sh with clemcore 3.7.2), so the wheel is tested beside clemcore as users run it;
-#  2. the wheel built by maturin with the dev profile and clem-cli's backend features: llama.cpp's C++ build is
-#     `cargo test --workspace`'s; Rust crates whose features differ there (dev-dependencies enable more) are built
-#     once for the wheel and reused by later runs; installed into that venv;
+#  2. the wheel built by maturin with the dev profile and clem-cli's backend features, reusing every crate
+#     `cargo test --workspace` compiled (crates/workspace-hack gives the single-package build the same features;
+#     scripts/check-shared-features.py fails when they drift); installed into that venv;
 #  3. pytest on crates/clem-py/tests (the `clem` binary they compare with: target/debug/clem, or $CLEM_BIN).
 # Exits non-zero when a test fails; tests missing a part print `SKIP:` (and fail under CI).
 set -euo pipefail
@@ -21,6 +21,8 @@ fi
 
 # `cargo test --workspace` built target/debug/clem (clem-cli's tests run it); built here only when run alone.
 [[ -x $target/debug/clem ]] || cargo build -q -p clem-cli
+# The wheel's build must reuse the test build's crates (same features), or CI compiles them all twice.
+python3 scripts/check-shared-features.py
 rm -f "$target"/wheels/clemrs-*.whl
 start=$(date +%s)
 "$py" -m maturin build --profile dev -m crates/clem-py/Cargo.toml -i "$py" -o "$target/wheels"
