@@ -6,7 +6,7 @@
 //! - [`message`] and [`model`]: messages, generation arguments, the `Model` trait and `LoadedModel`; [`cancel`]:
 //!   cancelling a request in flight;
 //! - [`template`]: Hugging Face chat templates; [`cleaning`] and [`pyregex`]: output cleaning;
-//! - [`usage`]: normalised token usage, finish reasons and prices.
+//! - [`usage`]: normalised token usage, finish reasons and prices; [`suggest`]: "did you mean" for mistyped names.
 //!
 //! Nothing here does network or inference: backends live in `clem-backends` and heavier crates.
 
@@ -21,6 +21,7 @@ pub mod pyregex;
 pub mod registry;
 pub mod schema;
 pub mod spec;
+pub mod suggest;
 pub mod template;
 pub mod usage;
 

@@ -99,11 +99,14 @@ pub enum RegistryError {
 
 /// No entry unifies with the selector.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("no model entry unifies with {selector} (searched {searched} entries in: {sources})")]
+#[error("no model entry unifies with {selector} (searched {searched} entries in: {sources}){hint}")]
 pub struct NoMatch {
     pub selector: String,
     pub searched: usize,
     pub sources: String,
+    /// `; did you mean "x"?` (the nearest model names), or why an entry of that very name did not unify; may be
+    /// empty.
+    pub hint: String,
 }
 
 /// The entries of all sources, highest priority first.
@@ -222,7 +225,25 @@ impl Registry {
                 return Ok((unified, entry));
             }
         }
-        Err(NoMatch { selector: selector.to_string(), searched: self.entries.len(), sources: self.sources.join(", ") })
+        Err(NoMatch {
+            selector: selector.to_string(),
+            searched: self.entries.len(),
+            sources: self.sources.join(", "),
+            hint: self.no_match_hint(selector),
+        })
+    }
+
+    /// For a selector that matched nothing: the model names nearest to its `model_name`, or, when entries of that
+    /// name exist, that the selector's other keys conflict with them.
+    fn no_match_hint(&self, selector: &ModelSpec) -> String {
+        let Some(name) = selector.model_name() else { return String::new() };
+        if self.entries.iter().any(|e| e.model_name() == Some(name)) {
+            return format!("; entries named {name:?} exist, but another key of the selector conflicts with each");
+        }
+        let mut names: Vec<&str> = self.entries.iter().filter_map(Entry::model_name).collect();
+        names.sort_unstable();
+        names.dedup();
+        crate::suggest::did_you_mean(name, names)
     }
 
     /// Entries of `./model_registry.json` that a name selects instead of a home or packaged entry of the same
@@ -348,6 +369,14 @@ mod tests {
         assert_eq!(pick(r#"{"model_name": "a", "model_config": {"x": 2}}"#), Ok(2));
         let err = pick("zzz").expect_err("no match");
         assert!(err.contains(r#"{"model_name":"zzz"}"#) && err.contains("test.json"), "{err}");
+        assert!(!err.contains("did you mean"), "{err}");
+        // A near name is suggested; a known name whose other keys conflict is said to exist.
+        assert!(pick("aa").expect_err("no match").ends_with("; did you mean \"a\" or \"b\"?"));
+        let err = pick(r#"{"model_name": "b", "backend": "openai"}"#).expect_err("no match");
+        assert!(
+            err.ends_with("entries named \"b\" exist, but another key of the selector conflicts with each"),
+            "{err}"
+        );
         let (spec, _) =
             r.select(&ModelSpec::parse_selector(r#"{"model_name": "a", "extra": 5}"#).expect("sel")).expect("found");
         assert_eq!(spec.get("extra"), Some(&json!(5)));

@@ -187,10 +187,14 @@ pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSc
     };
     let Some(schema) = schemas.iter().find(|s| s.answers_to(backend)) else {
         let known: Vec<&str> = schemas.iter().map(|s| s.name).collect();
+        let hint = crate::suggest::did_you_mean(
+            backend,
+            schemas.iter().flat_map(|s| s.aliases.iter().chain([&s.name])).copied(),
+        );
         report(
             Severity::Error,
             "backend",
-            format!("backend {backend:?} does not exist (known backends: {})", known.join(", ")),
+            format!("backend {backend:?} does not exist{hint} (known backends: {})", known.join(", ")),
         );
         return out;
     };
@@ -250,12 +254,19 @@ pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSc
     if flag("cot_output") && !config.contains_key("cot_end_tag") {
         report(Severity::Error, "model_config.cot_end_tag", "missing, but cot_output is true".into());
     }
-    if config.get("premade_chat_template") == Some(&Value::Bool(false)) && !config.contains_key("custom_chat_template")
-    {
+    // An error, as every loader that renders templates refuses it: clemcore's llamacpp fails on the missing key,
+    // and its huggingface_local silently keeps the tokenizer's own template (no "generic" one exists in current
+    // transformers, which raises when the tokenizer has none), i.e. not what `false` asked for.
+    let renders_templates =
+        schema.config_required.iter().chain(schema.config_optional).any(|(k, _)| *k == "premade_chat_template");
+    let custom_missing = config.get("custom_chat_template").is_none_or(|t| t.as_str() == Some(""));
+    if renders_templates && config.get("premade_chat_template") == Some(&Value::Bool(false)) && custom_missing {
         report(
-            Severity::Warning,
+            Severity::Error,
             "model_config.custom_chat_template",
-            "missing while premade_chat_template is false: a generic template will be used".into(),
+            "missing while premade_chat_template is false: set premade_chat_template to true to use the model's own \
+             template, or give custom_chat_template"
+                .into(),
         );
     }
     out
@@ -411,10 +422,43 @@ mod tests {
         assert_eq!(errors(json!(3)), ["model_config.pricing"]);
     }
 
+    /// premade_chat_template false without a custom template: an error, as the loaders refuse it (before: a
+    /// warning that "a generic template will be used", then `clem generate` refused the entry).
+    #[test]
+    fn no_template_at_all_is_an_error() {
+        let entry = |config: serde_json::Value| json!({"model_name": "m", "backend": "local", "huggingface_id": "x", "model_config": config});
+        let template_problems = |config| {
+            check_entry(&entry(config), "r.json", 0, &[TEST_SCHEMA])
+                .into_iter()
+                .filter(|p| p.key == "model_config.custom_chat_template")
+                .map(|p| p.severity)
+                .collect::<Vec<_>>()
+        };
+        let off = json!({"eos_to_cull": "x", "premade_chat_template": false});
+        assert_eq!(template_problems(off), [Severity::Error]);
+        let empty = json!({"eos_to_cull": "x", "premade_chat_template": false, "custom_chat_template": ""});
+        assert_eq!(template_problems(empty), [Severity::Error]);
+        let custom = json!({"eos_to_cull": "x", "premade_chat_template": false, "custom_chat_template": "{{ 1 }}"});
+        assert!(template_problems(custom).is_empty());
+        assert!(template_problems(json!({"eos_to_cull": "x", "premade_chat_template": true})).is_empty());
+        // A backend that renders no template is not concerned.
+        let remote = BackendSchema { name: "remote", config_required: &[], config_optional: &[], ..TEST_SCHEMA };
+        let p = check_entry(
+            &json!({"model_name": "m", "backend": "remote", "huggingface_id": "x",
+                    "model_config": {"premade_chat_template": false}}),
+            "r.json",
+            0,
+            &[remote],
+        );
+        assert!(p.iter().all(|p| p.key != "model_config.custom_chat_template"), "{p:?}");
+    }
+
     #[test]
     fn unknown_backend_and_non_objects() {
         let p = check_entry(&json!({"model_name": "x", "backend": "alephalpha"}), "f", 0, &[TEST_SCHEMA]);
         assert!(p.iter().any(|p| p.key == "backend" && p.message.contains("\"alephalpha\" does not exist")));
+        let p = check_entry(&json!({"model_name": "x", "backend": "lcal"}), "f", 0, &[TEST_SCHEMA]);
+        assert!(p.iter().any(|p| p.message.starts_with("backend \"lcal\" does not exist; did you mean \"local\"?")));
         let p = check_entry(&json!([1]), "f", 1, &[TEST_SCHEMA]);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].severity, Severity::Error);
