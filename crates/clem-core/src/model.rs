@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::cancel::Cancel;
 use crate::message::{normalize_messages, GenArgs, Message};
+use crate::schedule::SchedulerStats;
 use crate::spec::ModelSpec;
 use crate::usage::{FinishReason, Usage};
 
@@ -103,6 +104,15 @@ impl ModelError {
     }
 }
 
+/// What a streaming generation reports while it runs (see [`Model::generate_stream`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEvent {
+    /// Newly generated text: raw model output, before the backend's cleaning (`eos_to_cull`,
+    /// `output_split_prefix`, CoT tags), which applies to the final [`Generation`] only.
+    Delta(String),
+}
+
 /// How a model runs a batch; the runner uses it to decide whether batching helps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchMode {
@@ -149,6 +159,28 @@ pub trait Model: Send + Sync {
                 self.generate_response(m, args, &cancel)
             })
             .collect()
+    }
+
+    /// [`Model::generate_response`] that reports text while it is generated: `sink` gets [`StreamEvent::Delta`]s
+    /// on the calling thread, and the result is the same cleaned [`Generation`]. Local backends stream tokens as
+    /// they are decoded; the default (remote backends) generates the reply and sends it as one delta.
+    fn generate_stream(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+        sink: &mut dyn FnMut(StreamEvent),
+    ) -> Result<Generation, ModelError> {
+        let generation = self.generate_response(messages, args, cancel)?;
+        if !generation.response_text.is_empty() {
+            sink(StreamEvent::Delta(generation.response_text.clone()));
+        }
+        Ok(generation)
+    }
+
+    /// The counters of the model's step scheduler (local backends), for `/metrics`.
+    fn scheduler_stats(&self) -> Option<SchedulerStats> {
+        None
     }
 
     fn batch_mode(&self) -> BatchMode {
@@ -204,6 +236,31 @@ impl LoadedModel {
         let mut generation = self.inner.generate_response(&messages, args, cancel)?;
         stamp(&mut generation, self.name(), start, clock.elapsed());
         Ok(generation)
+    }
+
+    /// [`LoadedModel::generate_response_cancellable`] streaming: see [`Model::generate_stream`] (deltas are raw
+    /// text; the returned generation is cleaned and carries `clem_player`).
+    pub fn generate_stream(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+        sink: &mut dyn FnMut(StreamEvent),
+    ) -> Result<Generation, ModelError> {
+        if cancel.is_cancelled() {
+            return Err(ModelError::cancelled(self.name()));
+        }
+        let start = chrono::Local::now();
+        let clock = Instant::now();
+        let messages = self.prepare(messages);
+        let mut generation = self.inner.generate_stream(&messages, args, cancel, sink)?;
+        stamp(&mut generation, self.name(), start, clock.elapsed());
+        Ok(generation)
+    }
+
+    /// The model's scheduler counters, when it has a step scheduler.
+    pub fn scheduler_stats(&self) -> Option<SchedulerStats> {
+        self.inner.scheduler_stats()
     }
 
     pub fn generate_batch_response(
