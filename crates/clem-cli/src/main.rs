@@ -10,7 +10,7 @@ mod context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::context::Ctx;
 
@@ -23,17 +23,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "clem", version, about = "clemrs: one interface, one registry and one command line for chat LLMs")]
 struct Cli {
     /// A model registry file, read before the default ones (repeatable; first has highest priority).
-    #[arg(long = "registry", global = true, value_name = "FILE")]
+    #[arg(long = "registry", global = true, value_name = "FILE", help_heading = "Global options")]
     registries: Vec<PathBuf>,
     /// Read only the --registry files, not ./model_registry.json, ~/.clemcore/model_registry.json nor the packaged
     /// registry.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     no_default_registries: bool,
     /// The key file to use instead of ./key.json or ~/.clemcore/key.json.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = "Global options")]
     keys: Option<PathBuf>,
     /// Threads for local inference (llamacpp, huggingface_local); default: each backend's own.
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Global options")]
     threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
@@ -68,8 +68,40 @@ enum Command {
     Serve(commands::serve::Args),
 }
 
+/// The command line. The global options are shown once, in `clem --help`: clap copies `global = true` arguments
+/// into every subcommand, help included, so each subcommand's help repeated all four. There they are hidden
+/// (they still parse anywhere) and a line points to `clem --help`.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let globals: Vec<clap::Id> =
+        cmd.get_arguments().filter(|a| a.is_global_set()).map(|a| a.get_id().clone()).collect();
+    let names: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let note = format!("Global options ({}) are described in `clem --help`.", names.join(", "));
+    hide_in_subcommands(&mut cmd, &globals, &note);
+    cmd
+}
+
+fn hide_in_subcommands(cmd: &mut clap::Command, globals: &[clap::Id], note: &str) {
+    for sub in cmd.get_subcommands_mut() {
+        let mut s = std::mem::replace(sub, clap::Command::new("placeholder"));
+        // In place: `mut_arg` re-inserts the argument, which a built command's index does not follow.
+        s = s.mut_args(|a| if globals.contains(a.get_id()) { a.hide(true) } else { a });
+        s = s.after_help(note.to_string());
+        hide_in_subcommands(&mut s, globals, note);
+        *sub = s;
+    }
+}
+
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Some(n) = cli.threads {
         let (usable, lowered) = clem_backends::cpu::clamp_threads(usize::from(n));
         if lowered {
@@ -103,8 +135,68 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("clem: error: {e:#}");
+            eprintln!("clem: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes joined by ": ", as `{:#}` does, but a cause is not repeated when the message before it
+/// already ends with it (errors that print their source, e.g. `cannot read: Not a directory (os error 20)`).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() && out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every (sub)command, `(command path, argument id)`.
+    fn all_arguments(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, bool)>) {
+        for a in cmd.get_arguments() {
+            out.push((path.to_string(), a.get_id().to_string(), a.get_help().is_some() || a.get_long_help().is_some()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_arguments(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// Walks clap's tree: every argument says what it is (before: `--set`, NAME, SECTION, FILES had no text).
+    #[test]
+    fn every_argument_has_a_description() {
+        let cmd = command();
+        cmd.clone().debug_assert();
+        let mut args = Vec::new();
+        all_arguments(&cmd, "clem", &mut args);
+        assert!(args.len() > 40, "the walk found only {} arguments", args.len());
+        let bare: Vec<String> = args.iter().filter(|(_, _, ok)| !ok).map(|(p, id, _)| format!("{p}: {id}")).collect();
+        assert!(bare.is_empty(), "arguments without help text:\n{}", bare.join("\n"));
+    }
+
+    /// The global options are in `clem --help` and hidden in subcommands' help, yet accepted after them.
+    #[test]
+    fn global_options_are_shown_once() {
+        let mut cmd = command();
+        let top = cmd.render_help().to_string();
+        assert!(top.contains("Read only the --registry files"), "{top}");
+        let mut list = command();
+        let sub = list.find_subcommand_mut("list").expect("list");
+        let models = sub.find_subcommand_mut("models").expect("models");
+        let help = models.render_help().to_string();
+        assert!(!help.contains("Read only the --registry files") && help.contains("clem --help"), "{help}");
+        let m = command().try_get_matches_from(["clem", "list", "models", "--no-default-registries"]);
+        let cli = Cli::from_arg_matches(&m.expect("parses")).expect("cli");
+        assert!(cli.no_default_registries);
     }
 }

@@ -5,8 +5,13 @@
 //!   source (`file#index`), pricing (`$2.5/$10 per 1M tokens` from `model_config.pricing`, else `-`); `--json`
 //!   prints the entries as a JSON list instead.
 //! - backends: `name<TAB>built|not built<TAB>credentials` where credentials is `not needed`,
-//!   `missing (section S)` or `SOURCE (section S)`; with `-v` also the backend's runtime (huggingface_local: the
+//!   `missing (section S)` or `SOURCE (section S)`; a backend whose section is optional (the local ones, which
+//!   read it for entries with `requires_api_key`: gated downloads, or a vLLM server's key) says
+//!   `not needed (optional section S: missing|SOURCE)`; with `-v` also the backend's runtime (huggingface_local: the
 //!   CPU kernel path in use, the CPU and its features, the kernels' tuning; `-` for the others).
+//!
+//! An empty list is said on stderr (with where was looked); `--backend` with a backend that does not exist is
+//! an error naming the nearest ones.
 //! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated; every value
 //!   masked, except that `base_url` shows its scheme, host and port, never its user, password, path or query).
 //! - games: `name<TAB>description` for each game clemrs plays.
@@ -91,17 +96,35 @@ fn games() -> anyhow::Result<ExitCode> {
 
 fn models(args: ModelArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let registry = ctx.registry()?;
+    if let Some(b) = args.backend.as_deref().filter(|b| clem_backends::backend(b).is_none()) {
+        let names = clem_backends::BACKENDS.iter().flat_map(|b| b.schema.aliases.iter().chain([&b.schema.name]));
+        anyhow::bail!(
+            "--backend {b:?}: no such backend{} (backends: {})",
+            clem_core::suggest::did_you_mean(b, names.copied()),
+            clem_backends::BACKENDS.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let selected = registry.entries().iter().filter(|e| {
         let v = &e.value;
-        args.backend.as_deref().is_none_or(|b| e.backend() == Some(b))
+        args.backend
+            .as_deref()
+            .is_none_or(|b| e.backend().and_then(clem_backends::backend).is_some_and(|eb| eb.schema.answers_to(b)))
             && (!args.open_weight || v.get("open_weight") == Some(&Value::Bool(true)))
             && args.min_context.is_none_or(|min| {
                 v.get("context_size").and_then(Value::as_str).and_then(parse_count).is_some_and(|c| c >= min)
             })
     });
+    let selected: Vec<&clem_core::registry::Entry> = selected.collect();
+    if selected.is_empty() {
+        eprintln!(
+            "clem: no model entry matches these filters (searched {} entries in: {})",
+            registry.entries().len(),
+            registry.sources().join(", ")
+        );
+    }
     let mut out = String::new();
     if args.format == Format::Json {
-        let list: Vec<&Value> = selected.map(|e| &e.value).collect();
+        let list: Vec<&Value> = selected.iter().map(|e| &e.value).collect();
         out = serde_json::to_string_pretty(&list)?;
         out.push('\n');
     } else {
@@ -143,12 +166,23 @@ fn backends(args: BackendArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let keys = ctx.keys()?;
     for b in clem_backends::BACKENDS {
         let built = if b.loader.is_some() { "built" } else { "not built" };
+        // The local backends need no key; they read their section when an entry asks (requires_api_key).
+        let optional = b.schema.config_optional.iter().any(|(k, _)| *k == "requires_api_key");
         let creds = match b.key_section {
             None => "not needed".to_string(),
-            Some(section) => match keys.section(section) {
-                Some(s) if s.api_key.is_some() => format!("{} (section {section})", s.source),
-                _ => format!("missing (section {section})"),
-            },
+            Some(section) => {
+                let found = match keys.section(section) {
+                    Some(s) if s.api_key.is_some() => Some(s.source.to_string()),
+                    _ => None,
+                };
+                match (optional, found) {
+                    (false, Some(source)) => format!("{source} (section {section})"),
+                    (false, None) => format!("missing (section {section})"),
+                    (true, found) => {
+                        format!("not needed (optional section {section}: {})", found.as_deref().unwrap_or("missing"))
+                    }
+                }
+            }
         };
         if args.verbose {
             let runtime = if b.name() == "huggingface_local" { cpu_kernels() } else { "-".into() };
@@ -185,7 +219,14 @@ fn keys(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     for skipped in &keys.skipped {
         eprintln!("clem: warning: key file not used: {skipped}");
     }
-    for name in keys.section_names() {
+    let names = keys.section_names();
+    if names.is_empty() {
+        let file =
+            ctx.keys_file.as_ref().map_or("./key.json, ~/.clemcore/key.json".to_string(), |f| f.display().to_string());
+        let vars: Vec<&str> = clem_core::keys::ENV_FALLBACK.iter().map(|(_, var, _)| *var).collect();
+        eprintln!("clem: no keys: none in {file}, nor in the environment ({}); `clem register key SECTION --set api_key=...` writes one", vars.join(", "));
+    }
+    for name in names {
         let Some(section) = keys.section(&name) else { continue };
         let masked = section.api_key.as_ref().map(|k| k.masked()).unwrap_or_else(|| "-".into());
         let extras: Vec<String> = section.extras.iter().map(|(k, v)| format!("{k}={}", shown_extra(k, v))).collect();

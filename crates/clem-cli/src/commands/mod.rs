@@ -6,6 +6,7 @@ pub mod generate;
 pub mod list;
 pub mod register;
 pub mod registry;
+pub mod registry_import;
 pub mod resolve;
 pub mod run;
 pub mod score;

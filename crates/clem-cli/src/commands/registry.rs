@@ -1,5 +1,6 @@
 //! `clem registry check [FILE...]`: every problem of every entry, one per line on stdout, then a summary on
 //! stderr; exit 1 when any problem is an error. Without FILEs, the active registries are checked.
+//! `clem registry import FILE [-o OUT]`: see `registry_import.rs`.
 //!
 //! Line format: `error|warning: FILE: entry N (MODEL): KEY: MESSAGE`.
 
@@ -22,15 +23,28 @@ pub struct Args {
 enum What {
     /// Check registry files (default: the active registries).
     Check {
+        /// Registry files to check instead of the active registries.
         files: Vec<PathBuf>,
         /// Print problems as a JSON list instead of lines.
         #[arg(long)]
         json: bool,
     },
+    /// Convert an older clemcore registry into one clemrs loads; entries that cannot be converted are listed with
+    /// the reason and what would make them work.
+    Import {
+        /// The clemcore model_registry.json to convert.
+        file: PathBuf,
+        /// Where to write the converted registry (default: standard output).
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let What::Check { files, json } = args.what;
+    let (files, json) = match args.what {
+        What::Check { files, json } => (files, json),
+        What::Import { file, output } => return crate::commands::registry_import::run(&file, output.as_deref()),
+    };
     let mut unreadable = 0;
     let registry = if files.is_empty() {
         ctx.registry()?

@@ -25,7 +25,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Ok((spec, entry)) => {
             eprintln!("clem: selected {}", entry.location());
             for p in entry.check(&clem_backends::schemas()) {
-                eprintln!("clem: warning: {p}");
+                // A problem's text starts with its severity ("warning: ...", "error: ...").
+                eprintln!("clem: {p}");
             }
             println!("{}", serde_json::to_string_pretty(&spec)?);
             Ok(ExitCode::SUCCESS)
