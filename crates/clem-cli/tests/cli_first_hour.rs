@@ -245,6 +245,21 @@ fn register_key_refuses_unknown_and_empty_sections() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A typo inside key.json: `list keys` says no backend reads the section and names the nearest (before: listed
+/// as any other, while `openai` stayed missing without a word).
+#[test]
+fn list_keys_names_the_section_a_typo_meant() {
+    let dir = scratch();
+    std::fs::write(dir.path().join("key.json"), r#"{"opneai": {"api_key": "sk-abcdefghijkl"}}"#).expect("write");
+    let out = clem(dir.path(), &["list", "keys"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: key.json section \"opneai\" is read by no backend; did you mean \"openai\"?"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 // ---- item 9: list, help, generate ----
 
 /// Before: `missing (section huggingface)` for the local backends.

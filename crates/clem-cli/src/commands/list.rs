@@ -11,7 +11,7 @@
 //!   CPU kernel path in use, the CPU and its features, the kernels' tuning; `-` for the others).
 //!
 //! An empty list is said on stderr (with where was looked); `--backend` with a backend that does not exist is
-//! an error naming the nearest ones.
+//! an error naming the nearest ones; a key.json section no backend reads is warned about, naming the nearest.
 //! - keys: `section<TAB>masked api_key<TAB>source<TAB>extras` (extras as `k=v`, comma-separated; every value
 //!   masked, except that `base_url` shows its scheme, host and port, never its user, password, path or query).
 //! - games: `name<TAB>description` for each game clemrs plays.
@@ -225,6 +225,12 @@ fn keys(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             ctx.keys_file.as_ref().map_or("./key.json, ~/.clemcore/key.json".to_string(), |f| f.display().to_string());
         let vars: Vec<&str> = clem_core::keys::ENV_FALLBACK.iter().map(|(_, var, _)| *var).collect();
         eprintln!("clem: no keys: none in {file}, nor in the environment ({}); `clem register key SECTION --set api_key=...` writes one", vars.join(", "));
+    }
+    let known = super::register::known_sections();
+    for name in names.iter().filter(|n| !known.contains(&n.as_str())) {
+        // A typo in key.json leaves the backend's own section missing, with no word about why.
+        let hint = clem_core::suggest::did_you_mean(name, known.iter().copied());
+        eprintln!("clem: warning: key.json section {name:?} is read by no backend{hint}");
     }
     for name in names {
         let Some(section) = keys.section(&name) else { continue };

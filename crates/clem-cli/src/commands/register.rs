@@ -149,7 +149,7 @@ const CLEMCORE_SECTIONS: &[&str] = &[
 ];
 
 /// Every section some backend reads, clemcore's included, sorted.
-fn known_sections() -> Vec<&'static str> {
+pub fn known_sections() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = CLEMCORE_SECTIONS.to_vec();
     names.extend(clem_backends::BACKENDS.iter().filter_map(|b| b.key_section));
     names.sort_unstable();
