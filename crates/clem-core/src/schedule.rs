@@ -156,6 +156,9 @@ pub enum Finish {
 pub struct SeqOutput {
     /// Generated tokens, without the end token that stopped them.
     pub tokens: Vec<TokenId>,
+    /// The end token that stopped them ([`Finish::Eos`]): callers that record the raw output with its special
+    /// tokens (huggingface_local's `response`, as transformers' `batch_decode`) need to know which one it was.
+    pub end_token: Option<TokenId>,
     /// The generated text, cut before a stop string; the concatenation of the streamed deltas.
     pub text: String,
     pub finish: Finish,
@@ -398,6 +401,8 @@ struct Seq {
     tokens: Vec<TokenId>,
     /// Sampled, not yet in the cache.
     pending: Option<TokenId>,
+    /// The end token that stopped it.
+    end_token: Option<TokenId>,
     rng: fastrand::Rng,
     text: TextState,
     submitted: Instant,
@@ -410,6 +415,7 @@ impl Seq {
     fn output(&self, finish: Finish) -> SeqOutput {
         SeqOutput {
             tokens: self.tokens.clone(),
+            end_token: self.end_token,
             text: self.text.text.clone(),
             finish,
             prompt_tokens: self.req.prompt.len(),
@@ -475,6 +481,7 @@ impl<E: StepEngine> SchedulerCore<E> {
             prefilled: 0,
             tokens: Vec::new(),
             pending: None,
+            end_token: None,
             rng,
             text: TextState::default(),
             submitted: Instant::now(),
@@ -673,6 +680,7 @@ impl<E: StepEngine> SchedulerCore<E> {
             seq.first_token = Some(seq.submitted.elapsed());
         }
         if self.engine.is_end(token) && !seq.req.ignore_eos {
+            seq.end_token = Some(token);
             seq.done = Some(Finish::Eos);
             return;
         }

@@ -529,3 +529,15 @@ fn the_threaded_scheduler_keeps_batch_order_and_streams_to_each_caller() {
     assert_eq!((stats.running, stats.waiting, stats.finished), (0, 0, 10));
     assert!(stats.generated_tokens > 0 && stats.prompt_tokens > 0);
 }
+
+/// The end token that stopped a sequence comes back (huggingface_local records the raw output with it); a
+/// sequence that ran out of tokens has none.
+#[test]
+fn the_end_token_that_stopped_a_sequence_is_reported() {
+    let outs: Vec<SeqOutput> = (0..40).map(|salt| single(&request(5, salt, 30, &[]))).collect();
+    assert!(outs.iter().any(|o| o.finish == Finish::Eos) && outs.iter().any(|o| o.finish == Finish::Length));
+    for o in outs {
+        let want = (o.finish == Finish::Eos).then_some(EOS);
+        assert_eq!(o.end_token, want, "{o:?}");
+    }
+}
