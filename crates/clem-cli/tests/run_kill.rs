@@ -13,6 +13,7 @@ fn clem() -> Command {
     c
 }
 
+/// Every results file but clem.log (the run's text log, not part of clemcore's layout).
 fn files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -20,7 +21,7 @@ fn files(root: &Path) -> Vec<PathBuf> {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.path().is_dir() {
                 stack.push(e.path());
-            } else {
+            } else if !e.path().ends_with("clem.log") {
                 out.push(e.path());
             }
         }

@@ -28,6 +28,7 @@ fn keys(v: &Value) -> Vec<&str> {
     v.as_object().expect("object").keys().map(String::as_str).collect()
 }
 
+/// Every results file but clem.log (the run's text log, not part of clemcore's layout).
 fn files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -35,7 +36,7 @@ fn files(root: &Path) -> Vec<PathBuf> {
         for e in std::fs::read_dir(&d).expect("ls").flatten() {
             if e.path().is_dir() {
                 stack.push(e.path());
-            } else {
+            } else if !e.path().ends_with("clem.log") {
                 out.push(e.path());
             }
         }

@@ -1,6 +1,8 @@
 //! Credentials from `key.json`, with environment variables as a documented fallback. Secrets never print.
 //!
-//! Lookup, first that loads wins and is used alone: `--keys FILE`, `./key.json`, `~/.clemcore/key.json`.
+//! Lookup, first that exists is used alone: `--keys FILE`, `./key.json`, `~/.clemcore/key.json`. A file that
+//! exists but cannot be read or parsed is an error naming it (and the line and column), never skipped: skipping
+//! it would silently use the next file's keys, another account's perhaps.
 //! A section missing from that file falls back to the environment variables in [`ENV_FALLBACK`].
 //! A key file other users may read (or write) is used, with a warning ([`Keys::permission_warning`]).
 
@@ -123,7 +125,8 @@ pub enum KeyFileError {
 pub struct Keys {
     file: Option<PathBuf>,
     sections: Vec<(String, KeySection)>,
-    /// Files that were tried and why they were not used (shown by `clem list keys`).
+    /// Files that were tried and why they were not used (shown by `clem list keys`). Always empty since a
+    /// broken key file became an error; kept for the callers that still print it.
     pub skipped: Vec<String>,
     env: Vec<(String, String)>,
     /// The key file's permission bits when group or others have any (unix).
@@ -131,30 +134,30 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Looks up key.json as documented; an explicit `--keys FILE` that fails to load is an error.
+    /// Looks up key.json as documented: the first file that exists is loaded, and a failure to load it is an
+    /// error (an explicit `--keys FILE` must exist).
     pub fn discover(explicit: Option<&Path>) -> Result<Keys, KeyFileError> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        if let Some(path) = explicit {
-            return Self::from_file(path, env);
-        }
         let mut candidates = vec![PathBuf::from("key.json")];
         if let Some(home) = dirs::home_dir() {
             candidates.push(home.join(".clemcore").join("key.json"));
         }
-        let mut skipped = Vec::new();
-        for path in candidates {
-            if !path.exists() {
-                continue;
-            }
-            match Self::from_file(&path, env.clone()) {
-                Ok(mut keys) => {
-                    keys.skipped = skipped;
-                    return Ok(keys);
-                }
-                Err(e) => skipped.push(e.to_string()),
-            }
+        Self::discover_in(explicit, &candidates, std::env::vars().collect())
+    }
+
+    /// [`Keys::discover`] over given candidate files.
+    fn discover_in(
+        explicit: Option<&Path>,
+        candidates: &[PathBuf],
+        env: Vec<(String, String)>,
+    ) -> Result<Keys, KeyFileError> {
+        if let Some(path) = explicit {
+            return Self::from_file(path, env);
         }
-        Ok(Keys { file: None, sections: Vec::new(), skipped, env, loose_mode: None })
+        // `symlink_metadata`: a dangling link is a file that exists and cannot be read (an error), not an absence.
+        match candidates.iter().find(|p| std::fs::symlink_metadata(p).is_ok()) {
+            Some(path) => Self::from_file(path, env),
+            None => Ok(Keys { file: None, sections: Vec::new(), skipped: Vec::new(), env, loose_mode: None }),
+        }
     }
 
     /// Reads one key file; `env` supplies the fallbacks.
@@ -319,6 +322,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Before: a ./key.json that did not parse was skipped and the next file's keys were used without a word.
+    #[test]
+    fn a_broken_first_file_is_an_error_not_a_skip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (dir.path().join("key.json"), dir.path().join("home.json"));
+        std::fs::write(&first, "{\n  \"openai\": {\"api_key\": \"sk-local\",}\n}").expect("write");
+        std::fs::write(&second, r#"{"openai": {"api_key": "sk-other-account"}}"#).expect("write");
+        let e = Keys::discover_in(None, &[first.clone(), second.clone()], vec![]).expect_err("broken");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("{}: invalid JSON at line 2, column", first.display())), "{msg}");
+        let keys = Keys::discover_in(None, &[dir.path().join("absent.json"), second.clone()], vec![]).expect("loads");
+        assert_eq!(keys.file(), Some(second.as_path()));
+        let none = Keys::discover_in(None, &[dir.path().join("absent.json")], vec![]).expect("no file");
+        assert!(none.file().is_none());
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub fn messages_to_json(messages: &[Message]) -> Value {
 pub struct GenArgs {
     pub temperature: f64,
     pub max_tokens: u32,
+    /// Stop sequences: generation ends at the first one and the reply is cut before it. Remote backends send
+    /// them as their provider's field (`stop`, `stop_sequences`, `stopSequences`); local ones stop their loop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
     /// Further arguments passed through to the backend (`top_p`, `seed`, ...).
     #[serde(default, flatten)]
     pub extra: Map<String, Value>,
@@ -84,13 +88,22 @@ pub struct GenArgs {
 
 impl Default for GenArgs {
     fn default() -> Self {
-        GenArgs { temperature: 0.0, max_tokens: 300, extra: Map::new() }
+        GenArgs { temperature: 0.0, max_tokens: 300, stop: Vec::new(), extra: Map::new() }
     }
 }
 
 impl GenArgs {
     pub fn new(temperature: f64, max_tokens: u32) -> Self {
-        GenArgs { temperature, max_tokens, extra: Map::new() }
+        GenArgs { temperature, max_tokens, stop: Vec::new(), extra: Map::new() }
+    }
+}
+
+/// `text` cut before the earliest occurrence of any of `stop` (empty stop strings never match), and whether
+/// one occurred.
+pub fn cut_at_stop<'t>(text: &'t str, stop: &[String]) -> (&'t str, bool) {
+    match stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+        Some(at) => (&text[..at], true),
+        None => (text, false),
     }
 }
 
@@ -132,6 +145,15 @@ mod tests {
         let n = normalize_messages(&[Message::system("s"), Message::user("u")]);
         assert_eq!(n.len(), 2);
         assert!(normalize_messages(&[]).is_empty());
+    }
+
+    #[test]
+    fn stop_cuts_at_the_earliest_sequence() {
+        let stop = vec!["END".to_string(), "\n\n".to_string(), String::new()];
+        assert_eq!(cut_at_stop("a\n\nb END", &stop), ("a", true));
+        assert_eq!(cut_at_stop("aEND\n\n", &stop), ("a", true));
+        assert_eq!(cut_at_stop("no stop", &stop), ("no stop", false));
+        assert_eq!(cut_at_stop("x", &[]), ("x", false));
     }
 
     #[test]

@@ -17,12 +17,18 @@
 //! Each model's calls, tokens, time and cost are counted ([`crate::usage`]) and written to run_summary.json
 //! only: clemcore's files stay as clemcore writes them.
 //!
+//! A run stops early, with the reason ([`RunSummary::stopped`]), once [`STOP_AFTER_CONNECTION_FAILURES`]
+//! instances in a row failed because a provider could not be reached, each with the same message: the server is
+//! down, and every further instance would fail the same way (and be redone by `--resume` anyway).
+//!
+//! The [`Progress`] observer hears of the run's folder, each model call ([`Call`]) and each finished instance.
+//!
 //! `CLEM_TEST_CALL_DELAY_MS` (undocumented for users; for tests that interrupt a run) makes the runner wait
 //! that many milliseconds before each request and each scripted reply.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clem_core::{GenArgs, LoadedModel, Message, ModelError, ModelSpec, Pricing};
@@ -98,6 +104,8 @@ pub struct InstanceResult {
     pub scores: Option<Map<String, Value>>,
     /// Why the instance failed, or why a completed one has no scores.
     pub error: Option<String>,
+    /// It failed because a model's provider could not be reached (no connection).
+    pub connection_failure: bool,
 }
 
 impl InstanceResult {
@@ -118,10 +126,28 @@ impl InstanceResult {
 
 /// Told about the run as it goes (the CLI draws a progress bar from it).
 pub trait Progress {
+    /// The run's folder (`<results>/<models>/`), locked and ready, before anything is played.
+    fn folder(&mut self, _run_path: &Path) {}
     fn begin(&mut self, _to_run: usize, _skipped: usize) {}
+    /// One request (or batch of requests) to a model has returned.
+    fn call(&mut self, _call: &Call) {}
     fn instance_done(&mut self, _result: &InstanceResult) {}
     fn end(&mut self) {}
 }
+
+/// One model call: a request, or a batch of `requests` sent together.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub model: String,
+    pub requests: usize,
+    /// Requests of the batch that failed, and the first failure's message.
+    pub failed: usize,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+}
+
+/// Instances in a row that fail to reach a provider, with one message, after which a run stops.
+pub const STOP_AFTER_CONNECTION_FAILURES: usize = 3;
 
 /// A progress observer that shows nothing.
 pub struct NoProgress;
@@ -136,6 +162,8 @@ pub struct RunSummary {
     pub duration: Duration,
     /// Each model's calls in this invocation (one row per model name).
     pub usage: Vec<ModelUsage>,
+    /// Why the run stopped before playing every instance (a provider that cannot be reached).
+    pub stopped: Option<String>,
 }
 
 /// The mean of the values that are not NaN (the Main Score over the episodes played), if there are any.
@@ -290,12 +318,14 @@ pub fn run(
                     status: Status::Skipped,
                     scores,
                     error: None,
+                    connection_failure: false,
                 });
             } else {
                 todo.push((exp, inst));
             }
         }
     }
+    progress.folder(&folder.run_path());
     progress.begin(todo.len(), results.len());
 
     let delay =
@@ -319,11 +349,28 @@ pub fn run(
         args: &opts.gen_args,
         delay,
         calls: &calls,
+        progress: &RefCell::new(&mut *progress),
     };
+    // The last connection failure's message and how many instances in a row ended with it.
+    let mut streak: Option<(String, usize)> = None;
+    let mut stopped = None;
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         for result in ctx.play_chunk(chunk)? {
-            progress.instance_done(&result);
+            ctx.progress.borrow_mut().instance_done(&result);
+            streak = match (result.connection_failure, &result.error, streak.take()) {
+                (true, Some(e), Some((last, n))) if *e == last => Some((last, n + 1)),
+                (true, Some(e), _) => Some((e.clone(), 1)),
+                _ => None,
+            };
             results.push(result);
+        }
+        if let Some((why, n)) = streak.as_ref().filter(|(_, n)| *n >= STOP_AFTER_CONNECTION_FAILURES) {
+            let left = todo.len() - results.iter().filter(|r| r.status != Status::Skipped).count();
+            stopped = Some(format!(
+                "stopped after {n} instances in a row failed to reach the model's provider ({why}); {left} \
+                 instance(s) not played: start the server or fix the address, then rerun with --resume"
+            ));
+            break;
         }
     }
     progress.end();
@@ -339,6 +386,7 @@ pub fn run(
         results,
         duration: clock.elapsed(),
         usage: usage::merged(&calls.into_inner()),
+        stopped,
     };
     let path = folder.run_path().join("run_summary.json");
     // The former summary's usage of other games (and, resumed, of this one) stays: clem eval sums it.
@@ -367,6 +415,7 @@ struct Ctx<'a> {
     delay: Option<Duration>,
     /// Each model's calls so far (index as `models`).
     calls: &'a RefCell<Vec<ModelUsage>>,
+    progress: &'a RefCell<&'a mut dyn Progress>,
 }
 
 /// Who answers a turn.
@@ -438,9 +487,18 @@ impl Ctx<'_> {
                 out.resize_with(batch.len(), || {
                     Err(ModelError::backend(model.name(), "the backend returned fewer replies than requests"))
                 });
+                let seconds = started.elapsed();
                 if let Some(row) = self.calls.borrow_mut().get_mut(m) {
-                    row.record(&out, started.elapsed());
+                    row.record(&out, seconds);
                 }
+                let failures: Vec<&ModelError> = out.iter().filter_map(|r| r.as_ref().err()).collect();
+                self.progress.borrow_mut().call(&Call {
+                    model: model.name().to_string(),
+                    requests: out.len(),
+                    failed: failures.len(),
+                    first_error: failures.first().map(|e| e.to_string()),
+                    seconds: seconds.as_secs_f64(),
+                });
                 for (&i, result) in idx.iter().zip(out) {
                     let ep = &mut live[i];
                     let Some(turn) = ep.pending.take() else { continue };
@@ -457,7 +515,9 @@ impl Ctx<'_> {
                         Err(e) => {
                             ep.recorder.fail(model_error_type(&e), &e.to_string())?;
                             ep.done = true;
-                            Some(self.result(ep, Status::Error, None, Some(e.to_string())))
+                            let mut result = self.result(ep, Status::Error, None, Some(e.to_string()));
+                            result.connection_failure = clem_backends::http::error::is_connection_failure(&e);
+                            Some(result)
                         }
                     };
                     finished.extend(outcome);
@@ -597,6 +657,7 @@ impl Ctx<'_> {
                 status: Status::Error,
                 scores: None,
                 error: Some(message),
+                connection_failure: false,
             })
         };
         let mut log = Log::default();
@@ -645,7 +706,14 @@ impl Ctx<'_> {
         scores: Option<Map<String, Value>>,
         error: Option<String>,
     ) -> InstanceResult {
-        InstanceResult { experiment: ep.experiment.name.clone(), game_id: ep.instance.game_id, status, scores, error }
+        InstanceResult {
+            experiment: ep.experiment.name.clone(),
+            game_id: ep.instance.game_id,
+            status,
+            scores,
+            error,
+            connection_failure: false,
+        }
     }
 }
 

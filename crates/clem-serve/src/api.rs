@@ -14,16 +14,18 @@ use crate::ServeConfig;
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
+    /// `stop` is in `args.stop`; `args.extra` is empty until [`crate::validate::sampling_for_model`] fills it
+    /// from `sampling` for the model the request names.
     pub args: GenArgs,
+    /// The sampling parameters given (`seed`, `top_p`, penalties, ...), checked, under OpenAI's names.
+    pub sampling: Map<String, Value>,
     pub stream: bool,
     pub include_usage: bool,
 }
 
-/// Sampling arguments passed through to the backend as `GenArgs::extra`; everything else unknown is ignored,
-/// as OpenAI clients send fields (`user`, `metadata`, ...) that mean nothing to a model.
-const PASS_THROUGH: &[&str] = &["top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p"];
-
-/// Parses and validates a request body.
+/// Parses and validates a request body. Fields that ask for something no backend here does are refused
+/// ([`crate::validate`]); other unknown fields are ignored, as OpenAI clients send fields (`user`, `metadata`,
+/// ...) that mean nothing to a model.
 pub fn parse_chat(body: &[u8], config: &ServeConfig) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(None, format!("The request body is not valid JSON: {e}")))?;
@@ -40,6 +42,7 @@ pub fn parse_chat(body: &[u8], config: &ServeConfig) -> Result<ChatRequest, ApiE
         }
         _ => return Err(ApiError::invalid(Some("messages"), "`messages` must be a non-empty list.")),
     };
+    crate::validate::refuse_unsupported(&obj)?;
     let max_tokens = parse_max_tokens(&obj, config)?;
     let temperature = match obj.get("temperature") {
         None | Some(Value::Null) => config.default_temperature,
@@ -60,13 +63,10 @@ pub fn parse_chat(body: &[u8], config: &ServeConfig) -> Result<ChatRequest, ApiE
     };
     let include_usage =
         obj.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    let mut extra = Map::new();
-    for key in PASS_THROUGH {
-        if let Some(v) = obj.get(*key).filter(|v| !v.is_null()) {
-            extra.insert((*key).to_string(), v.clone());
-        }
-    }
-    Ok(ChatRequest { model, messages, args: GenArgs { temperature, max_tokens, extra }, stream, include_usage })
+    let stop = crate::validate::parse_stop(&obj)?;
+    let sampling = crate::validate::parse_sampling(&obj)?;
+    let args = GenArgs { temperature, max_tokens, stop, extra: Map::new() };
+    Ok(ChatRequest { model, messages, args, sampling, stream, include_usage })
 }
 
 fn parse_max_tokens(obj: &Map<String, Value>, config: &ServeConfig) -> Result<u32, ApiError> {
@@ -279,8 +279,8 @@ mod tests {
         let r = parse_chat(body.to_string().as_bytes(), &cfg()).expect("valid");
         assert_eq!(r.args.max_tokens, 7);
         assert_eq!(r.args.temperature, 0.5);
-        assert_eq!(r.args.extra.get("seed"), Some(&json!(3)));
-        assert!(!r.args.extra.contains_key("user"));
+        assert_eq!(r.sampling.get("seed"), Some(&json!(3)));
+        assert!(!r.sampling.contains_key("user"));
         assert_eq!(r.messages[0].role, Role::System);
         assert_eq!(r.messages[1].image, vec!["http://x/y.png".to_string()]);
     }

@@ -19,6 +19,7 @@ mod error;
 mod images;
 mod inflight;
 mod listen;
+mod validate;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,7 +56,7 @@ pub struct ServeConfig {
     pub max_tokens_cap: u32,
     /// `max_tokens` when a request gives none (clemcore's default).
     pub default_max_tokens: u32,
-    /// `temperature` when a request gives none (clemcore's default, not OpenAI's 1.0: runs stay reproducible).
+    /// `temperature` when a request gives none: OpenAI's 1.0, as clients written for OpenAI expect.
     pub default_temperature: f64,
     pub max_body_bytes: usize,
     /// Requests in flight (queued or generating) across all models; more get 503.
@@ -86,7 +87,7 @@ impl Default for ServeConfig {
             batch_window: Duration::from_millis(2),
             max_tokens_cap: 4096,
             default_max_tokens: 300,
-            default_temperature: 0.0,
+            default_temperature: 1.0,
             max_body_bytes: 4 << 20,
             max_concurrent: 256,
             max_body_buffer_bytes: 256 << 20,
@@ -252,6 +253,7 @@ async fn chat_inner(state: &AppState, req: Request) -> Result<Response, ApiError
         .find(|s| s.name == request.model)
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     served.images.check(&served.name, &request.messages)?;
+    validate::sampling_for_model(served.model.spec(), &served.name, &request.sampling, &mut request.args)?;
     let slot =
         state.permits.clone().try_acquire_owned().map_err(|_| ApiError::overloaded(state.config.max_concurrent))?;
     drop(received);

@@ -273,9 +273,15 @@ fn check_accepted(body: &Value, r: &clem_serve::ChatRequest, config: &ServeConfi
     prop_assert!((0.0..=2.0).contains(&r.args.temperature));
     prop_assert_eq!(r.stream, body["stream"] == json!(true));
     prop_assert_eq!(r.include_usage, body["stream_options"]["include_usage"] == json!(true));
-    for (k, v) in &r.args.extra {
+    prop_assert!(r.args.extra.is_empty());
+    for (k, v) in &r.sampling {
         prop_assert_eq!(Some(v), body.get(k));
         prop_assert!(!v.is_null());
+    }
+    for s in &r.args.stop {
+        prop_assert!(
+            body["stop"].as_str() == Some(s.as_str()) || body["stop"].as_array().is_some_and(|l| l.contains(&json!(s)))
+        );
     }
     Ok(())
 }
@@ -535,7 +541,8 @@ proptest! {
             }
             Err(e) => {
                 prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
-                let known = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "n", "stream"];
+                let known = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "n", "stream",
+                    "stop", "seed", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p"];
                 prop_assert!(e.param.is_none_or(|p| known.contains(&p)), "{:?}", e);
                 prop_assert!(!e.message.is_empty());
             }

@@ -145,7 +145,8 @@ async fn completions_plain_streaming_models_and_health() {
         .map(|d| serde_json::from_str::<Value>(d).expect("chunk"))
         .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(String::from))
         .collect();
-    assert_eq!(content, "echo: hello you t=0");
+    // No temperature given: OpenAI's default 1 (before: 0).
+    assert_eq!(content, "echo: hello you t=1");
 
     let models = get_json(&format!("{}/v1/models", server.base)).await;
     assert_eq!(models["data"][0]["id"], "echo");

@@ -112,6 +112,9 @@ impl Adapter for Messages {
                 body.insert("temperature".into(), json!(args.temperature));
             }
         }
+        if !args.stop.is_empty() {
+            body.insert("stop_sequences".into(), json!(args.stop));
+        }
         merge_top_level(&mut body, &args.extra);
         merge_top_level(&mut body, &self.extra_body);
         Ok(ApiRequest {
@@ -201,6 +204,21 @@ mod tests {
             (req.body["max_tokens"].clone(), req.body["thinking"]["budget_tokens"].clone()),
             (json!(1324), json!(1024))
         );
+    }
+
+    /// Before: `stop` reached Anthropic under OpenAI's name, which the Messages API refuses.
+    #[test]
+    fn stop_is_sent_as_stop_sequences() {
+        let req = adapter(json!({}))
+            .build(
+                &[Message::user("hi")],
+                &GenArgs { stop: vec!["END".into(), "\n\n".into()], ..GenArgs::new(0.0, 10) },
+            )
+            .expect("req");
+        assert_eq!(req.body["stop_sequences"], json!(["END", "\n\n"]));
+        assert!(req.body.get("stop").is_none());
+        let req = adapter(json!({})).build(&[Message::user("hi")], &GenArgs::default()).expect("req");
+        assert!(req.body.get("stop_sequences").is_none());
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl Adapter for CohereChat {
         if let Some(thinking) = &self.thinking {
             body.insert("thinking".into(), thinking.clone());
         }
+        if !args.stop.is_empty() {
+            body.insert("stop_sequences".into(), json!(args.stop));
+        }
         merge_top_level(&mut body, &args.extra);
         merge_top_level(&mut body, &self.extra_body);
         Ok(ApiRequest {
@@ -144,6 +147,21 @@ mod tests {
             {"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "Paris"}]}});
         assert_eq!(cohere_reply(&body).as_deref(), Ok("Paris"));
         assert!(cohere_reply(&json!({"id": "x"})).is_err());
+    }
+
+    /// Before: `stop` was not sent at all (the v2 chat API calls it `stop_sequences`).
+    #[test]
+    fn stop_is_sent_as_stop_sequences() {
+        let spec: ModelSpec =
+            serde_json::from_value(json!({"model_name": "c", "model_id": "command-a"})).expect("spec");
+        let a = CohereChat::from_spec(&spec, DEFAULT_BASE_URL, None).expect("adapter");
+        let req = a
+            .build(
+                &[Message::user("hi")],
+                &GenArgs { stop: vec!["END".into(), "\n\n".into()], ..GenArgs::new(0.0, 10) },
+            )
+            .expect("req");
+        assert_eq!(req.body["stop_sequences"], json!(["END", "\n\n"]));
     }
 
     #[test]

@@ -99,6 +99,9 @@ impl Adapter for GenerateContent {
         if let Some(budget) = self.thinking {
             config.insert("thinkingConfig".into(), json!({"thinkingBudget": budget, "includeThoughts": true}));
         }
+        if !args.stop.is_empty() {
+            config.insert("stopSequences".into(), json!(args.stop));
+        }
         merge_top_level(&mut config, &args.extra);
         let mut body = Map::new();
         body.insert("contents".into(), Value::Array(contents));
@@ -179,6 +182,18 @@ mod tests {
             serde_json::from_value(json!({"model_name": "g", "model_id": "gemini-x", "model_config": config}))
                 .expect("spec");
         GenerateContent::from_spec(&spec, DEFAULT_BASE_URL, None).expect("adapter")
+    }
+
+    /// Before: `stop` was not sent (Gemini's field is `generationConfig.stopSequences`).
+    #[test]
+    fn stop_is_sent_as_stop_sequences() {
+        let req = adapter(json!({}))
+            .build(
+                &[Message::user("hi")],
+                &GenArgs { stop: vec!["END".into(), "\n\n".into()], ..GenArgs::new(0.0, 10) },
+            )
+            .expect("req");
+        assert_eq!(req.body["generationConfig"]["stopSequences"], json!(["END", "\n\n"]));
     }
 
     #[test]

@@ -119,6 +119,23 @@ impl RemoteError {
     }
 }
 
+/// Whether a model call failed because the provider could not be reached at all (no connection, or none within
+/// the connect timeout, also as the last failure before a deadline): the runner stops a run after a few identical
+/// ones rather than failing every instance the same way.
+pub fn is_connection_failure(e: &clem_core::ModelError) -> bool {
+    fn unreachable(e: &RemoteError) -> bool {
+        match e {
+            RemoteError::Connection { .. } | RemoteError::ConnectTimeout { .. } => true,
+            RemoteError::Deadline { last: Some(last), .. } => unreachable(last),
+            _ => false,
+        }
+    }
+    match e {
+        clem_core::ModelError::Backend { error, .. } => error.downcast_ref::<RemoteError>().is_some_and(unreachable),
+        _ => false,
+    }
+}
+
 fn reason(status: u16) -> String {
     reqwest::StatusCode::from_u16(status)
         .ok()
@@ -225,6 +242,35 @@ mod tests {
         assert!(error_details(fastapi).0.is_some_and(|m| m.contains("field required")));
         assert_eq!(error_details("<html>502</html>"), (None, None));
         assert_eq!(error_details(r#"{"error": "rate limited"}"#).0.as_deref(), Some("rate limited"));
+    }
+
+    #[test]
+    fn connection_failures_are_told_apart() {
+        let backend = |e: RemoteError| clem_core::ModelError::backend("m", e);
+        assert!(is_connection_failure(&backend(RemoteError::Connection {
+            provider: "p",
+            detail: "refused".into(),
+            attempts: 3
+        })));
+        let timeout = RemoteError::ConnectTimeout { provider: "p", timeout: Duration::from_secs(1), attempts: 1 };
+        let deadline = RemoteError::Deadline {
+            provider: "p",
+            deadline: Duration::from_secs(9),
+            attempts: 2,
+            last: Some(Box::new(timeout)),
+        };
+        assert!(is_connection_failure(&backend(deadline)));
+        let status = RemoteError::Status {
+            provider: "p",
+            status: 500,
+            message: "x".into(),
+            kind: None,
+            body: String::new(),
+            attempts: 1,
+            outcome: String::new(),
+        };
+        assert!(!is_connection_failure(&backend(status)));
+        assert!(!is_connection_failure(&clem_core::ModelError::backend("m", "connection failed: refused")));
     }
 
     #[test]

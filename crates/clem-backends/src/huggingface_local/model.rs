@@ -250,7 +250,14 @@ impl HfLocalModel {
                 ModelError::config(&self.name, format!("seed must be a non-negative integer, not {v}"))
             })?,
         };
-        Ok(Sampling { temperature: args.temperature, top_p: self.top_p, seed })
+        // The request's top_p when it gives one, else generation_config.json's.
+        let top_p = match args.extra.get("top_p") {
+            None | Some(Value::Null) => self.top_p,
+            Some(v) => v.as_f64().filter(|p| *p > 0.0 && *p <= 1.0).ok_or_else(|| {
+                ModelError::config(&self.name, format!("top_p must be a number above 0 and at most 1, not {v}"))
+            })?,
+        };
+        Ok(Sampling { temperature: args.temperature, top_p, seed })
     }
 
     /// Each row's token budget: `max_tokens`, or (with `cot_output`, as clemcore) up to the context size.
@@ -312,9 +319,25 @@ impl HfLocalModel {
         self.check_batch_memory(prompts, budgets)?;
         let sampling = self.sampling(args)?;
         let eos = eos.unwrap_or(&self.eos_ids);
+        // A row's generated text is decoded after each token only when there are stop strings to look for.
+        let stop = &args.stop;
+        let stopped = |tokens: &[u32]| {
+            !stop.is_empty()
+                && self.tokenizer.decode(tokens).is_ok_and(|text| clem_core::message::cut_at_stop(&text, stop).1)
+        };
         generate::on_pool(self.pool.as_ref(), || {
             let device = &self.placement.device;
-            generate::generate(&self.model, prompts, budgets, &sampling, eos, self.pad_id, device, cancels)
+            generate::generate_until(
+                &self.model,
+                prompts,
+                budgets,
+                &sampling,
+                eos,
+                self.pad_id,
+                device,
+                cancels,
+                &stopped,
+            )
         })
         .map_err(|e| ModelError::backend(&self.name, e))
     }
@@ -376,17 +399,21 @@ impl HfLocalModel {
                 _ => answer.to_string(),
             }
         };
-        let cleaned = self
+        let mut cleaned = self
             .cleaner
             .clean(&output_text, &prompt_text, Some(&cut))
             .map_err(|e| ModelError::backend(&self.name, e))?;
+        if out.stopped_by_string {
+            cleaned.text = clem_core::message::cut_at_stop(&cleaned.text, &args.stop).0.to_string();
+        }
         let recorded = json!({
             "inputs": prompt_text,
             "max_new_tokens": args.max_tokens,
             "temperature": args.temperature,
         });
         let generated = out.tokens.len() - usize::from(out.stopped_by_eos && !out.tokens.is_empty());
-        let finish = if out.stopped_by_eos { FinishReason::Stop } else { FinishReason::Length };
+        let finish =
+            if out.stopped_by_eos || out.stopped_by_string { FinishReason::Stop } else { FinishReason::Length };
         Ok(Generation::new(recorded, clem_core::cleaning::response_object(&output_text, &cleaned), cleaned.text)
             .with_usage(Some(Usage::new(prompt.len() as u64, generated as u64)))
             .with_finish(Some(finish)))

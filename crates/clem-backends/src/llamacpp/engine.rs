@@ -227,11 +227,13 @@ pub struct Sampling {
     pub min_p: f32,
     /// Keep generating through end-of-generation tokens (benchmarks that need exactly max_tokens).
     pub ignore_eos: bool,
+    /// Stop strings: a sequence ends when its text contains one, and its text is cut before it.
+    pub stop: Vec<String>,
 }
 
 impl Sampling {
     pub fn greedy() -> Sampling {
-        Sampling { temperature: 0.0, seed: 0, top_k: 40, top_p: 0.95, min_p: 0.05, ignore_eos: false }
+        Sampling { temperature: 0.0, seed: 0, top_k: 40, top_p: 0.95, min_p: 0.05, ignore_eos: false, stop: Vec::new() }
     }
 
     fn sampler(&self) -> LlamaSampler {
@@ -341,15 +343,7 @@ impl Engine {
     /// `token_get_text`.
     pub fn token_text(&self, kind: SpecialToken) -> Option<String> {
         let cell = self.lock();
-        let vocab = cell.borrow_owner().vocab();
-        let token = match kind {
-            SpecialToken::Bos => vocab.bos(),
-            SpecialToken::Eos => vocab.eos(),
-        };
-        if token.0 < 0 || token.0 >= vocab.n_tokens() {
-            return None;
-        }
-        vocab.text(token).map(|t| t.to_string_lossy().into_owned())
+        special_text(cell.borrow_owner(), kind)
     }
 
     /// Generates up to `max_tokens` for each prompt, all prompts as parallel sequences of one context.
@@ -411,6 +405,27 @@ pub enum SpecialToken {
     Eos,
 }
 
+fn special_text(model: &LlamaModel, kind: SpecialToken) -> Option<String> {
+    let vocab = model.vocab();
+    let token = match kind {
+        SpecialToken::Bos => vocab.bos(),
+        SpecialToken::Eos => vocab.eos(),
+    };
+    if token.0 < 0 || token.0 >= vocab.n_tokens() {
+        return None;
+    }
+    vocab.text(token).map(|t| t.to_string_lossy().into_owned())
+}
+
+/// The texts of a GGUF's BOS and EOS tokens, read from its vocabulary alone (no weights are loaded).
+pub fn vocab_special_texts(path: &Path) -> Result<(Option<String>, Option<String>), EngineError> {
+    let backend = backend()?;
+    let params = LlamaModelParams::default().with_vocab_only(true);
+    let model = LlamaModel::load_from_file(backend, path, &params)
+        .map_err(|_| EngineError::Load { path: path.display().to_string() })?;
+    Ok((special_text(&model, SpecialToken::Bos), special_text(&model, SpecialToken::Eos)))
+}
+
 /// A context of `n_seq` KV streams of `per_seq` cells each (see the module doc for why these settings).
 fn new_context<'m>(
     model: &'m LlamaModel,
@@ -443,6 +458,8 @@ struct Seq {
     pending: Option<LlamaToken>,
     /// Where this sequence's logits are in the last decoded batch.
     logits_at: Option<i32>,
+    /// The text so far, kept only when there are stop strings to look for.
+    text: Vec<u8>,
 }
 
 fn decode_err(e: impl std::fmt::Display) -> EngineError {
@@ -468,8 +485,10 @@ fn run_batch(
             finish: (max_tokens == 0).then_some(Finish::Length),
             pending: None,
             logits_at: None,
+            text: Vec::new(),
         })
         .collect();
+    let longest_stop = sampling.stop.iter().map(String::len).max().unwrap_or(0);
     if prompts.iter().any(Vec::is_empty) {
         return Err(EngineError::EmptyPrompt);
     }
@@ -485,6 +504,19 @@ fn run_batch(
                 seq.finish = Some(Finish::Stop);
             } else {
                 seq.tokens.push(token);
+                if longest_stop > 0 {
+                    // Only the new piece and the bytes a stop string could share with it need looking at.
+                    let before = seq.text.len();
+                    vocab.token_to_piece_into(token, &mut seq.text, false, None);
+                    let from = before.saturating_sub(longest_stop);
+                    let tail = &seq.text[from..];
+                    let hit =
+                        sampling.stop.iter().any(|s| !s.is_empty() && tail.windows(s.len()).any(|w| w == s.as_bytes()));
+                    if hit {
+                        seq.finish = Some(Finish::Stop);
+                        continue;
+                    }
+                }
                 if seq.tokens.len() >= max_tokens as usize {
                     seq.finish = Some(Finish::Length);
                 } else {
@@ -554,8 +586,10 @@ fn run_batch(
             for &t in &seq.tokens {
                 vocab.token_to_piece_into(t, &mut bytes, false, None);
             }
+            let text = String::from_utf8_lossy(&bytes);
             SeqOutput {
-                text: String::from_utf8_lossy(&bytes).into_owned(),
+                // As llama-cpp-python: the text ends before the stop string that ended it.
+                text: clem_core::message::cut_at_stop(&text, &sampling.stop).0.to_string(),
                 tokens: seq.tokens,
                 finish: seq.finish.unwrap_or(Finish::Length),
                 prompt_tokens: prompt.len(),

@@ -52,26 +52,8 @@ impl LlamaCppModel {
         let settings = Settings::from_spec(spec, ctx.threads).map_err(config)?;
         let cleaner = Cleaner::from_spec(spec).map_err(|e| config(e.to_string()))?;
 
-        let token = crate::hub::token_for(spec, &ctx.keys);
-        let dir = files::model_dir(&settings.huggingface_id, &settings.filename, &settings.additional_files, token)
-            .map_err(|e| config(e.to_string()))?;
-        let files = files::resolve_in(&dir, &settings.filename, &settings.additional_files)
-            .map_err(|e| config(e.to_string()))?;
-        let info = GgufInfo::read(&files.main)
-            .ok_or_else(|| config(format!("{} is not a GGUF file llama.cpp can read", files.main.display())))?;
-
         // The template is known before loading, so a bad entry fails before the weights are read.
-        let source = if settings.premade_chat_template {
-            info.chat_template.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
-                config(format!(
-                    "premade_chat_template is true but {} has no tokenizer.chat_template; set \
-                     premade_chat_template to false and give custom_chat_template",
-                    files.main.display()
-                ))
-            })?
-        } else {
-            settings.custom_chat_template.clone().unwrap_or_default()
-        };
+        let (files, info, source) = locate(spec, &settings, ctx).map_err(config)?;
         let template = ChatTemplate::new(&source, &name).map_err(|e| config(e.to_string()))?;
 
         let n_ctx_train = info.context_length.and_then(|n| u32::try_from(n).ok());
@@ -119,16 +101,9 @@ impl LlamaCppModel {
         let engine =
             Engine::load(&files.main, gpu_layers, settings.threads).map_err(|e| ModelError::backend(&name, e))?;
 
-        // clemcore: the GGUF's bos/eos tokens when its metadata names them, else the entry's strings.
-        let mut template_vars = Map::new();
-        let bos = info.has_bos_id.then(|| engine.token_text(SpecialToken::Bos)).flatten().or(settings.bos_string);
-        let eos = info.has_eos_id.then(|| engine.token_text(SpecialToken::Eos)).flatten().or(settings.eos_string);
-        if let Some(bos) = bos {
-            template_vars.insert("bos_token".into(), Value::String(bos));
-        }
-        if let Some(eos) = eos {
-            template_vars.insert("eos_token".into(), Value::String(eos));
-        }
+        let bos = engine.token_text(SpecialToken::Bos);
+        let eos = engine.token_text(SpecialToken::Eos);
+        let template_vars = template_variables(&info, bos, eos, &settings);
         Ok(LlamaCppModel {
             spec: spec.clone(),
             name,
@@ -269,6 +244,59 @@ impl LlamaCppModel {
     }
 }
 
+/// The entry's GGUF, its metadata and the template source: the GGUF's `tokenizer.chat_template` with
+/// `premade_chat_template`, else `custom_chat_template`. The message is the entry's problem.
+fn locate(spec: &ModelSpec, settings: &Settings, ctx: &LoadContext) -> Result<(GgufFiles, GgufInfo, String), String> {
+    let token = crate::hub::token_for(spec, &ctx.keys);
+    let dir = files::model_dir(&settings.huggingface_id, &settings.filename, &settings.additional_files, token)
+        .map_err(|e| e.to_string())?;
+    let files = files::resolve_in(&dir, &settings.filename, &settings.additional_files).map_err(|e| e.to_string())?;
+    let info = GgufInfo::read(&files.main)
+        .ok_or_else(|| format!("{} is not a GGUF file llama.cpp can read", files.main.display()))?;
+    let source = if settings.premade_chat_template {
+        info.chat_template.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+            format!(
+                "premade_chat_template is true but {} has no tokenizer.chat_template; set \
+                 premade_chat_template to false and give custom_chat_template",
+                files.main.display()
+            )
+        })?
+    } else {
+        settings.custom_chat_template.clone().unwrap_or_default()
+    };
+    Ok((files, info, source))
+}
+
+/// A llamacpp entry's chat template and its `bos_token`/`eos_token`, as a loaded model renders with them, without
+/// loading the weights (`clem template`): the GGUF's tokens when its metadata names them, else the entry's strings.
+pub fn chat_template(spec: &ModelSpec, ctx: &LoadContext) -> Result<(String, Map<String, Value>), ModelError> {
+    let name = spec.model_name().unwrap_or("?").to_string();
+    let config = |m: String| ModelError::config(&name, m);
+    let settings = Settings::from_spec(spec, ctx.threads).map_err(config)?;
+    let (files, info, source) = locate(spec, &settings, ctx).map_err(config)?;
+    let (bos, eos) = super::engine::vocab_special_texts(&files.main).map_err(|e| ModelError::backend(&name, e))?;
+    Ok((source, template_variables(&info, bos, eos, &settings)))
+}
+
+/// clemcore: the GGUF's bos/eos tokens when its metadata names them, else the entry's strings.
+fn template_variables(
+    info: &GgufInfo,
+    bos: Option<String>,
+    eos: Option<String>,
+    settings: &Settings,
+) -> Map<String, Value> {
+    let mut vars = Map::new();
+    let bos = info.has_bos_id.then_some(bos).flatten().or_else(|| settings.bos_string.clone());
+    let eos = info.has_eos_id.then_some(eos).flatten().or_else(|| settings.eos_string.clone());
+    if let Some(bos) = bos {
+        vars.insert("bos_token".into(), Value::String(bos));
+    }
+    if let Some(eos) = eos {
+        vars.insert("eos_token".into(), Value::String(eos));
+    }
+    vars
+}
+
 /// Sampling settings from the generation arguments: greedy at temperature 0; `seed`, `top_k`, `top_p` and
 /// `min_p` from the extra arguments (a random seed when none is given).
 pub fn sampling_for(args: &GenArgs) -> Result<Sampling, String> {
@@ -294,6 +322,7 @@ pub fn sampling_for(args: &GenArgs) -> Result<Sampling, String> {
     if let Some(p) = number("min_p") {
         s.min_p = p.clamp(0.0, 1.0) as f32;
     }
+    s.stop = args.stop.clone();
     Ok(s)
 }
 

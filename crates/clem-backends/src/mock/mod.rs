@@ -75,8 +75,9 @@ impl Model for MockModel {
         &self.spec
     }
 
-    fn generate_response(&self, messages: &[Message], _args: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
-        let text = self.reply(messages);
+    fn generate_response(&self, messages: &[Message], args: &GenArgs, _: &Cancel) -> Result<Generation, ModelError> {
+        // Stop sequences cut the scripted reply as they would cut a model's.
+        let text = clem_core::message::cut_at_stop(&self.reply(messages), &args.stop).0.to_string();
         let words = |s: &str| s.split_whitespace().count() as u64;
         let prompt_words = messages.iter().map(|m| words(&m.content)).sum();
         let usage = Usage::new(prompt_words, words(&text));
@@ -110,6 +111,15 @@ mod tests {
             .map(|r| r.map(|g| g.response_text).unwrap_or_default())
             .collect();
         assert_eq!(out, vec!["a", "b", "a"]);
+    }
+
+    /// Before: the mock ignored `stop`, so `clem serve` tests could not see it honoured.
+    #[test]
+    fn stop_cuts_the_reply() {
+        let echo = load(&ModelSpec::from_name("mock"), &LoadContext::default()).expect("loads");
+        let args = GenArgs { stop: vec!["STOP".into()], ..GenArgs::default() };
+        let g = echo.generate_response(&[Message::user("one STOP two")], &args, &Cancel::new()).expect("generates");
+        assert_eq!(g.response_text, "one ");
     }
 
     #[test]

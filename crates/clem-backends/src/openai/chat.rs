@@ -109,6 +109,9 @@ impl Adapter for ChatCompletions {
             body.insert("temperature".into(), json!(args.temperature));
             body.insert("max_tokens".into(), json!(args.max_tokens));
         }
+        if !args.stop.is_empty() {
+            body.insert("stop".into(), json!(args.stop));
+        }
         merge_top_level(&mut body, &args.extra);
         merge_top_level(&mut body, &self.extra_body);
         Ok(ApiRequest {
@@ -205,6 +208,14 @@ mod tests {
                    {"role": "user", "content": "hi"}], "temperature": 0.5, "max_tokens": 100, "top_p": 0.9, "seed": 7})
         );
         assert!(!req.body.to_string().contains("sk-test"));
+        // Stop sequences under OpenAI's own field (before: GenArgs had no `stop`).
+        let req = a
+            .build(
+                &[Message::user("hi")],
+                &GenArgs { stop: vec!["END".into(), "\n\n".into()], ..GenArgs::new(0.0, 10) },
+            )
+            .expect("builds");
+        assert_eq!(req.body["stop"], json!(["END", "\n\n"]));
         assert_eq!(req.url, "https://api.openai.com/v1/chat/completions");
     }
 

@@ -70,6 +70,9 @@ impl Adapter for VllmAdapter {
         };
         body.insert("temperature".into(), args.temperature.into());
         body.insert("max_tokens".into(), args.max_tokens.into());
+        if !args.stop.is_empty() {
+            body.insert("stop".into(), serde_json::json!(args.stop));
+        }
         merge_top_level(&mut body, &args.extra);
         merge_top_level(&mut body, &self.extra_body);
         Ok(ApiRequest {

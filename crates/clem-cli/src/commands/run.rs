@@ -5,7 +5,12 @@
 //! run.json's `game_path` and its `in/instances.json` is played, as clemcore does; else the game's own copy.
 //! `-i` takes a path (".json" may be left out) or, as clemcore, an instances file name in `./GAME/in/`.
 //!
-//! A progress bar goes to stderr when it is a terminal; at the end a summary table goes to stdout, one row per
+//! Progress goes to stderr: a bar when it is a terminal, else one line per episode (`clem: episode n/N
+//! (experiment, instance id) model: status, elapsed, ETA`), so logs of unattended runs show it. `clem.log` in
+//! the run's folder (`<results>/<models>/`, appended to by each invocation) holds those lines, one line per model
+//! call, and what the run printed at the end. A run stops early, exit status 1, once 3 instances in a row failed
+//! to reach the model's provider with the same message (the reason is printed and logged).
+//! At the end a summary table goes to stdout, one row per
 //! experiment plus a total:
 //! `experiment  instances  completed  skipped  errors  success  aborted  main_score` (main_score: the mean Main
 //! Score over played episodes, aborted ones being NaN); then one row per model of this invocation's calls:
@@ -17,7 +22,8 @@
 //! Exit status 1 when any instance ended in an error (error.json); a model that plays badly is no error.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,7 +33,7 @@ use clem_core::registry::Registry;
 use clem_core::{GenArgs, ModelSpec, Pricing};
 use clem_run::game::Game;
 use clem_run::games::{find_game, names_nearest};
-use clem_run::runner::{self, InstanceResult, Progress, RunOptions, Status};
+use clem_run::runner::{self, Call, InstanceResult, Progress, RunOptions, Status};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::context::Ctx;
@@ -163,42 +169,106 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         game_path: folder,
         prices,
     };
-    let mut bar = Bar::new();
+    let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+    let mut bar = Bar::new(game.name(), names.join(", "), &opts.gen_args);
     let summary = runner::run(game, &models, &opts, &mut bar)?;
 
-    print_table(&summary.results);
-    print_usage(&summary.usage);
-    println!("results: {}", summary.run_path.display());
+    let report =
+        format!("{}\n{}results: {}", table(&summary.results), usage_table(&summary.usage), summary.run_path.display());
+    println!("{report}");
+    bar.log(&report);
     for r in &summary.results {
         let Some(why) = &r.error else { continue };
         let at = format!("{}/{}", r.experiment, clem_run::recorder::instance_dir(r.game_id));
-        if r.status == Status::Error {
-            eprintln!("clem: error: {at}: {why}");
-        } else {
-            eprintln!("clem: warning: {at}: {why}");
-        }
+        let kind = if r.status == Status::Error { "error" } else { "warning" };
+        bar.say(&format!("clem: {kind}: {at}: {why}"));
     }
-    Ok(if summary.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    if let Some(why) = &summary.stopped {
+        bar.say(&format!("clem: error: run {why}"));
+    }
+    Ok(if summary.has_errors() || summary.stopped.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// The progress bar: instances done, errors, elapsed, rate; hidden when stderr is not a terminal.
+/// Progress: a bar on a terminal, else a line per episode on stderr; both, and each model call, in clem.log.
 struct Bar {
     bar: Option<ProgressBar>,
+    /// stderr is a terminal: the bar shows progress, no lines.
+    terminal: bool,
     errors: usize,
+    done: usize,
+    to_run: usize,
+    started: std::time::Instant,
+    game: String,
+    models: String,
+    args: String,
+    log: Option<File>,
 }
 
 impl Bar {
-    fn new() -> Self {
-        Bar { bar: None, errors: 0 }
+    fn new(game: &str, models: String, args: &GenArgs) -> Self {
+        Bar {
+            bar: None,
+            terminal: std::io::stderr().is_terminal(),
+            errors: 0,
+            done: 0,
+            to_run: 0,
+            started: std::time::Instant::now(),
+            game: game.to_string(),
+            models,
+            args: serde_json::to_string(args).unwrap_or_default(),
+            log: None,
+        }
+    }
+
+    /// Appends lines to clem.log, each with the local time (a log that cannot be written is dropped, once).
+    fn log(&mut self, text: &str) {
+        let Some(file) = &mut self.log else { return };
+        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+        let mut out = String::new();
+        for line in text.lines() {
+            out.push_str(&format!("{now} {line}\n"));
+        }
+        if let Err(e) = file.write_all(out.as_bytes()) {
+            eprintln!("clem: warning: clem.log: {e}; the run goes on without it");
+            self.log = None;
+        }
+    }
+
+    /// A line on stderr and in clem.log.
+    fn say(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+        self.log(line);
     }
 }
 
+/// `H:MM:SS`.
+fn clock(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
 impl Progress for Bar {
-    fn begin(&mut self, to_run: usize, skipped: usize) {
-        if skipped > 0 {
-            eprintln!("clem: resuming: {skipped} instance(s) already completed, {to_run} to run");
+    fn folder(&mut self, run_path: &Path) {
+        let path = run_path.join("clem.log");
+        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => self.log = Some(f),
+            Err(e) => eprintln!("clem: warning: {}: {e}; the run goes on without a log", path.display()),
         }
-        if !std::io::stderr().is_terminal() {
+        let header = format!("clem run -g {} -m {} ({})", self.game, self.models, self.args);
+        self.log(&header);
+    }
+
+    fn begin(&mut self, to_run: usize, skipped: usize) {
+        self.to_run = to_run;
+        self.started = std::time::Instant::now();
+        if skipped > 0 {
+            self.say(&format!("clem: resuming: {skipped} instance(s) already completed, {to_run} to run"));
+        }
+        if !self.terminal {
+            self.say(&format!("clem: {to_run} episode(s) to play, model {}", self.models));
             return;
         }
         let bar = ProgressBar::with_draw_target(Some(to_run as u64), ProgressDrawTarget::stderr());
@@ -211,13 +281,44 @@ impl Progress for Bar {
         self.bar = Some(bar);
     }
 
+    fn call(&mut self, call: &Call) {
+        let failed = match (&call.first_error, call.failed) {
+            (Some(e), n) => format!(", {n} failed: {e}"),
+            (None, _) => String::new(),
+        };
+        let line = format!("call {}: {} request(s), {:.3} s{failed}", call.model, call.requests, call.seconds);
+        self.log(&line);
+    }
+
     fn instance_done(&mut self, result: &InstanceResult) {
+        self.done += 1;
         if result.status == Status::Error {
             self.errors += 1;
         }
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("{} error{}", self.errors, if self.errors == 1 { "" } else { "s" }));
-            bar.inc(1);
+        let elapsed = self.started.elapsed();
+        let left = self.to_run.saturating_sub(self.done) as u32;
+        let eta = elapsed.checked_div(self.done as u32).unwrap_or_default() * left;
+        let status = match (&result.status, &result.error) {
+            (Status::Error, Some(e)) => format!("error: {e}"),
+            (s, _) => s.as_str().to_string(),
+        };
+        let line = format!(
+            "clem: episode {}/{} ({} {}) {}: {status}, elapsed {}, ETA {}",
+            self.done,
+            self.to_run,
+            result.experiment,
+            clem_run::recorder::instance_dir(result.game_id),
+            self.models,
+            clock(elapsed),
+            clock(eta)
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!("{} error{}", self.errors, if self.errors == 1 { "" } else { "s" }));
+                bar.inc(1);
+                self.log(&line);
+            }
+            None => self.say(&line),
         }
     }
 
@@ -228,8 +329,8 @@ impl Progress for Bar {
     }
 }
 
-/// Columns left-aligned first, right-aligned after, two spaces apart.
-fn print_aligned(header: &[&str], rows: Vec<Vec<String>>) {
+/// Columns left-aligned first, right-aligned after, two spaces apart; one line each.
+fn aligned(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
         .collect();
@@ -239,17 +340,18 @@ fn print_aligned(header: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
             .collect();
-        println!("{}", parts.join("  "));
+        parts.join("  ") + "\n"
     };
-    line(header.iter().map(|s| s.to_string()).collect());
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
     for r in rows {
-        line(r);
+        out.push_str(&line(r));
     }
+    out
 }
 
 /// Each model's calls in this invocation; `uncounted`: answered calls whose backend counted no tokens (the
 /// totals lack theirs); cost `-` without prices.
-fn print_usage(usage: &[clem_run::usage::ModelUsage]) {
+fn usage_table(usage: &[clem_run::usage::ModelUsage]) -> String {
     let header = ["model", "calls", "uncounted", "prompt_tokens", "completion_tokens", "model_seconds", "cost"];
     let rows = usage
         .iter()
@@ -265,11 +367,10 @@ fn print_usage(usage: &[clem_run::usage::ModelUsage]) {
             ]
         })
         .collect();
-    println!();
-    print_aligned(&header, rows);
+    aligned(&header, rows)
 }
 
-fn print_table(results: &[InstanceResult]) {
+fn table(results: &[InstanceResult]) -> String {
     let mut names: Vec<&str> = Vec::new();
     for r in results {
         if !names.contains(&r.experiment.as_str()) {
@@ -296,5 +397,5 @@ fn print_table(results: &[InstanceResult]) {
         rows.push(row(name, results.iter().filter(|r| r.experiment == *name).collect()));
     }
     rows.push(row("total", results.iter().collect()));
-    print_aligned(&header, rows);
+    aligned(&header, rows)
 }

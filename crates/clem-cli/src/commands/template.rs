@@ -3,8 +3,10 @@
 //! newline added.
 //!
 //! The template is the model's own (`premade_chat_template`: tokenizer_config.json or chat_template.jinja in
-//! its folder) or the entry's `custom_chat_template`, or `--template FILE`. Special tokens come from the
-//! model's tokenizer files when it has them, else from the entry's `bos_string`/`eos_string`, else the flags.
+//! its folder; for a llamacpp entry the GGUF's `tokenizer.chat_template` metadata, the GGUF found or fetched
+//! as `clem generate` finds it) or the entry's `custom_chat_template`, or `--template FILE`. Special tokens come
+//! from the model's tokenizer files (a GGUF's vocabulary) when it has them, else from the entry's
+//! `bos_string`/`eos_string`, else the flags.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +93,12 @@ fn model_template(selector: &str, ctx: &Ctx) -> anyhow::Result<(String, String, 
     let registry = ctx.registry()?;
     let (spec, _) = registry.select(&selector)?;
     let name = spec.model_name().unwrap_or("?").to_string();
+    // A llamacpp entry's template and special tokens are in its GGUF, as the backend renders them (before: such
+    // entries failed with "has no chat template", the tokenizer files being looked for beside the GGUF).
+    if spec.backend() == Some("llamacpp") {
+        let (source, variables) = clem_backends::llamacpp::model::chat_template(&spec, &ctx.load_context()?)?;
+        return Ok((source, name, variables));
+    }
     let tokenizer = match spec.get_str("huggingface_id").map(resolve_model_dir) {
         Some(Ok(dir)) => Some(TokenizerFiles::load(&dir)?),
         _ => None,
