@@ -104,6 +104,12 @@ fn registry_import_converts_clemcore_230_and_explains_the_rest() {
     std::fs::copy(&*old, &copy).expect("copy");
     let out = clem(dir.path(), &["registry", "import", "copy.json", "-o", "./copy.json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // clemcore 3.7's registry: its multimodal huggingface_local entries pass the check but would not load.
+    let Some(current) = common::fixture("clemcore-model-registry-current.json") else { return };
+    let out = clem(dir.path(), &["registry", "import", &current.to_string_lossy(), "-o", "current.json"]);
+    let err = stderr(&out);
+    assert!(out.status.success() && err.contains("15 of 18 entries"), "{err}");
+    assert!(err.contains("2 entries: internvl3-14b (entry 7), internvl3-38b (entry 8)"), "{err}");
 }
 
 // ---- item 7: check and loader agree about templates ----

@@ -1,8 +1,9 @@
 //! `clem registry import FILE [-o OUT]`: a registry clemrs loads, made from an older clemcore one (clemcore 3.4's
 //! 230 entries, say). Every entry clemrs's own check accepts is kept as it is, in file order; the others are
 //! listed on stderr, grouped, with the reason and what would make them work: backends clemrs does not have
-//! (`alephalpha`, `slurk`), multimodal models (`huggingface_multimodal`), entries missing a key a backend needs
-//! (openrouter without `model_id`), or any other error of the check. Without `-o` the registry goes to stdout.
+//! (`alephalpha`, `slurk`), multimodal models (`huggingface_multimodal`; clemcore 3.7's `model_config.multimodal`),
+//! 8/4-bit loading the huggingface_local loader refuses, entries missing a key a backend needs (openrouter without
+//! `model_id`), or any other error of the check. Without `-o` the registry goes to stdout.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +25,30 @@ pub struct Refusal {
 pub fn convert(entry: &Value, file: &str, index: usize, schemas: &[BackendSchema]) -> Result<Value, Refusal> {
     let backend = entry.get("backend").and_then(Value::as_str).unwrap_or("");
     let refuse = |reason: String, fix: &str| Err(Refusal { reason, fix: fix.to_string() });
+    let multimodal_fix = "serve the model with vLLM (`vllm serve HUGGINGFACE_ID`) and register it with `--backend \
+                          openai_compatible --set model_id=HUGGINGFACE_ID --set \
+                          model_config.multimodality.single_image=true` (base_url in key.json's openai_compatible \
+                          section)";
+    let flag = |key: &str| entry.pointer(&format!("/model_config/{key}")).is_some_and(clem_core::spec::py_truthy);
     match backend {
+        // clemcore 3.7 marks its multimodal huggingface_local models so.
+        "huggingface_local" if flag("multimodal") => {
+            return refuse(
+                "a multimodal huggingface_local model (model_config.multimodal); clemrs's huggingface_local runs \
+                 text-only causal LMs"
+                    .into(),
+                multimodal_fix,
+            )
+        }
+        _ if flag("load_in_8bit") || flag("load_in_4bit") => {
+            return refuse(
+                "model_config.load_in_8bit/load_in_4bit (bitsandbytes quantisation): clemrs runs weights as stored \
+                 and refuses it when loading"
+                    .into(),
+                "remove load_in_8bit/load_in_4bit (the model then needs its full-precision memory), or use a \
+                 quantised GGUF of it with the llamacpp backend",
+            )
+        }
         "alephalpha" => {
             return refuse(
                 "backend \"alephalpha\" (Aleph Alpha's Luminous API): clemrs has no such backend".into(),
@@ -45,9 +69,7 @@ pub fn convert(entry: &Value, file: &str, index: usize, schemas: &[BackendSchema
                 "backend \"huggingface_multimodal\": a multimodal model (processor and vision encoder); clemrs's \
                  huggingface_local runs text-only causal LMs"
                     .into(),
-                "serve the model with vLLM (`vllm serve HUGGINGFACE_ID`) and register it with `--backend \
-                 openai_compatible --set model_id=HUGGINGFACE_ID --set model_config.multimodality.single_image=true` \
-                 (base_url in key.json's openai_compatible section)",
+                multimodal_fix,
             )
         }
         _ => {}
@@ -147,6 +169,16 @@ mod tests {
         let or = outcome(with(json!({"model_name": "g", "backend": "openrouter", "huggingface_id": "openai/g"})));
         let or = or.expect_err("no model_id");
         assert!(or.reason.contains("without model_id") && or.fix.contains("add model_id"), "{or:?}");
+        // clemcore 3.7's multimodal and 8-bit entries pass the check but would not load.
+        let hf = json!({"model_name": "internvl3-14b", "backend": "huggingface_local", "huggingface_id": "x",
+                        "model_config": {"premade_chat_template": true, "eos_to_cull": "x"}});
+        assert!(outcome(with(hf.clone())).is_ok());
+        let mut mm = with(hf.clone());
+        mm["model_config"]["multimodal"] = json!(true);
+        assert!(outcome(mm).expect_err("multimodal").reason.contains("multimodal"));
+        let mut q = with(hf);
+        q["model_config"]["load_in_8bit"] = json!(true);
+        assert!(outcome(q).expect_err("8-bit").reason.contains("load_in_8bit"));
         // Any other error of the check is named with its key.
         let bad = why(with(json!({"model_name": "m", "backend": "openai", "model_id": 3})));
         assert!(bad.starts_with("model_id: must be a string"), "{bad}");
