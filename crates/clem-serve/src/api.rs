@@ -21,6 +21,8 @@ pub struct ChatRequest {
     pub sampling: Map<String, Value>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (1 to `ServeConfig::max_n`).
+    pub n: u32,
 }
 
 /// Parses and validates a request body. Fields that ask for something no backend here does are refused
@@ -51,11 +53,18 @@ pub fn parse_chat(body: &[u8], config: &ServeConfig) -> Result<ChatRequest, ApiE
             _ => return Err(ApiError::invalid(Some("temperature"), "`temperature` must be a number from 0 to 2.")),
         },
     };
-    match obj.get("n") {
-        None | Some(Value::Null) => {}
-        Some(v) if v.as_u64() == Some(1) => {}
-        Some(_) => return Err(ApiError::invalid(Some("n"), "Only `n` = 1 is supported.")),
-    }
+    let n = match obj.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && n <= u64::from(config.max_n) => n as u32,
+            _ => {
+                return Err(ApiError::invalid(
+                    Some("n"),
+                    format!("`n` must be an integer from 1 to {} (this server's limit).", config.max_n),
+                ))
+            }
+        },
+    };
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -66,7 +75,7 @@ pub fn parse_chat(body: &[u8], config: &ServeConfig) -> Result<ChatRequest, ApiE
     let stop = crate::validate::parse_stop(&obj)?;
     let sampling = crate::validate::parse_sampling(&obj)?;
     let args = GenArgs { temperature, max_tokens, stop, extra: Map::new() };
-    Ok(ChatRequest { model, messages, args, sampling, stream, include_usage })
+    Ok(ChatRequest { model, messages, args, sampling, stream, include_usage, n })
 }
 
 fn parse_max_tokens(obj: &Map<String, Value>, config: &ServeConfig) -> Result<u32, ApiError> {
@@ -197,72 +206,12 @@ pub fn completion(id: &str, created: u64, model: &str, g: &Generation) -> Value 
     body
 }
 
-/// The whole SSE stream for a finished generation: a role chunk, the reply in word-sized content chunks, the
-/// finish chunk, optionally a usage chunk, then `data: [DONE]`.
-///
-/// The `Model` interface returns a reply when it is complete, so the chunks follow generation; they keep the
-/// format every OpenAI client parses.
-pub fn stream_body(id: &str, created: u64, model: &str, g: &Generation, include_usage: bool) -> String {
-    let chunk = |delta: Value, finish: Option<&str>| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
-    };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    for piece in split_words(&g.response_text) {
-        events.push(chunk(json!({"content": piece}), None));
-    }
-    events.push(chunk(json!({}), Some(finish_reason(g))));
-    if include_usage {
-        events.push(json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": null, "choices": [], "usage": usage(g),
-        }));
-    }
-    let mut out = String::new();
-    for e in events {
-        out.push_str("data: ");
-        out.push_str(&e.to_string());
-        out.push_str("\n\n");
-    }
-    out.push_str("data: [DONE]\n\n");
-    out
-}
-
-/// Splits text after each run of whitespace, so the pieces concatenate to the text exactly.
-fn split_words(text: &str) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    let mut prev_space = false;
-    for (i, c) in text.char_indices() {
-        if !c.is_whitespace() && prev_space && i > start {
-            pieces.push(&text[start..i]);
-            start = i;
-        }
-        prev_space = c.is_whitespace();
-    }
-    if start < text.len() {
-        pieces.push(&text[start..]);
-    }
-    pieces
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cfg() -> ServeConfig {
         ServeConfig::default()
-    }
-
-    #[test]
-    fn words_concatenate_back() {
-        for text in ["", "one", "Hello,  world!\nBye ", " lead", "日本 語"] {
-            assert_eq!(split_words(text).concat(), text);
-        }
-        assert_eq!(split_words("a b  c"), vec!["a ", "b  ", "c"]);
     }
 
     #[test]
@@ -307,7 +256,9 @@ mod tests {
             (json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user"}]}), Some("max_tokens")),
             (json!({"model": "m", "max_tokens": 1e9, "messages": [{"role": "user"}]}), Some("max_tokens")),
             (json!({"model": "m", "temperature": 3, "messages": [{"role": "user"}]}), Some("temperature")),
-            (json!({"model": "m", "n": 2, "messages": [{"role": "user"}]}), Some("n")),
+            (json!({"model": "m", "n": 0, "messages": [{"role": "user"}]}), Some("n")),
+            (json!({"model": "m", "n": 17, "messages": [{"role": "user"}]}), Some("n")),
+            (json!({"model": "m", "n": 1.5, "messages": [{"role": "user"}]}), Some("n")),
         ];
         for (body, param) in cases {
             let e = parse_chat(body.to_string().as_bytes(), &cfg()).expect_err(&body.to_string());
@@ -315,29 +266,6 @@ mod tests {
             assert_eq!(e.param, param, "{body}");
         }
         assert!(parse_chat(b"{not json", &cfg()).is_err());
-    }
-
-    #[test]
-    fn stream_ends_with_done_and_carries_the_text() {
-        let g = Generation::new(
-            json!({}),
-            json!({"response": {"choices": [{"finish_reason": "length"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 2}}}),
-            "Hello there",
-        );
-        let body = stream_body("id", 1, "m", &g, true);
-        assert!(body.ends_with("data: [DONE]\n\n"));
-        let chunks: Vec<Value> = body
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).expect("json"))
-            .collect();
-        let text: String =
-            chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect();
-        assert_eq!(text, "Hello there");
-        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
-        assert_eq!(chunks[chunks.len() - 1]["usage"]["total_tokens"], 5);
     }
 
     /// The generation's normalised usage and finish reason win over its response object, which for a
@@ -352,15 +280,6 @@ mod tests {
                           "completion_tokens_details": {"reasoning_tokens": 4}});
         let body = completion("id", 1, "m", &hf);
         assert_eq!((&body["usage"], &body["choices"][0]["finish_reason"]), (&want, &json!("length")));
-        let stream = stream_body("id", 1, "m", &hf, true);
-        let chunks: Vec<Value> = stream
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).expect("json"))
-            .collect();
-        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
-        assert_eq!(chunks[chunks.len() - 1]["usage"], want);
         // A generation that says `stop` is `stop`, whatever a response object claims.
         let g = Generation::new(json!({}), json!({"choices": [{"finish_reason": "length"}]}), "x")
             .with_finish(Some(FinishReason::Stop));

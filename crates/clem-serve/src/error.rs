@@ -20,6 +20,8 @@ pub enum ServeError {
     EmptyApiKey,
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("server metrics: {0}")]
+    Metrics(String),
 }
 
 /// One failed request, answered in OpenAI's error format.
@@ -72,7 +74,7 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
-            format!("The server is at its limit of {limit} concurrent requests; retry shortly."),
+            format!("The server is at its limit of {limit} concurrent sequences (a request takes one per choice); retry shortly."),
         )
         .with_code("server_overloaded")
     }

@@ -37,7 +37,10 @@ pub struct Args {
     /// Largest `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 4096)]
     max_tokens_cap: u32,
-    /// Requests in flight across all models; more get 503.
+    /// Largest `n` (choices) a request may ask for; each choice takes one of `--max-concurrent`.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    max_n: u32,
+    /// Sequences in flight (a request is `n` of them) across all models; more get 503.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent: u32,
     /// Largest request body in bytes (also the largest image the server fetches itself).
@@ -104,6 +107,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         max_batch: usize::from(args.max_batch),
         batch_window: Duration::from_millis(args.batch_window_ms),
         max_tokens_cap: args.max_tokens_cap,
+        max_n: args.max_n,
         max_concurrent: args.max_concurrent as usize,
         max_body_bytes: args.max_body_bytes,
         max_body_buffer_bytes: args.max_body_buffer_bytes,
