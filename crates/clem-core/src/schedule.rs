@@ -63,6 +63,15 @@ pub trait StepEngine: Send {
     /// only when no slot is in use; every slot is empty afterwards.
     fn resize(&mut self, slots: usize, capacity: usize) -> Result<(), Self::Error>;
 
+    /// Grows to at least `slots` slots of at least `capacity` tokens while slots are in use, keeping every slot's
+    /// cache under its number (so outputs do not change). `Ok(false)`: not done and nothing changed (the engine
+    /// cannot, the default, or memory does not allow it); the scheduler then lets the running sequences finish
+    /// and resizes. An error means the slots' caches are lost: their sequences fail.
+    fn grow(&mut self, slots: usize, capacity: usize) -> Result<bool, Self::Error> {
+        let _ = (slots, capacity);
+        Ok(false)
+    }
+
     /// Evaluates prefill chunks in the order given (a slot's later chunk after its earlier one), each chunk alone
     /// as a single run would evaluate it; returns, per chunk, its last token's logits when it asked for them.
     fn prefill(&mut self, chunks: &[Prefill<'_>]) -> Result<Vec<Option<Vec<f32>>>, Self::Error>;
@@ -433,6 +442,8 @@ pub struct SchedulerCore<E: StepEngine> {
     /// Admitted sequences in admission order (prefilling, then decoding).
     running: Vec<Seq>,
     stats: Arc<StatCells>,
+    /// The engine refused to grow since it was last idle.
+    grow_refused: bool,
 }
 
 impl<E: StepEngine> SchedulerCore<E> {
@@ -443,7 +454,14 @@ impl<E: StepEngine> SchedulerCore<E> {
             step_tokens: config.step_tokens.max(1),
             prefill_chunk: config.prefill_chunk.max(1),
         };
-        SchedulerCore { engine, config, waiting: VecDeque::new(), running: Vec::new(), stats: Arc::default() }
+        SchedulerCore {
+            engine,
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            stats: Arc::default(),
+            grow_refused: false,
+        }
     }
 
     pub fn engine(&self) -> &E {
@@ -531,8 +549,9 @@ impl<E: StepEngine> SchedulerCore<E> {
     }
 
     /// Moves waiting sequences into free slots, first come first served. When the head needs more than a slot
-    /// holds, or more sequences wait than the layout has slots and it could have more, nobody else is admitted
-    /// until the running ones finish; then the engine is resized to what the waiting ones need.
+    /// holds, or more sequences wait than the layout has slots and it could have more, the engine grows under the
+    /// running sequences ([`StepEngine::grow`]); an engine that cannot admits nobody else until the running ones
+    /// finish, and is then resized to what the waiting ones need.
     fn admit(&mut self) {
         while let Some(head) = self.waiting.front() {
             if head.req.max_tokens == 0 {
@@ -544,6 +563,7 @@ impl<E: StepEngine> SchedulerCore<E> {
             }
             let need = head.req.need();
             if self.running.is_empty() {
+                self.grow_refused = false;
                 // Slots are never given back (a server keeps its width); capacity follows the need.
                 let want_slots = self.waiting.len().min(self.config.max_slots).max(self.engine.slots());
                 let want_cap = self.waiting.iter().take(want_slots).map(|s| s.req.need()).max().unwrap_or(need);
@@ -556,11 +576,35 @@ impl<E: StepEngine> SchedulerCore<E> {
                     }
                 }
             }
+            let (slots, capacity) = (self.engine.slots(), self.engine.slot_capacity());
+            let room_to_grow =
+                slots < self.config.max_slots && self.waiting.len() > slots.saturating_sub(self.running.len());
+            let too_small = need > capacity;
+            if !self.running.is_empty() && (too_small || room_to_grow) && !self.grow_refused {
+                // Grow under the running sequences when the engine can (capacity doubled, so that growing is rare).
+                let want_slots = if room_to_grow {
+                    (self.running.len() + self.waiting.len()).min(self.config.max_slots)
+                } else {
+                    slots
+                };
+                let want_cap = if too_small {
+                    capacity.saturating_mul(2).min(self.config.max_capacity).max(need)
+                } else {
+                    capacity
+                };
+                match self.engine.grow(want_slots.max(slots), want_cap) {
+                    Ok(true) => continue,
+                    Ok(false) => self.grow_refused = true,
+                    Err(e) => {
+                        let lost: Vec<usize> = self.running.iter().map(|s| s.slot).collect();
+                        self.fail_slots(lost, &e.to_string());
+                        continue;
+                    }
+                }
+            }
             let used: Vec<usize> = self.running.iter().map(|s| s.slot).collect();
-            let Some(free) = (0..self.engine.slots()).find(|s| !used.contains(s)) else { break };
-            let room_to_grow = self.engine.slots() < self.config.max_slots
-                && self.waiting.len() > self.engine.slots() - self.running.len();
-            if need > self.engine.slot_capacity() || (room_to_grow && !self.running.is_empty()) {
+            let Some(free) = (0..slots).find(|s| !used.contains(s)) else { break };
+            if too_small || (room_to_grow && !self.running.is_empty()) {
                 break;
             }
             if let Some(mut seq) = self.waiting.pop_front() {

@@ -11,6 +11,7 @@ const EOS: TokenId = 0;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Call {
     Resize(usize, usize),
+    Grow(usize, usize),
     /// (slot, start, len) per chunk.
     Prefill(Vec<(usize, usize, usize)>),
     Decode(Vec<usize>),
@@ -30,6 +31,8 @@ struct Fake {
     calls: Vec<Call>,
     /// A prompt containing this token fails its prefill.
     poison: Option<TokenId>,
+    /// Grows under running sequences (keeping their caches).
+    live: bool,
 }
 
 fn logits_of(history: &[TokenId]) -> Vec<f32> {
@@ -59,6 +62,16 @@ impl StepEngine for Fake {
         self.cache = vec![Vec::new(); slots];
         self.capacity = capacity.div_ceil(8) * 8;
         Ok(())
+    }
+
+    fn grow(&mut self, slots: usize, capacity: usize) -> Result<bool, FakeError> {
+        if !self.live {
+            return Ok(false);
+        }
+        self.calls.push(Call::Grow(slots, capacity));
+        self.cache.resize(slots.max(self.cache.len()), Vec::new());
+        self.capacity = self.capacity.max(capacity.div_ceil(8) * 8);
+        Ok(true)
     }
 
     fn prefill(&mut self, chunks: &[Prefill<'_>]) -> Result<Vec<Option<Vec<f32>>>, FakeError> {
@@ -540,4 +553,29 @@ fn the_end_token_that_stopped_a_sequence_is_reported() {
         let want = (o.finish == Finish::Eos).then_some(EOS);
         assert_eq!(o.end_token, want, "{o:?}");
     }
+}
+
+#[test]
+fn an_engine_that_grows_live_lets_newcomers_join_without_a_drain() {
+    let mut core = SchedulerCore::new(Fake { live: true, ..Fake::default() }, config());
+    let mut first = request(4, 1, 60, &[]);
+    first.ignore_eos = true;
+    let (first_log, n) = listener();
+    core.add(first.clone(), n);
+    core.step();
+    core.step();
+    // Wider (a second slot) and longer (more than the first layout's 64 tokens) while the first decodes.
+    let big = request(60, 2, 50, &[]);
+    let (big_log, n) = listener();
+    core.add(big.clone(), n);
+    run_until_idle(&mut core);
+    let calls = &core.engine().calls;
+    let layouts: Vec<&Call> = calls.iter().filter(|c| matches!(c, Call::Resize(..) | Call::Grow(..))).collect();
+    // Before grow(): the big one waited for the first to finish, then a Resize (see the drain test).
+    assert_eq!(layouts, vec![&Call::Resize(1, 64), &Call::Grow(2, 128)]);
+    // The first kept decoding through the growth, and both equal their single runs.
+    let grew = calls.iter().position(|c| matches!(c, Call::Grow(..))).expect("grew");
+    assert!(calls[grew..].iter().any(|c| matches!(c, Call::Decode(s) if s.len() == 2)));
+    assert!(same(&outcome(&first_log).1.expect("done").expect("ok"), &single(&first)));
+    assert!(same(&outcome(&big_log).1.expect("done").expect("ok"), &single(&big)));
 }
