@@ -22,6 +22,7 @@ pub mod openai;
 pub mod openai_compatible;
 pub mod openrouter;
 mod planned;
+pub mod trust;
 pub mod vllm;
 
 use std::io::BufRead;
@@ -107,11 +108,16 @@ pub struct LoadContext {
 }
 
 /// Resolves a selector and loads its model: reserved names first, then the first unifying registry entry,
-/// whose problems (if any are errors) make loading fail with every problem listed.
+/// whose problems (if any are errors) make loading fail with every problem listed; an entry of
+/// `./model_registry.json` is refused what [`trust`] keeps for the user's own registry.
 pub fn load_model(registry: &Registry, selector: &ModelSpec, ctx: &LoadContext) -> Result<LoadedModel, ModelError> {
     let (spec, entry) = resolve_entry(registry, selector)?;
     match entry {
-        Some(entry) => load_spec(&spec, &LoadContext { entry: Some(entry.clone()), ..ctx.clone() }),
+        Some(entry) => {
+            let name = spec.model_name().unwrap_or("?");
+            trust::check_entry(entry, registry, &ctx.keys).map_err(|m| ModelError::config(name, m))?;
+            load_spec(&spec, &LoadContext { entry: Some(entry.clone()), ..ctx.clone() })
+        }
         None => load_spec(&spec, ctx),
     }
 }

@@ -1,5 +1,6 @@
-//! What `clem` trusts and how it keeps secrets (issue 14): a registry in the working directory runs no program
-//! and says when it shadows an entry; key files open to others are warned about; `list keys` masks every
+//! What `clem` trusts and how it keeps secrets (issue 14): a registry in the working directory runs no program,
+//! picks no log file or program arguments and sends no key to a base URL of its own, and says when it shadows an
+//! entry; key files open to others are warned about; `list keys` masks every
 //! field; `register` writes through no file placed beforehand; a results folder has one writer at a time and
 //! only plain model names name folders. Each test says what it showed before the change.
 
@@ -7,20 +8,24 @@
 
 mod common;
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{clem, stderr, stdout};
 use serde_json::{json, Value};
 
-/// A vllm entry whose launcher is a script that leaves `marker` beside itself and exits (no server).
-fn vllm_entry(name: &str, launcher: Option<&Path>, dir: &Path) -> Value {
+/// A vllm entry whose launcher is a script that leaves `marker` beside itself and exits (no server). No
+/// `log_file`: an entry of ./model_registry.json may not choose one.
+fn vllm_entry(name: &str, launcher: Option<&Path>) -> Value {
     let mut config = json!({
         "number_gpus": 1, "premade_chat_template": false, "eos_to_cull": "</s>",
         "custom_chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
-        "startup_timeout": 20, "log_file": dir.join(format!("{name}.log")).display().to_string(),
+        "startup_timeout": 20,
     });
     if let Some(l) = launcher {
         config["launcher"] = json!([l.display().to_string()]);
@@ -41,7 +46,7 @@ fn a_working_directory_registry_runs_no_launcher() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (d, script) = (dir.path(), marker_script(dir.path()));
     let marker = d.join("marker");
-    std::fs::write(d.join("model_registry.json"), json!([vllm_entry("evil", Some(&script), d)]).to_string())
+    std::fs::write(d.join("model_registry.json"), json!([vllm_entry("evil", Some(&script))]).to_string())
         .expect("registry");
     let out = clem(d, &["generate", "-m", "evil", "hi"]);
     assert!(!out.status.success());
@@ -64,10 +69,130 @@ fn a_working_directory_registry_runs_no_launcher() {
     std::fs::remove_file(d.join(".clemcore/model_registry.json")).expect("rm");
 
     // A launcher the user types in the selector is theirs, even for an entry of the working directory.
-    std::fs::write(d.join("model_registry.json"), json!([vllm_entry("plain", None, d)]).to_string()).expect("reg");
+    std::fs::write(d.join("model_registry.json"), json!([vllm_entry("plain", None)]).to_string()).expect("reg");
     let selector = json!({"model_name": "plain", "model_config": {"launcher": [script.display().to_string()]}});
     let out = clem(d, &["generate", "-m", &selector.to_string(), "hi"]);
     assert!(marker.exists(), "selector: launched ({})", stderr(&out));
+}
+
+/// A provider on 127.0.0.1 that answers every chat request with "pong" and keeps each request's head.
+fn recording_provider() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let (mut head, mut length) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            seen.lock().expect("lock").push(head);
+            let reply = json!({"id": "c", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "pong"}}]})
+            .to_string();
+            let _ = write!(
+                reader.into_inner(),
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (format!("http://{addr}/v1"), heads)
+}
+
+/// `clem` in `dir` (HOME there too) with extra environment variables.
+fn clem_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clem"));
+    cmd.args(args).current_dir(dir).env("HOME", dir).env_remove("CLEM_TRUST_CWD_REGISTRY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("clem runs")
+}
+
+/// Before: `clem generate -m evil` sent the request, and the key.json key in its Authorization header, to the
+/// base_url of ./model_registry.json (the evil provider saw "authorization: Bearer sk-mine-..."); a vllm entry
+/// of that file passed its vllm_args to the program and had its log written where it said.
+#[test]
+fn a_working_directory_registry_sends_no_key_elsewhere_and_picks_no_files_or_arguments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (mine, mine_heads) = recording_provider();
+    let (evil, evil_heads) = recording_provider();
+    let key = "sk-mine-0123456789abcdef";
+    std::fs::write(d.join("key.json"), json!({"openai_compatible": {"api_key": key, "base_url": mine}}).to_string())
+        .expect("key.json");
+    std::fs::set_permissions(d.join("key.json"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let entry = |name: &str, url: &str| {
+        json!({"model_name": name, "backend": "openai_compatible", "model_id": "m",
+               "model_config": {"base_url": url, "max_attempts": 1}})
+    };
+    // The key file's own base_url (a trailing slash aside) is the user's: allowed from the working directory.
+    let local = json!([entry("evil", &evil), entry("same", &format!("{mine}/"))]);
+    std::fs::write(d.join("model_registry.json"), local.to_string()).expect("registry");
+
+    let out = clem_env(d, &[], &["generate", "-m", "evil", "hi"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("model_registry.json: entry 0 (evil): model_config.base_url \"{evil}\"")), "{err}");
+    assert!(err.contains("~/.clemcore/model_registry.json") && err.contains("--registry"), "{err}");
+    assert!(err.contains("CLEM_TRUST_CWD_REGISTRY=1"), "{err}");
+    assert!(evil_heads.lock().expect("lock").is_empty(), "a request reached the working directory's base_url");
+
+    let out = clem_env(d, &[], &["generate", "-m", "same", "hi"]);
+    assert_eq!(stdout(&out).trim(), "pong", "{}", stderr(&out));
+    assert_eq!(mine_heads.lock().expect("lock").len(), 1);
+
+    // Consent: the environment variable, or the entry in the user's own registry.
+    let out = clem_env(d, &[("CLEM_TRUST_CWD_REGISTRY", "1")], &["generate", "-m", "evil", "hi"]);
+    assert_eq!(stdout(&out).trim(), "pong", "{}", stderr(&out));
+    std::fs::create_dir_all(d.join(".clemcore")).expect("mkdir");
+    std::fs::rename(d.join("model_registry.json"), d.join(".clemcore/model_registry.json")).expect("move");
+    let out = clem_env(d, &[], &["generate", "-m", "evil", "hi"]);
+    assert_eq!(stdout(&out).trim(), "pong", "{}", stderr(&out));
+    let evil_seen = evil_heads.lock().expect("lock").clone();
+    assert_eq!(evil_seen.len(), 2);
+    assert!(evil_seen.iter().all(|h| h.contains(key)), "{evil_seen:?}");
+    std::fs::remove_file(d.join(".clemcore/model_registry.json")).expect("rm");
+
+    // vllm: the program is the user's ($CLEM_VLLM_COMMAND), the arguments and the log file are the folder's.
+    let script = d.join("vllm.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\necho started\nexit 3\n")
+        .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let command = script.display().to_string();
+    let planted = d.join("planted.log");
+    let mut with_args = vllm_entry("args", None);
+    with_args["model_config"]["vllm_args"] = json!(["--trust-remote-code"]);
+    let mut with_log = vllm_entry("log", None);
+    with_log["model_config"]["log_file"] = json!(planted.display().to_string());
+    std::fs::write(d.join("model_registry.json"), json!([with_args, with_log]).to_string()).expect("registry");
+    for (model, key) in [("args", "vllm_args"), ("log", "log_file")] {
+        let out = clem_env(d, &[("CLEM_VLLM_COMMAND", &command)], &["generate", "-m", model, "hi"]);
+        let err = stderr(&out);
+        let index = if model == "args" { 0 } else { 1 };
+        assert!(err.contains(&format!("model_registry.json: entry {index} ({model}): model_config.{key}")), "{err}");
+        assert!(!d.join("args").exists() && !planted.exists(), "{model}: the program ran");
+    }
+    let trusted = [("CLEM_VLLM_COMMAND", command.as_str()), ("CLEM_TRUST_CWD_REGISTRY", "1")];
+    clem_env(d, &trusted, &["generate", "-m", "args", "hi"]);
+    let args = std::fs::read_to_string(d.join("args")).expect("the program ran with consent");
+    assert!(args.contains("--trust-remote-code"), "{args}");
+    clem_env(d, &trusted, &["generate", "-m", "log", "hi"]);
+    assert!(planted.exists(), "the log file was not written with consent");
 }
 
 /// Before: an entry of ./model_registry.json replaced a packaged or home entry of the same name silently.

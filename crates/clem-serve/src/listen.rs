@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use crate::inflight::Inflight;
 use crate::ServeConfig;
 
-/// How long cancelled work may take to notice its flag before `run` returns anyway (remote requests look every
-/// 20 ms, local models at their next decoding step).
+/// How long cancelled work may take to notice its flag before `run` returns anyway (remote requests end at once,
+/// local models at their next decoding step).
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets requests in flight finish

@@ -68,6 +68,9 @@ pub enum RemoteError {
     /// Valid JSON without a reply in it.
     #[error("{provider}: response has no reply ({}); raw body: {}", sanitize(detail), sanitize(body))]
     NoReply { provider: &'static str, detail: String, body: String, attempts: u32 },
+    /// The caller cancelled the call (its client left, Ctrl-C) before or between attempts.
+    #[error("{provider}: the call was cancelled ({attempts} attempt(s))")]
+    Cancelled { provider: &'static str, attempts: u32 },
     /// The runtime could not run the call (should not happen; reported rather than panicking).
     #[error("{provider}: internal error: {}", sanitize(message))]
     Internal { provider: &'static str, message: String },
@@ -84,7 +87,8 @@ impl RemoteError {
             | RemoteError::Deadline { attempts, .. }
             | RemoteError::TooLarge { attempts, .. }
             | RemoteError::NotJson { attempts, .. }
-            | RemoteError::NoReply { attempts, .. } => *attempts,
+            | RemoteError::NoReply { attempts, .. }
+            | RemoteError::Cancelled { attempts, .. } => *attempts,
             RemoteError::Invalid { .. } | RemoteError::Internal { .. } => 0,
         }
     }

@@ -8,11 +8,14 @@
 //! and port of the request's URL); a hop to any other origin carries the body and its content type, nothing
 //! else, and no request ever carries a `Referer`.
 //!
-//! The `Model` trait is synchronous, so callers reach the runtime through [`run_sync`], which hands the work to
-//! the runtime's threads and waits on a plain channel. Unlike `Runtime::block_on`, that works from any thread,
+//! The `Model` trait is synchronous, so callers reach the runtime through [`run_sync`] (or
+//! [`run_sync_cancellable`], whose futures end the moment their `Cancel` is set), which hands the work to the
+//! runtime's threads and waits on a plain channel. Unlike `Runtime::block_on`, that works from any thread,
 //! including one that is itself inside some other async runtime.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -56,53 +59,87 @@ pub fn run_sync<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static
     rx.recv().map_err(|_| "the call's task ended without an answer".to_string())
 }
 
-/// How often a waiting caller looks at its cancellation flags.
-const CANCEL_POLL: Duration = Duration::from_millis(20);
-
-/// Runs each future of `futs` on the shared runtime at once and waits for all of them, aborting the ones whose
-/// flag in `cancels` is set (dropping a request's future aborts its connection). A cancelled or vanished
-/// future's place holds `None`; results are in input order.
+/// Runs each future of `futs` on the shared runtime at once and waits for all of them. Each races its flag in
+/// `cancels`: once the flag is set the future is dropped at once (which aborts its connection) and its place
+/// holds `None`, as does a future that vanished (panicked). Results are in input order.
 pub fn run_sync_cancellable<T: Send + 'static>(
     futs: Vec<impl Future<Output = T> + Send + 'static>,
     cancels: &[Cancel],
 ) -> Result<Vec<Option<T>>, String> {
     let rt = runtime()?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut handles: Vec<Option<tokio::task::JoinHandle<()>>> = futs
-        .into_iter()
-        .enumerate()
-        .map(|(i, fut)| {
-            let tx = tx.clone();
-            Some(rt.spawn(async move {
-                let _ = tx.send((i, fut.await));
-            }))
-        })
-        .collect();
+    let n = futs.len();
+    for (i, fut) in futs.into_iter().enumerate() {
+        let tx = tx.clone();
+        let cancel = Cancel::of(cancels, i);
+        rt.spawn(async move {
+            let value = unless_cancelled(&cancel, fut).await;
+            let _ = tx.send((i, value));
+        });
+    }
     drop(tx);
-    let mut out: Vec<Option<T>> = handles.iter().map(|_| None).collect();
-    let mut open = handles.len();
-    while open > 0 {
-        match rx.recv_timeout(CANCEL_POLL) {
-            Ok((i, value)) => {
-                out[i] = Some(value);
-                handles[i] = None;
-                open -= 1;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                for (i, handle) in handles.iter_mut().enumerate() {
-                    if handle.is_some() && Cancel::of(cancels, i).is_cancelled() {
-                        if let Some(h) = handle.take() {
-                            h.abort();
-                        }
-                        open -= 1;
-                    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let check = INTERRUPT_CHECK.with(|c| c.borrow().clone());
+    // Ends when every task has answered (or vanished: its sender is dropped without a message).
+    loop {
+        let got = match &check {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(_) => rx.recv_timeout(INTERRUPT_POLL),
+        };
+        match got {
+            // A future that ended with its flag set (e.g. on its own check of the flag) counts as cancelled.
+            Ok((i, value)) => out[i] = value.filter(|_| !Cancel::of(cancels, i).is_cancelled()),
+            Err(RecvTimeoutError::Timeout) => {
+                if check.as_ref().is_some_and(|interrupted| interrupted()) {
+                    // Every task then ends at once (its future races its flag) and answers `None`.
+                    (0..n).for_each(|i| Cancel::of(cancels, i).cancel());
                 }
             }
-            // Every sender is gone: the remaining tasks ended without an answer (aborted or panicked).
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     Ok(out)
+}
+
+/// How often [`run_sync_cancellable`] calls the thread's interrupt check while it waits.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// A check that says whether the waiting caller was interrupted; see [`with_interrupt_check`].
+pub type InterruptCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+thread_local! {
+    static INTERRUPT_CHECK: RefCell<Option<InterruptCheck>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this thread with `check` called every [`INTERRUPT_POLL`] by [`run_sync_cancellable`] while it
+/// waits; when it returns true, every request of that call is cancelled. This lets a caller that must look
+/// for signals itself (Python's main thread, for Ctrl-C) wait for a remote call on its own thread instead of
+/// handing the call to another one, which cost a wake-up each way.
+pub fn with_interrupt_check<R>(check: InterruptCheck, f: impl FnOnce() -> R) -> R {
+    /// Puts back the check that was there, also when `f` panics.
+    struct Restore(Option<InterruptCheck>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            INTERRUPT_CHECK.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(INTERRUPT_CHECK.with(|c| c.borrow_mut().replace(check)));
+    f()
+}
+
+/// `fut`'s output, or `None` as soon as `cancel` is set (the flag is looked at first, so work that ends with
+/// the flag set counts as cancelled).
+pub async fn unless_cancelled<T>(cancel: &Cancel, fut: impl Future<Output = T>) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cancelled = cancel.cancelled();
+    std::future::poll_fn(|cx| {
+        if std::pin::Pin::new(&mut cancelled).poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// How many requests of one model may run at once, and how often they may start.
@@ -196,8 +233,10 @@ impl Executor {
         &self.policy
     }
 
-    /// Sends `req` until it succeeds, fails for good, attempts run out or the call's deadline passes.
-    pub async fn send(&self, req: &ApiRequest) -> Result<Exchange, RemoteError> {
+    /// Sends `req` until it succeeds, fails for good, attempts run out, the call's deadline passes or `cancel` is
+    /// set. The flag is looked at on getting a concurrency slot and before every attempt: a request queued behind
+    /// `max_concurrency` whose caller left must not take the slot another one's abort frees.
+    pub async fn send(&self, req: &ApiRequest, cancel: &Cancel) -> Result<Exchange, RemoteError> {
         let provider = self.provider;
         let policy = &self.policy;
         let key = req.auth.as_ref().map(|a| &a.key);
@@ -234,6 +273,9 @@ impl Executor {
                         Err(_) => return Err(deadline(attempt - 1, last)),
                     },
                 };
+                if cancel.is_cancelled() {
+                    return Err(RemoteError::Cancelled { provider, attempts: attempt - 1 });
+                }
                 start.get_or_insert_with(Instant::now);
                 let budget = policy.timeout.min(left(start));
                 if budget.is_zero() {
@@ -299,7 +341,9 @@ impl Executor {
                 return Err(deadline(attempt, Some(error)));
             }
             last = Some(error);
-            tokio::time::sleep(wait).await;
+            if unless_cancelled(cancel, tokio::time::sleep(wait)).await.is_none() {
+                return Err(RemoteError::Cancelled { provider, attempts: attempt });
+            }
         }
     }
 
@@ -463,3 +507,40 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Shares an executor between the synchronous model and the tasks it spawns.
 pub type SharedExecutor = Arc<Executor>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_flag_set_while_waiting_ends_its_future_at_once() {
+        let cancel = Cancel::new();
+        let flag = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            flag.cancel();
+        });
+        let clock = Instant::now();
+        let out = run_sync_cancellable(vec![std::future::pending::<u8>()], &[cancel]).expect("runs");
+        assert_eq!(out, [None]);
+        assert!(clock.elapsed() < Duration::from_secs(2), "{:?}", clock.elapsed());
+        assert_eq!(run_sync_cancellable(vec![async { 7 }], &[]).expect("runs"), [Some(7)]);
+    }
+
+    /// Python's main thread waits for remote calls itself, checking for Ctrl-C through the interrupt check.
+    #[test]
+    fn the_threads_interrupt_check_cancels_the_call_it_waits_for() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let check: InterruptCheck = Arc::new(move || seen.fetch_add(1, Ordering::SeqCst) >= 1);
+        let cancels = [Cancel::new(), Cancel::new()];
+        let futs = vec![std::future::pending::<u8>(), std::future::pending::<u8>()];
+        let out = with_interrupt_check(check, || run_sync_cancellable(futs, &cancels)).expect("runs");
+        assert_eq!(out, [None, None]);
+        assert!(cancels.iter().all(Cancel::is_cancelled));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "interrupted at the second look");
+        // The check was this call's only: the thread has none any more.
+        assert!(INTERRUPT_CHECK.with(|c| c.borrow().is_none()));
+    }
+}

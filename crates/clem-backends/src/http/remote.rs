@@ -62,10 +62,12 @@ impl RemoteModel {
         let provider = self.inner.adapter.provider();
         let calls: Vec<_> = batch
             .iter()
-            .map(|messages| {
+            .enumerate()
+            .map(|(i, messages)| {
                 let request = self.inner.adapter.build(messages, args);
                 let inner = Arc::clone(&self.inner);
-                async move { inner.call(request?).await }
+                let cancel = Cancel::of(cancels, i);
+                async move { inner.call(request?, &cancel).await }
             })
             .collect();
         match run_sync_cancellable(calls, cancels) {
@@ -85,10 +87,10 @@ impl RemoteModel {
 }
 
 impl Inner {
-    async fn call(&self, request: ApiRequest) -> Result<Generation, RemoteError> {
+    async fn call(&self, request: ApiRequest, cancel: &Cancel) -> Result<Generation, RemoteError> {
         let provider = self.adapter.provider();
         let key = request.auth.as_ref().map(|a| &a.key);
-        let exchange = self.executor.send(&request).await?;
+        let exchange = self.executor.send(&request, cancel).await?;
         let attempts = exchange.attempts;
         let raw = || super::error::redact(&String::from_utf8_lossy(&exchange.body), key);
         let mut response: Value = serde_json::from_slice(&exchange.body).map_err(|e| RemoteError::NotJson {
