@@ -117,6 +117,9 @@ fn main() -> ExitCode {
         // the process has one thread, since the environment cannot be changed safely once others run.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    if !matches!(cli.command, Command::Serve(_)) {
+        die_quietly_on_closed_stdout();
+    }
     let ctx = Ctx::new(cli.registries, cli.no_default_registries, cli.keys, cli.threads.map(usize::from));
     let result = match cli.command {
         Command::List(args) => commands::list::run(args, &ctx),
@@ -138,6 +141,16 @@ fn main() -> ExitCode {
             eprintln!("clem: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a pipe whose reader left (`clem list models | head -1`) panicked in
+/// `println!`. A command-line tool should end quietly there, as `cat` does: SIGPIPE's default action. Not for
+/// `clem serve`, whose peers leave all the time (its sockets never raise SIGPIPE, but pipes to children could).
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

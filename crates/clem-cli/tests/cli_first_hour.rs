@@ -366,3 +366,44 @@ fn os_errors_are_printed_once() {
     assert_eq!(err.matches("os error 20").count(), 1, "{err}");
     assert!(err.starts_with("clem: error: plain/x.json: cannot read: Not a directory"), "{err}");
 }
+
+/// Before: `clem list models | head -1` panicked ("failed printing to stdout: Broken pipe", exit 101) once the
+/// reader left. Now the process ends as `cat` does, by SIGPIPE, with nothing on stderr.
+#[test]
+fn a_reader_that_leaves_early_ends_clem_quietly() {
+    use std::io::{BufRead as _, BufReader};
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = scratch();
+    // Enough lines that the pipe's buffer (64 KiB) fills after the reader has gone.
+    let registry = dir.path().join("many.json");
+    let entries: Vec<Value> = (0..3000)
+        .map(|i| {
+            serde_json::json!({"model_name": format!("mock-model-with-a-long-name-{i:05}"), "backend": "mock",
+            "release_date": "2024-01-01", "open_weight": true, "parameters": "1B", "languages": ["en"],
+            "context_size": "8k", "license": {"name": "MIT", "url": "https://opensource.org/licenses/MIT"},
+            "model_config": {}})
+        })
+        .collect();
+    std::fs::write(&registry, serde_json::to_vec(&entries).expect("json")).expect("write registry");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clem"))
+        .args(["--registry", registry.to_str().expect("utf-8 path"), "list", "models"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("clem starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("one line");
+    // The reader is dropped here: clem's next writes meet a closed pipe.
+    let out = child.wait_with_output().expect("clem ends");
+    let err = stderr(&out);
+    assert!(!first.is_empty());
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc_sigpipe()), "status {:?}, stderr {err}", out.status);
+}
+
+/// SIGPIPE's number on Linux (13), without a libc dependency in the tests.
+fn libc_sigpipe() -> i32 {
+    13
+}
