@@ -1,7 +1,7 @@
 //! `clemrs.Model`: a loaded model with clemcore's `Model` names. Generation runs with the GIL released, so one
-//! model serves several Python threads at once; on the main thread the work runs on a helper thread while the
-//! caller checks for signals every [`POLL`], so Ctrl-C cancels the request (remote: aborted; local: the row leaves
-//! the batch at the next decoding step) and raises at once.
+//! model serves several Python threads at once; on the main thread the caller checks for signals while it waits
+//! (see [`interruptible`]), so Ctrl-C cancels the request (remote: aborted; local: the row leaves the batch at
+//! the next decoding step) and raises at once.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clem_backends::http::executor::{with_interrupt_check, InterruptCheck};
 use clem_core::{BatchMode, Cancel, GenArgs, Generation, LoadedModel, ModelError};
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
@@ -50,6 +51,11 @@ impl PyModel {
         convert::gen_args(&self.gen_args.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    /// Whether a call only ever waits in the HTTP executor, which can look for Ctrl-C itself (remote models).
+    fn waits_in_executor(&self) -> bool {
+        self.model.batch_mode() == BatchMode::Concurrent
+    }
+
     fn set_args(&self, update: impl FnOnce(&mut Map<String, Value>)) {
         update(&mut self.gen_args.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
@@ -68,7 +74,7 @@ impl PyModel {
         let cancel = Cancel::new();
         let model = self.model.clone();
         let flag = cancel.clone();
-        let result = interruptible(py, std::slice::from_ref(&cancel), move || {
+        let result = interruptible(py, std::slice::from_ref(&cancel), self.waits_in_executor(), move || {
             model.generate_response_cancellable(&messages, &args, &flag)
         })?;
         if let Some(log) = &self.log {
@@ -90,8 +96,9 @@ impl PyModel {
         let cancels: Vec<Cancel> = (0..batch.len()).map(|_| Cancel::new()).collect();
         let model = self.model.clone();
         let flags = cancels.clone();
-        let results =
-            interruptible(py, &cancels, move || model.generate_batch_response_cancellable(&batch, &args, &flags))?;
+        let results = interruptible(py, &cancels, self.waits_in_executor(), move || {
+            model.generate_batch_response_cancellable(&batch, &args, &flags)
+        })?;
         if let Some(log) = &self.log {
             log.write("generate_batch_response", self.model.name(), &results);
         }
@@ -202,16 +209,41 @@ fn triple<'py>(py: Python<'py>, g: &Generation) -> PyResult<Bound<'py, PyTuple>>
     )
 }
 
-/// Runs `work` with the GIL released. On the main thread (the only one Python delivers signals to) it runs on a
-/// helper thread while this one checks for signals every [`POLL`]; a signal handler's exception (Ctrl-C's
-/// `KeyboardInterrupt`) sets every flag in `cancels` and is raised at once, the helper finishing on its own.
+/// Runs `work` with the GIL released. On the main thread (the only one Python delivers signals to) a signal
+/// handler's exception (Ctrl-C's `KeyboardInterrupt`) sets every flag in `cancels` and is raised:
+/// - when `waits_in_executor` (remote models), `work` runs on this thread and the executor's wait checks for
+///   signals every 50 ms ([`with_interrupt_check`]); the cancelled requests end at once and the exception is
+///   raised then. Handing the call to a helper cost two thread wake-ups per call, most of a loopback request.
+/// - else (local models, whose generation runs on the calling thread) `work` runs on a helper thread while this
+///   one checks for signals every [`POLL`]; the exception is raised at once, the helper finishing on its own.
 pub fn interruptible<T: Send + 'static>(
     py: Python<'_>,
     cancels: &[Cancel],
+    waits_in_executor: bool,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> PyResult<T> {
     if !on_main_thread(py)? {
         return Ok(py.detach(work));
+    }
+    if waits_in_executor {
+        let raised: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let seen = raised.clone();
+        let flags = cancels.to_vec();
+        let check: InterruptCheck = Arc::new(move || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    flags.iter().for_each(Cancel::cancel);
+                    true
+                }
+            })
+        });
+        let value = py.detach(move || with_interrupt_check(check, work));
+        return match raised.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            Some(e) => Err(e),
+            None => Ok(value),
+        };
     }
     let (tx, rx) = mpsc::sync_channel(1);
     helpers::run(Box::new(move || {
