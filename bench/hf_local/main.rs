@@ -138,14 +138,13 @@ fn main() {
         let mut best: Option<(f64, clem_backends::huggingface_local::generate::Timings, usize)> = None;
         for _ in 0..repeats() {
             let t = Instant::now();
-            let (outs, timings) =
-                match model.generate_tokens(batch, &vec![NEW_TOKENS; batch.len()], &args, Some(&[]), &[]) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        std::process::exit(1);
-                    }
-                };
+            let (outs, timings) = match model.generate_tokens(batch, &vec![NEW_TOKENS; batch.len()], &args, true, &[]) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            };
             let wall = t.elapsed().as_secs_f64();
             assert!(outs.iter().all(|o| o.tokens.len() == NEW_TOKENS));
             if best.as_ref().is_none_or(|b| wall < b.0) {
@@ -154,7 +153,7 @@ fn main() {
         }
         best.unwrap_or_default()
     };
-    let _ = model.generate_tokens(std::slice::from_ref(&prompt), &[8], &args, Some(&[]), &[]);
+    let _ = model.generate_tokens(std::slice::from_ref(&prompt), &[8], &args, true, &[]);
     let (_, t1, _) = fastest(std::slice::from_ref(&prompt));
     let decode_tps = t1.decode_tokens as f64 / t1.decode.as_secs_f64();
     let (wall8, t8, tokens8) = fastest(&vec![prompt.clone(); 8]);

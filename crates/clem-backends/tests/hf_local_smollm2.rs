@@ -310,7 +310,7 @@ fn usage_is_the_tokenizers_count() {
         let args = GenArgs::new(0.0, max_tokens);
         let g = model.generate_response(&messages, &args, &clem_core::Cancel::new()).expect("generates");
         let (rows, _) = model
-            .generate_tokens(std::slice::from_ref(&prompt_ids), &[max_tokens as usize], &args, None, &[])
+            .generate_tokens(std::slice::from_ref(&prompt_ids), &[max_tokens as usize], &args, false, &[])
             .expect("tokens");
         let usage = g.usage.expect("usage");
         assert_eq!(usage.prompt_tokens, prompt_ids.len() as u64);
@@ -326,4 +326,86 @@ fn usage_is_the_tokenizers_count() {
         assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
         assert!(g.response.get("usage").is_none() && g.response.as_object().is_some_and(|o| o.len() == 1));
     }
+}
+
+/// Continuous batching on the real weights: a long story decodes while four more requests join it one by one from
+/// other threads (prompts of different lengths, different max_tokens, one with a stop string, one cancelled after
+/// its first streamed text); each reply equals its single run (greedy: batch invariance), the stop string cuts its
+/// reply where the single run's does, the cancelled one fails as cancelled, and the scheduler's counters saw them.
+#[test]
+fn sequences_joining_and_leaving_mid_batch_equal_their_single_runs() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(spec) = smollm2_spec() else { return };
+    let loaded = HfLocalModel::load(&spec, &LoadContext::default()).expect("loads");
+    let model = &loaded;
+    let story = vec![Message::user("Write a long story about a dragon who learns to bake bread.")];
+    let count = vec![Message::user("Count from one to twenty in words, separated by commas.")];
+    let asks: Vec<(Vec<Message>, u32)> = vec![
+        (vec![Message::user("What is the capital of France? Answer in one word.")], 20),
+        (vec![Message::user("Name three colours.")], 9),
+        (count.clone(), 48),
+    ];
+    let greedy = |max_tokens: u32| GenArgs::new(0.0, max_tokens);
+    let single = |messages: &[Message], args: &GenArgs| {
+        model.generate_response(messages, args, &clem_core::Cancel::new()).expect("single run")
+    };
+    let story_alone = single(&story, &greedy(120));
+    let mut singles: Vec<_> = asks.iter().map(|(m, n)| single(m, &greedy(*n))).collect();
+    // A stop string the counting reply reaches after a few tokens (its fifth word): its single run stops there.
+    let counted = singles[2].response_text.clone();
+    let words: Vec<&str> = counted.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric())).collect();
+    let stop = words
+        .iter()
+        .skip(4)
+        .find(|w| w.len() > 2)
+        .map(|w| w.to_string())
+        .unwrap_or_else(|| panic!("a short reply: {counted:?}"));
+    let mut stop_args = greedy(48);
+    stop_args.stop = vec![stop.clone()];
+    singles[2] = single(&count, &stop_args);
+    assert!(!singles[2].response_text.contains(&stop), "{:?}", singles[2].response_text);
+    assert_eq!(singles[2].finish_reason, Some(FinishReason::Stop));
+
+    let before = model.scheduler_stats().expect("a scheduler");
+    std::thread::scope(|s| {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let long = s.spawn(|| {
+            let mut first = Some(started_tx);
+            let sink = &mut |_: clem_core::StreamEvent| {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+            };
+            model.generate_stream(&story, &greedy(120), &clem_core::Cancel::new(), sink)
+        });
+        started.recv().expect("the story started");
+        let mut joined = Vec::new();
+        for (i, (messages, max_tokens)) in asks.iter().enumerate() {
+            let args = if i == 2 { stop_args.clone() } else { greedy(*max_tokens) };
+            joined.push(s.spawn(move || model.generate_response(messages, &args, &clem_core::Cancel::new())));
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        // Cancelled once its first text arrives.
+        let cancel = clem_core::Cancel::new();
+        let flag = cancel.clone();
+        let cancelled = s.spawn(move || {
+            let sink = &mut |_: clem_core::StreamEvent| flag.cancel();
+            let m = [Message::user("Say hello to Ada and welcome her to the party.")];
+            model.generate_stream(&m, &greedy(200), &cancel, sink)
+        });
+        for (i, (handle, want)) in joined.into_iter().zip(&singles).enumerate() {
+            let got = handle.join().expect("joins").expect("generates");
+            assert_eq!(got.response_text, want.response_text, "request {i}");
+            assert_eq!(got.finish_reason, want.finish_reason, "request {i}");
+            assert_eq!(got.usage, want.usage, "request {i}");
+        }
+        let got = cancelled.join().expect("joins");
+        assert!(matches!(got, Err(ModelError::Cancelled { .. })), "{got:?}");
+        let story = long.join().expect("joins").expect("the story");
+        assert_eq!(story.response_text, story_alone.response_text, "the story others joined");
+    });
+    let after = model.scheduler_stats().expect("a scheduler");
+    assert_eq!(after.cancelled - before.cancelled, 1, "{after:?}");
+    assert_eq!(after.finished - before.finished, 4, "{after:?}");
+    assert_eq!((after.running, after.waiting), (0, 0), "{after:?}");
 }

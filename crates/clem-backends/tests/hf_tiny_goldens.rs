@@ -14,12 +14,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use clem_backends::huggingface_local::causal_lm::CausalLm;
 use clem_backends::huggingface_local::clem_kernels::{self, Path as KernelPath};
 use clem_backends::huggingface_local::device::{DeviceSetting, Placement};
 use clem_backends::huggingface_local::generate::{self, Sampling};
+use clem_backends::huggingface_local::slots::HfEngine;
+use clem_core::schedule::{Finish, ScheduleError, SchedulerConfig, SchedulerCore, SeqEvent, SeqOutput, SeqRequest};
+use clem_core::Cancel;
 use serde_json::{json, Value};
 
 /// Relative to max(1, the row's largest |logit|).
@@ -473,6 +477,80 @@ fn bf16_weights_round_no_more_on_any_kernel_path_than_on_the_candle_path() {
                 assert_eq!(batched, alone, "{arch} in bf16 on {path}: a batched row differs from its single run");
             }
             println!("{arch} in bf16 on {path}: {diff:.2e} from the f32-sum logits (candle path: {candle_diff:.2e})");
+        }
+    }
+}
+
+/// The backend's engine under the scheduler ([`HfEngine`] in [`SchedulerCore`]): five sequences of different
+/// prompt lengths and budgets in four slots (two at the start, three joining after three steps, the last once a
+/// slot frees), prompts prefilled in chunks of 5 positions (the remainders of 4 or fewer take the decoding
+/// kernels) under a budget of 6 tokens a step, so prefill chunks run beside decoding sequences, and one sequence
+/// cancelled after four steps. Each sequence's greedy tokens must be transformers' single-run tokens, on every
+/// kernel path and on candle's ops: attention runs per slot over its own cache, so Phi-3's LongRoPE switch too
+/// happens at each sequence's own length (transformers' padded batch switches at the batch's; see above).
+#[test]
+fn slots_give_each_joining_sequence_its_single_run() {
+    for arch in ARCHS {
+        let g = Goldens::load(arch);
+        let mut placements: Vec<Placement> = kernel_paths(arch).into_iter().map(kernels_on).collect();
+        placements.push(candle_placement());
+        for placement in placements {
+            let model = CausalLm::load_dir_on(&fixture(arch), &placement).expect("loads");
+            let what = format!("{arch} ({:?})", placement.compute);
+            slots_match_single_runs(&g, model, &what);
+        }
+    }
+}
+
+type Outcome = Arc<Mutex<Option<Result<SeqOutput, ScheduleError>>>>;
+
+fn slots_match_single_runs(g: &Goldens, model: CausalLm, what: &str) {
+    let engine = HfEngine::new(Arc::new(model), None, Vec::new(), Box::new(|_: &[u32]| String::new()), None);
+    let config = SchedulerConfig { max_slots: 4, max_capacity: 64, step_tokens: 6, prefill_chunk: 5 };
+    let mut core = SchedulerCore::new(engine, config);
+    let cancel = Cancel::new();
+    // (prompt, budget, joins at step, cancelled)
+    let plan =
+        [(3, g.new_tokens, 0, false), (1, 5, 0, false), (2, g.new_tokens, 3, false), (0, 9, 3, true), (2, 7, 3, false)];
+    let outcomes: Vec<Outcome> = plan.iter().map(|_| Outcome::default()).collect();
+    let mut step = 0;
+    while step < 4 || !core.is_idle() {
+        for (&(prompt, budget, joins, cancelled), outcome) in plan.iter().zip(&outcomes) {
+            if joins == step {
+                let mut req = SeqRequest::new(g.prompts[prompt].clone(), budget as u32);
+                if cancelled {
+                    req.cancel = cancel.clone();
+                }
+                let outcome = outcome.clone();
+                core.add(
+                    req,
+                    Box::new(move |e| {
+                        if let SeqEvent::Done(r) = e {
+                            *outcome.lock().expect("lock") = Some(r);
+                        }
+                        true
+                    }),
+                );
+            }
+        }
+        core.step();
+        step += 1;
+        if step == 7 {
+            cancel.cancel();
+        }
+        assert!(step < 500, "{what}: the scheduler never went idle");
+    }
+    for (i, (&(prompt, budget, _, cancelled), outcome)) in plan.iter().zip(&outcomes).enumerate() {
+        let got = outcome.lock().expect("lock").take();
+        let got = got.unwrap_or_else(|| panic!("{what}: sequence {i} never ended")).expect("no error");
+        let golden = ids(&g.single()[prompt]["tokens"]);
+        if cancelled {
+            assert_eq!(got.finish, Finish::Cancelled, "{what}: sequence {i}");
+            assert!(got.tokens.len() < budget, "{what}: sequence {i} ran to its end: {got:?}");
+            assert_eq!(got.tokens[..], golden[..got.tokens.len()], "{what}: cancelled sequence {i}");
+        } else {
+            assert_eq!(got.finish, Finish::Length, "{what}: sequence {i}");
+            assert_eq!(got.tokens[..], golden[..budget], "{what}: sequence {i} (prompt {prompt})");
         }
     }
 }

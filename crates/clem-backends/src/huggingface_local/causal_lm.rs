@@ -11,7 +11,7 @@ use super::config::{Arch, ConfigError, ModelConfig};
 use super::device::Placement;
 use super::files::{self, FilesError};
 use super::gemma2::Gemma;
-use super::layers::{KvCache, StepMask};
+use super::layers::{KvCache, SlotStep, StepMask};
 use super::llama::Llama;
 use super::{gemma2, gemma3, phi3, qwen3, weights};
 
@@ -78,6 +78,15 @@ impl CausalLm {
         match self {
             CausalLm::Llama(m) => m.forward(ids, positions, mask, cache),
             CausalLm::Gemma(m) => m.forward(ids, positions, mask, cache),
+        }
+    }
+
+    /// One ragged step over sequences that each have a cache of their own (no padding): the logits of each
+    /// sequence's last token `(sequences, vocab)`, f32.
+    pub fn forward_slots(&self, steps: &mut [SlotStep<'_>]) -> Result<Tensor> {
+        match self {
+            CausalLm::Llama(m) => m.forward_slots(steps),
+            CausalLm::Gemma(m) => m.forward_slots(steps),
         }
     }
 }

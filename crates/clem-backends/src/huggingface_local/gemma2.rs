@@ -9,7 +9,9 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LayerType, ModelConfig};
-use super::layers::{self, Attention, Embedding, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
+use super::layers::{
+    self, Attention, Embedding, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, SlotInputs, SlotStep, StepMask,
+};
 
 /// One Gemma block: `x + post_attn(attn(input(x)))`, then `x + post_ff(mlp(pre_ff(x)))`.
 pub struct Block {
@@ -90,7 +92,30 @@ impl Gemma {
         }
         let last = x.narrow(1, seq - 1, 1)?.contiguous()?;
         let logits = self.lm_head.forward(&self.norm.forward(&last)?)?.squeeze(1)?.to_dtype(DType::F32)?;
-        match c.final_softcap {
+        self.softcap(logits)
+    }
+
+    /// A ragged step, as [`super::llama::Llama::forward_slots`].
+    pub fn forward_slots(&self, steps: &mut [SlotStep<'_>]) -> Result<Tensor> {
+        let c = &self.config;
+        let device = self.ropes.device();
+        let inputs = SlotInputs::new(steps, &self.ropes, c, &device)?;
+        let mut x = (self.embed.forward(&inputs.ids)? * f64::from((c.hidden_size as f32).sqrt()))?;
+        let n = self.layers.len();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(&x)?;
+            let h = layer.attn.forward_slots(&h, &mut inputs.parts(steps, l, n, layer.kind)?)?;
+            x = (x + layer.post_attn_norm.forward(&h)?)?;
+            let h = layer.mlp.forward(&layer.pre_ff_norm.forward(&x)?)?;
+            x = (&x + layer.post_ff_norm.forward(&h)?)?;
+        }
+        let last = x.index_select(&inputs.last_tokens(&device)?, 1)?;
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?.squeeze(0)?.to_dtype(DType::F32)?;
+        self.softcap(logits)
+    }
+
+    fn softcap(&self, logits: Tensor) -> Result<Tensor> {
+        match self.config.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),
         }

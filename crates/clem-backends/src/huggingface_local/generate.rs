@@ -1,6 +1,8 @@
-//! Batched generation: left-padded rows in one forward pass with per-row positions and an attention mask, a KV
-//! cache, greedy or sampled next tokens (temperature, top-p, seed), stop at any EOS id; rows that finish leave
-//! the batch so they stop costing work. Architecture-agnostic: it sees only [`CausalLm`].
+//! transformers' batched generation, kept as the reference the goldens check (the backend itself generates
+//! through [`super::slots`] and the scheduler): left-padded rows in one forward pass with per-row positions and an
+//! attention mask, a KV cache, greedy or sampled next tokens (temperature, top-p, seed), stop at any EOS id; rows
+//! that finish leave the batch. Also what every generation shares: the token types, [`choose`], and [`on_pool`],
+//! which runs a forward pass on the model's threads. Architecture-agnostic: it sees only [`CausalLm`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

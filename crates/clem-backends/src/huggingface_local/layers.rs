@@ -1,7 +1,8 @@
 //! Building blocks every architecture shares, as transformers computes them: linear layers and RMSNorm (Gemma's
 //! `1 + weight` folded in when loaded), RoPE (partial rotary, linear and LongRoPE scaling; cos/sin computed per
-//! step from each row's positions), the additive masks of one step (causal, padding, sliding window), the KV cache,
-//! grouped-query attention (optional q/k norms, scale, soft-capping) and the gated MLP.
+//! step from each row's positions), the additive masks of one step (causal, padding, sliding window), the KV cache
+//! (a padded batch's, or one sequence slot's: cleared and reused), grouped-query attention (optional q/k norms,
+//! scale, soft-capping; a ragged step attends per sequence, see [`SlotInputs`]) and the gated MLP.
 
 use std::sync::Arc;
 
@@ -310,6 +311,118 @@ impl KvCache {
         }
         &mut self.layers
     }
+
+    /// Positions held (those of the first layer; every layer holds as many after a step).
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(Option::as_ref).map_or(0, |kv| kv.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the first `len` positions (a failed step's writes taken back).
+    pub fn truncate(&mut self, len: usize) {
+        for kv in self.layers.iter_mut().flatten() {
+            kv.len = kv.len.min(len);
+        }
+    }
+
+    /// Forgets every position but keeps the buffers, for the next sequence of a slot (no allocation until it
+    /// outgrows them).
+    pub fn clear(&mut self) {
+        for kv in self.layers.iter_mut().flatten() {
+            kv.len = 0;
+        }
+    }
+}
+
+/// One sequence's part of a ragged step ([`Attention::forward_slots`]) in one layer.
+pub struct SlotAttn<'a> {
+    pub kv: &'a mut Option<LayerKv>,
+    pub tokens: usize,
+    pub rope: &'a RopeAt,
+    pub mask: &'a Tensor,
+}
+
+/// One sequence's tokens in a ragged step ([`super::causal_lm::CausalLm::forward_slots`]): they continue what its
+/// own cache (one row) holds, at positions `cache.len()..`.
+pub struct SlotStep<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// The sequence length that picks LongRoPE's factors: the whole prompt's while it is prefilled in chunks (so
+    /// every chunk turns as one pass over it would), else the length after this step.
+    pub rope_len: usize,
+}
+
+/// What a ragged step computes once for all layers: the tokens, and each sequence's RoPE and masks.
+pub struct SlotInputs {
+    /// `(1, tokens)` u32.
+    pub ids: Tensor,
+    pub tokens: Vec<usize>,
+    pub ropes: Vec<RopesAt>,
+    pub masks: Vec<LayerMasks>,
+}
+
+impl SlotInputs {
+    pub fn new(steps: &[SlotStep<'_>], ropes: &Ropes, c: &ModelConfig, device: &Device) -> Result<SlotInputs> {
+        if steps.is_empty() || steps.iter().any(|s| s.ids.is_empty()) {
+            candle_core::bail!("a ragged step needs at least one token of each sequence");
+        }
+        let ids: Vec<u32> = steps.iter().flat_map(|s| s.ids.iter().copied()).collect();
+        let total = ids.len();
+        let mut out = SlotInputs {
+            ids: Tensor::from_vec(ids, (1, total), device)?,
+            tokens: Vec::with_capacity(steps.len()),
+            ropes: Vec::with_capacity(steps.len()),
+            masks: Vec::with_capacity(steps.len()),
+        };
+        for s in steps {
+            let (held, n) = (s.cache.len(), s.ids.len());
+            let positions: Vec<u32> = (held..held + n).map(|p| p as u32).collect();
+            out.ropes.push(ropes.at(&Tensor::from_vec(positions, n, device)?, 1, n, s.rope_len)?);
+            out.masks.push(LayerMasks::new(&StepMask::new(&[vec![true; held + n]], n)?, c, device)?);
+            out.tokens.push(n);
+        }
+        Ok(out)
+    }
+
+    /// Each sequence's part of layer `layer` (of `kind`), its cache taken from `steps`.
+    pub fn parts<'a>(
+        &'a self,
+        steps: &'a mut [SlotStep<'_>],
+        layer: usize,
+        layers: usize,
+        kind: LayerType,
+    ) -> Result<Vec<SlotAttn<'a>>> {
+        steps
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| {
+                Ok(SlotAttn {
+                    kv: &mut s.cache.layers_mut(layers)[layer],
+                    tokens: self.tokens[i],
+                    rope: self.ropes[i].get(kind),
+                    mask: self.masks[i].get(kind)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Indices of each sequence's last token among the step's tokens, `(sequences)` u32.
+    pub fn last_tokens(&self, device: &Device) -> Result<Tensor> {
+        let mut at = 0u32;
+        let last: Vec<u32> = self
+            .tokens
+            .iter()
+            .map(|&n| {
+                at += n as u32;
+                at - 1
+            })
+            .collect();
+        let n = last.len();
+        Tensor::from_vec(last, n, device)
+    }
 }
 
 /// `1 / theta^(2i/d)` in f32 as transformers computes it, each divided by `divisors[i]` when given.
@@ -384,6 +497,11 @@ impl Ropes {
             None
         };
         Ok(Ropes { full: Rope::new(&c.rope_full, device)?, sliding })
+    }
+
+    /// The device the frequencies live on (the model's).
+    pub fn device(&self) -> Device {
+        self.full.inv_freq.device().clone()
     }
 
     pub fn at(&self, positions: &Tensor, b: usize, seq: usize, kv_len: usize) -> Result<RopesAt> {
@@ -493,15 +611,37 @@ impl Attention {
 
     /// `x` `(b, seq, hidden)`; the step's keys and values are appended to `kv`.
     pub fn forward(&self, x: &Tensor, rope: &RopeAt, mask: &Tensor, kv: &mut Option<LayerKv>) -> Result<Tensor> {
-        let (b, seq, _) = x.dims3()?;
-        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let out = self.attend_qkv(&self.qkv.forward(x)?, rope, mask, kv)?;
+        self.o.forward(&out)
+    }
+
+    /// A ragged step: `x` `(1, tokens, hidden)` holds the step's tokens of several sequences one after the other,
+    /// `parts[i]` says how many are sequence i's and holds its own cache, RoPE and mask. The projections run over
+    /// every token at once; attention runs per sequence against its own cache, so a sequence computes what it
+    /// computes alone (the kernels' products give every row the same bits whatever the rows beside it).
+    pub fn forward_slots(&self, x: &Tensor, parts: &mut [SlotAttn<'_>]) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
+        let mut outs = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for p in parts.iter_mut() {
+            let part = qkv.narrow(1, at, p.tokens)?;
+            outs.push(self.attend_qkv(&part, p.rope, p.mask, p.kv)?);
+            at += p.tokens;
+        }
+        self.o.forward(&Tensor::cat(&outs, 1)?)
+    }
+
+    /// Attention of a step's fused projection `qkv` `(b, seq, (heads + 2 kv_heads) head_dim)`, before the output
+    /// projection: `(b, seq, heads * head_dim)`.
+    fn attend_qkv(&self, qkv: &Tensor, rope: &RopeAt, mask: &Tensor, kv: &mut Option<LayerKv>) -> Result<Tensor> {
+        let (b, seq, _) = qkv.dims3()?;
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let decoding = seq <= DECODE_STEP && self.kernels.is_some();
         if let (true, None, Some((cos, sin))) = (decoding, &self.qk_norms, rope.full(hd)) {
             // A decoding step: split, rotate and cache in one pass, then attend reading the cache in place.
-            let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), self.kv_dtype, x.device())?;
+            let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), self.kv_dtype, qkv.device())?;
             let heads = kernels::Heads { heads: h, kv_heads: kvh, head_dim: hd };
-            let q = kernels::split_step(&qkv, cos, sin, heads, (&cache.k, &cache.v, cache.len))?;
+            let q = kernels::split_step(qkv, cos, sin, heads, (&cache.k, &cache.v, cache.len))?;
             cache.len += seq;
             return self.attend_cached(&q, cache.views()?, mask, (b, seq));
         }
@@ -533,12 +673,11 @@ impl Attention {
         }
         let scores = scores.reshape((b, h, seq, kv_len))?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * seq, kv_len))?;
-        let out = probs.matmul(&v)?.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
-        self.o.forward(&out)
+        probs.matmul(&v)?.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))
     }
 
     /// A decoding step's attention of `q (b, kv_heads, heads / kv_heads * seq, d)` reading the cache views `(k, v)`
-    /// in place (a general matmul would pack the whole cache on every call), then the output projection.
+    /// in place (a general matmul would pack the whole cache on every call), before the output projection.
     fn attend_cached(
         &self,
         q: &Tensor,
@@ -549,7 +688,7 @@ impl Attention {
         let (h, hd) = (self.heads, self.head_dim);
         let Some(path) = self.kernels else { candle_core::bail!("kernel attention without a kernel path") };
         let out = kernels::attend(path, q, &k, &v, mask, self.scale, self.softcap)?;
-        self.o.forward(&out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?)
+        out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))
     }
 }
 

@@ -7,7 +7,9 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LayerType, ModelConfig};
-use super::layers::{self, Attention, Embedding, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, StepMask};
+use super::layers::{
+    self, Attention, Embedding, KvCache, LayerMasks, Linear, Mlp, RmsNorm, Ropes, SlotInputs, SlotStep, StepMask,
+};
 
 /// One pre-norm block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 pub struct Block {
@@ -83,5 +85,24 @@ impl Llama {
         let last = x.narrow(1, seq - 1, 1)?.contiguous()?;
         let last = self.norm.forward(&last)?;
         self.lm_head.forward(&last)?.squeeze(1)?.to_dtype(DType::F32)
+    }
+
+    /// A ragged step over sequences with caches of their own (see [`SlotStep`]): the logits of each one's last
+    /// token `(sequences, vocab)`.
+    pub fn forward_slots(&self, steps: &mut [SlotStep<'_>]) -> Result<Tensor> {
+        let device = self.ropes.device();
+        let inputs = SlotInputs::new(steps, &self.ropes, &self.config, &device)?;
+        let mut x = self.embed.forward(&inputs.ids)?;
+        let n = self.layers.len();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(&x)?;
+            let h = layer.attn.forward_slots(&h, &mut inputs.parts(steps, l, n, layer.kind)?)?;
+            x = (x + h)?;
+            let h = layer.post_norm.forward(&x)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        let last = x.index_select(&inputs.last_tokens(&device)?, 1)?;
+        let last = self.norm.forward(&last)?;
+        self.lm_head.forward(&last)?.squeeze(0)?.to_dtype(DType::F32)
     }
 }

@@ -14,8 +14,13 @@
 //! - one file per architecture, as candle-transformers: [`llama`] (the pre-norm decoder; also Mistral and Qwen2),
 //!   [`qwen3`] and [`phi3`] (their weights in the llama decoder), [`gemma2`] (the Gemma decoder) and [`gemma3`];
 //! - [`causal_lm`]: [`causal_lm::CausalLm`], the architecture chosen at load time, which is all generation sees;
-//! - [`generate`]: the batched generation loop and sampling;
-//! - [`model`]: the [`Model`] implementation: templates, context check, cleaning, recorded objects.
+//! - [`slots`]: [`slots::HfEngine`], the model as `clem_core::schedule`'s `StepEngine`: a KV cache per sequence
+//!   slot (reused), prefill chunks and decoding steps as ragged forward passes (no padding; attention per slot),
+//!   so a sequence's output does not depend on which others share its steps;
+//! - [`generate`]: sampling, the model's thread pool, and transformers' left-padded batch (the reference the
+//!   goldens check);
+//! - [`model`]: the [`Model`] implementation: templates, context check, generation through the model's step
+//!   scheduler (calls join one running batch; streaming), cleaning, recorded objects.
 //!
 //! - [`kernels`]: [`clem_kernels`] as candle ops: weights packed in their stored dtype, decoding attention, the
 //!   gated activation, each on the kernel path chosen for the CPU (AVX-512 BF16, AVX-512, AVX2 or portable;
@@ -42,6 +47,7 @@ pub mod llama;
 pub mod model;
 pub mod phi3;
 pub mod qwen3;
+pub mod slots;
 pub mod tokenizer;
 pub mod weights;
 

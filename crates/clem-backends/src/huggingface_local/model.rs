@@ -1,6 +1,7 @@
 //! The huggingface_local [`Model`]: renders the chat template with the tokenizer's special tokens, checks the
-//! context, generates (a batch as one padded forward pass), cleans the output, and records what clemcore's
-//! huggingface_local backend records.
+//! context, generates through the model's step [`Scheduler`] (its [`HfEngine`] slots: a call's sequences join the
+//! running batch and leave it as each ends, and text streams as it is decoded), cleans the output, and records
+//! what clemcore's huggingface_local backend records.
 //!
 //! Recorded objects, as clemcore: the prompt is `{inputs, max_new_tokens, temperature}` where `inputs` is the
 //! decoded prompt tokens (with the batch's padding, as `batch_decode` gives it); the response is
@@ -11,7 +12,7 @@
 //! the counts.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use clem_core::cleaning::Cleaner;
 use clem_core::hf::TokenizerFiles;
@@ -26,19 +27,24 @@ use super::causal_lm::CausalLm;
 use super::config::{GenerationConfig, ModelConfig};
 use super::device::Placement;
 use super::files::{self, MemoryNeed};
-use super::generate::{self, RowOutput, Sampling, Timings};
+use super::generate::{RowOutput, Sampling, Timings};
+use super::slots::HfEngine;
 use super::tokenizer::HfTokenizer;
 use super::weights::SafetensorsFiles;
 use super::Settings;
 use crate::LoadContext;
+use clem_core::schedule::{
+    Finish, SamplingParams, ScheduleError, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput, SeqRequest,
+};
+use clem_core::StreamEvent;
 
 /// A loaded Hugging Face model.
 pub struct HfLocalModel {
     spec: ModelSpec,
     name: String,
     dir: PathBuf,
-    model: CausalLm,
-    tokenizer: HfTokenizer,
+    model: Arc<CausalLm>,
+    tokenizer: Arc<HfTokenizer>,
     template: ChatTemplate,
     template_vars: Map<String, Value>,
     cleaner: Cleaner,
@@ -48,12 +54,8 @@ pub struct HfLocalModel {
     pad_id: u32,
     top_p: f64,
     cot_output: bool,
-    placement: Placement,
-    /// This model's threads (`--threads`, else `model_config.threads`); `None`: rayon's global pool, which
-    /// `RAYON_NUM_THREADS` sizes (all cores by default).
-    pool: Option<rayon::ThreadPool>,
-    /// The most KV tokens (rows x length) a call has needed so far (its memory is already checked).
-    tokens_checked: AtomicU64,
+    /// Runs every generation: the model's slots on a thread of their own, stepping the running batch.
+    scheduler: Scheduler,
 }
 
 impl HfLocalModel {
@@ -160,14 +162,26 @@ impl HfLocalModel {
         // Never more threads than cores: the workers poll for work during a generation (see crate::cpu).
         let pool = match ctx.threads.or(settings.threads).map(|n| crate::cpu::clamp_threads(n).0) {
             None => None,
-            Some(n) => Some(
+            Some(n) => Some(Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .thread_name(|i| format!("clem-hf-{i}"))
                     .build()
                     .map_err(|e| ModelError::backend(&name, format!("cannot start {n} threads: {e}")))?,
-            ),
+            )),
         };
+        let model = Arc::new(model);
+        let tokenizer = Arc::new(tokenizer);
+        let schedule = SchedulerConfig {
+            max_capacity: usize::try_from(context_size).unwrap_or(usize::MAX),
+            ..SchedulerConfig::default()
+        };
+        let detokenize = {
+            let tokenizer = tokenizer.clone();
+            Box::new(move |ids: &[u32]| tokenizer.decode_plain(ids).unwrap_or_default())
+        };
+        let memory = memory_check(&name, model.config(), &placement, schedule.prefill_chunk);
+        let engine = HfEngine::new(model.clone(), pool, eos_ids.clone(), detokenize, Some(memory));
         Ok(HfLocalModel {
             spec: spec.clone(),
             name,
@@ -183,9 +197,7 @@ impl HfLocalModel {
             pad_id,
             top_p: gen_config.top_p.unwrap_or(1.0),
             cot_output: spec.config_flag("cot_output"),
-            placement,
-            pool,
-            tokens_checked: AtomicU64::new(0),
+            scheduler: Scheduler::new(engine, schedule),
         })
     }
 
@@ -260,86 +272,71 @@ impl HfLocalModel {
         Ok(Sampling { temperature: args.temperature, top_p, seed })
     }
 
-    /// Each row's token budget: `max_tokens`, or (with `cot_output`, as clemcore) up to the context size.
-    fn budgets(&self, prompts: &[Vec<u32>], args: &GenArgs) -> Vec<usize> {
-        prompts
-            .iter()
-            .map(|p| {
-                let n = if self.cot_output {
-                    self.context_size.saturating_sub(p.len() as u64)
-                } else {
-                    u64::from(args.max_tokens)
-                };
-                usize::try_from(n).unwrap_or(usize::MAX)
-            })
-            .collect()
-    }
-
-    /// A batch needs KV cache and attention scores for every row; check memory when it is more than before.
-    fn check_batch_memory(&self, prompts: &[Vec<u32>], budgets: &[usize]) -> Result<(), ModelError> {
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0) as u64;
-        // Saturating: budgets may be as large as a registry's context size says.
-        let longest = width.saturating_add(budgets.iter().copied().max().unwrap_or(0) as u64);
-        let rows = prompts.len() as u64;
-        let tokens = longest.saturating_mul(rows);
-        if tokens <= self.tokens_checked.load(Ordering::Relaxed).max(self.context_size) {
-            return Ok(());
-        }
-        let c = self.model.config();
-        // Prefill holds scores and probabilities of every head: rows x heads x width^2, twice.
-        let scores = [c.num_heads as u64, width, width, 4 * 2].iter().fold(rows, |n, &d| n.saturating_mul(d));
-        files::check_memory(
-            &MemoryNeed {
-                model: &self.name,
-                weights: 0,
-                dtype: "f32",
-                kv_bytes_per_token: c.kv_bytes_per_token().saturating_mul(2),
-                tokens: longest,
-                batch: rows,
-                work_per_token: (scores / rows.max(1)).saturating_add((c.vocab_size as u64).saturating_mul(4)),
+    /// The scheduler's request for a prompt: its budget (`max_tokens`, or with `cot_output`, as clemcore, up to
+    /// the context size), its sampling (row `row` of a call samples with seed + row: a single run is row 0), the
+    /// call's stop strings and the row's flag.
+    fn request(&self, prompt: Vec<u32>, args: &GenArgs, sampling: &Sampling, row: usize, cancel: Cancel) -> SeqRequest {
+        let budget = match self.cot_output {
+            true => self.context_size.saturating_sub(prompt.len() as u64),
+            false => u64::from(args.max_tokens),
+        };
+        SeqRequest {
+            prompt,
+            max_tokens: u32::try_from(budget).unwrap_or(u32::MAX),
+            sampling: SamplingParams {
+                temperature: sampling.temperature as f32,
+                top_k: 0,
+                top_p: sampling.top_p as f32,
+                min_p: 0.0,
+                seed: sampling.seed.wrapping_add(row as u64),
+                // transformers' order: the temperature, then top-p.
+                temperature_first: true,
             },
-            self.placement.available_memory(),
-        )
-        .map_err(|e| ModelError::backend(&self.name, e))?;
-        self.tokens_checked.fetch_max(tokens, Ordering::Relaxed);
-        Ok(())
+            stop: args.stop.clone(),
+            ignore_eos: false,
+            cancel,
+        }
     }
 
-    /// Generates for token prompts as one batch, without cleaning (for benchmarks and tests); `budgets` are
-    /// per row, `eos` replaces the model's EOS ids when given (an empty list never stops); `cancels[i]` stops
-    /// row `i`.
+    /// Generates for token prompts through the scheduler, without cleaning (for benchmarks and tests): `budgets`
+    /// per row, `ignore_eos` generates through end tokens (exactly the budget), `cancels[i]` stops row `i`.
+    /// Timings: prefill up to the last row's first token, decode the rest.
     pub fn generate_tokens(
         &self,
         prompts: &[Vec<u32>],
         budgets: &[usize],
         args: &GenArgs,
-        eos: Option<&[u32]>,
+        ignore_eos: bool,
         cancels: &[Cancel],
     ) -> Result<(Vec<RowOutput>, Timings), ModelError> {
-        self.check_batch_memory(prompts, budgets)?;
+        if budgets.len() != prompts.len() {
+            let m = format!("{} prompts but {} token budgets", prompts.len(), budgets.len());
+            return Err(ModelError::backend(&self.name, m));
+        }
         let sampling = self.sampling(args)?;
-        let eos = eos.unwrap_or(&self.eos_ids);
-        // A row's generated text is decoded after each token only when there are stop strings to look for.
-        let stop = &args.stop;
-        let stopped = |tokens: &[u32]| {
-            !stop.is_empty()
-                && self.tokenizer.decode(tokens).is_ok_and(|text| clem_core::message::cut_at_stop(&text, stop).1)
-        };
-        generate::on_pool(self.pool.as_ref(), || {
-            let device = &self.placement.device;
-            generate::generate_until(
-                &self.model,
-                prompts,
-                budgets,
-                &sampling,
-                eos,
-                self.pad_id,
-                device,
-                cancels,
-                &stopped,
-            )
-        })
-        .map_err(|e| ModelError::backend(&self.name, e))
+        let requests = prompts
+            .iter()
+            .zip(budgets)
+            .enumerate()
+            .map(|(i, (p, &budget))| SeqRequest {
+                max_tokens: u32::try_from(budget).unwrap_or(u32::MAX),
+                ignore_eos,
+                ..self.request(p.clone(), args, &sampling, i, Cancel::of(cancels, i))
+            })
+            .collect();
+        let clock = std::time::Instant::now();
+        let outputs = self.scheduler.generate_batch(requests);
+        let wall = clock.elapsed();
+        let mut timings = Timings::default();
+        let mut rows = Vec::with_capacity(outputs.len());
+        for out in outputs {
+            let out = out.map_err(|e| ModelError::backend(&self.name, e))?;
+            timings.prefill = timings.prefill.max(out.time_to_first_token.unwrap_or_default());
+            timings.decode_tokens += out.tokens.len().saturating_sub(1);
+            rows.push(row_output(out));
+        }
+        timings.decode = wall.saturating_sub(timings.prefill);
+        Ok((rows, timings))
     }
 
     /// Token ids of a rendered prompt (for benchmarks).
@@ -347,26 +344,19 @@ impl HfLocalModel {
         self.tokenizer.encode(text).map_err(|e| ModelError::backend(&self.name, e))
     }
 
-    /// Runs rendered and tokenized rows as one batch and builds each row's triple.
-    fn run(
+    /// A finished sequence's triple, or why it has none; `width` and `out_width` as [`Self::generation`].
+    fn outcome(
         &self,
-        rows: &[(String, Vec<u32>)],
+        prompt: &[u32],
+        out: Result<SeqOutput, ScheduleError>,
+        (width, out_width): (usize, usize),
         args: &GenArgs,
-        cancels: &[Cancel],
-    ) -> Result<Vec<Result<Generation, ModelError>>, ModelError> {
-        let prompts: Vec<Vec<u32>> = rows.iter().map(|(_, t)| t.clone()).collect();
-        let budgets = self.budgets(&prompts, args);
-        let (outputs, _) = self.generate_tokens(&prompts, &budgets, args, None, cancels)?;
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let out_width = outputs.iter().filter(|o| !o.cancelled).map(|o| o.tokens.len()).max().unwrap_or(0);
-        Ok(prompts
-            .iter()
-            .zip(outputs)
-            .map(|(prompt, out)| match out.cancelled {
-                true => Err(ModelError::cancelled(&self.name)),
-                false => self.generation(prompt, &out, width, out_width, args),
-            })
-            .collect())
+    ) -> Result<Generation, ModelError> {
+        match out {
+            Err(e) => Err(ModelError::backend(&self.name, e)),
+            Ok(out) if out.finish == Finish::Cancelled => Err(ModelError::cancelled(&self.name)),
+            Ok(out) => self.generation(prompt, &row_output(out), width, out_width, args),
+        }
     }
 
     /// One row's triple. As transformers' `batch_decode` in clemcore: the prompt is padded to the batch width
@@ -431,14 +421,27 @@ impl Model for HfLocalModel {
         args: &GenArgs,
         cancel: &Cancel,
     ) -> Result<Generation, ModelError> {
-        let prompt = self.render(messages)?;
-        let tokens = self.tokens_for(&prompt, args.max_tokens, None)?;
-        self.run(&[(prompt, tokens)], args, std::slice::from_ref(cancel))?
-            .pop()
-            .unwrap_or_else(|| Err(ModelError::backend(&self.name, "no output")))
+        self.generate_stream(messages, args, cancel, &mut |_| {})
     }
 
-    /// Renders and checks every item; the ones that can run are generated together as one padded batch.
+    /// The sequence joins the model's running batch; its text reaches `sink` as it is decoded.
+    fn generate_stream(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+        sink: &mut dyn FnMut(StreamEvent),
+    ) -> Result<Generation, ModelError> {
+        let prompt = self.render(messages)?;
+        let tokens = self.tokens_for(&prompt, args.max_tokens, None)?;
+        let request = self.request(tokens.clone(), args, &self.sampling(args)?, 0, cancel.clone());
+        let out = self.scheduler.generate(request, &mut |delta| sink(StreamEvent::Delta(delta.to_string())));
+        let out_width = out.as_ref().map_or(0, |o| o.tokens.len() + usize::from(o.end_token.is_some()));
+        self.outcome(&tokens, out, (tokens.len(), out_width), args)
+    }
+
+    /// Renders and checks every item; the ones that can run join the model's running batch together, each
+    /// leaving it when it ends.
     fn generate_batch_response(
         &self,
         batch: &[Vec<Message>],
@@ -446,30 +449,42 @@ impl Model for HfLocalModel {
         cancels: &[Cancel],
     ) -> Vec<Result<Generation, ModelError>> {
         let mut results: Vec<Option<Result<Generation, ModelError>>> = Vec::with_capacity(batch.len());
-        let mut ready: Vec<(usize, (String, Vec<u32>))> = Vec::new();
+        let mut ready: Vec<(usize, Vec<u32>)> = Vec::new();
         for (i, messages) in batch.iter().enumerate() {
-            match self.render(messages).and_then(|p| self.tokens_for(&p, args.max_tokens, Some(i)).map(|t| (p, t))) {
-                Ok(row) => {
-                    ready.push((i, row));
+            match self.render(messages).and_then(|p| self.tokens_for(&p, args.max_tokens, Some(i))) {
+                Ok(tokens) => {
+                    ready.push((i, tokens));
                     results.push(None);
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
         if !ready.is_empty() {
-            let rows: Vec<(String, Vec<u32>)> = ready.iter().map(|(_, r)| r.clone()).collect();
-            let row_cancels: Vec<Cancel> = ready.iter().map(|(i, _)| Cancel::of(cancels, *i)).collect();
-            match self.run(&rows, args, &row_cancels) {
-                Ok(generations) => {
-                    for ((i, _), g) in ready.iter().zip(generations) {
-                        results[*i] = Some(g);
+            match self.sampling(args) {
+                Ok(sampling) => {
+                    let requests: Vec<SeqRequest> = ready
+                        .iter()
+                        .enumerate()
+                        .map(|(row, (i, t))| self.request(t.clone(), args, &sampling, row, Cancel::of(cancels, *i)))
+                        .collect();
+                    let outputs = self.scheduler.generate_batch(requests);
+                    // Recorded as clemcore's batch_decode: prompts padded to the widest, outputs to the longest.
+                    let width = ready.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+                    let out_width = outputs
+                        .iter()
+                        .flatten()
+                        .filter(|o| o.finish != Finish::Cancelled)
+                        .map(|o| o.tokens.len() + usize::from(o.end_token.is_some()))
+                        .max()
+                        .unwrap_or(0);
+                    for ((i, tokens), out) in ready.iter().zip(outputs) {
+                        results[*i] = Some(self.outcome(tokens, out, (width, out_width), args));
                     }
                 }
                 Err(e) => {
-                    // One failure of the shared forward pass fails every item that was in it.
                     let message = e.to_string();
                     for (i, _) in &ready {
-                        results[*i] = Some(Err(ModelError::backend(&self.name, message.clone())));
+                        results[*i] = Some(Err(ModelError::config(&self.name, message.clone())));
                     }
                 }
             }
@@ -477,7 +492,45 @@ impl Model for HfLocalModel {
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(ModelError::backend(&self.name, "no result")))).collect()
     }
 
+    fn scheduler_stats(&self) -> Option<SchedulerStats> {
+        Some(self.scheduler.stats())
+    }
+
     fn batch_mode(&self) -> BatchMode {
         BatchMode::ForwardPass
     }
+}
+
+/// A finished sequence as a row of [`HfLocalModel::generate_tokens`]: its tokens with the end token that stopped
+/// it.
+fn row_output(out: SeqOutput) -> RowOutput {
+    let mut tokens = out.tokens;
+    tokens.extend(out.end_token);
+    RowOutput {
+        tokens,
+        stopped_by_eos: out.finish == Finish::Eos,
+        cancelled: out.finish == Finish::Cancelled,
+        stopped_by_string: out.finish == Finish::StopString,
+    }
+}
+
+/// The check before the scheduler lays out `slots` sequences of `capacity` tokens: their KV cache (twice: a
+/// cache grows by doubling) and a prefill chunk's attention scores and probabilities per slot.
+fn memory_check(name: &str, c: &ModelConfig, placement: &Placement, chunk: usize) -> super::slots::MemoryCheck {
+    let (name, placement) = (name.to_string(), placement.clone());
+    let (kv, heads, vocab) = (c.kv_bytes_per_token(), c.num_heads as u64, c.vocab_size as u64);
+    Box::new(move |slots, capacity| {
+        let (slots, capacity) = (slots as u64, capacity as u64);
+        let scores = [heads, (chunk as u64).min(capacity), 4 * 2].iter().fold(capacity, |n, &d| n.saturating_mul(d));
+        let need = MemoryNeed {
+            model: &name,
+            weights: 0,
+            dtype: "f32",
+            kv_bytes_per_token: kv.saturating_mul(2),
+            tokens: capacity,
+            batch: slots,
+            work_per_token: scores.saturating_add(vocab.saturating_mul(4)),
+        };
+        files::check_memory(&need, placement.available_memory()).map_err(|e| e.to_string())
+    })
 }

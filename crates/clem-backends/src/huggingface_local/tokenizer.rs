@@ -44,6 +44,15 @@ impl HfTokenizer {
         Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
     }
 
+    /// Text of ids with special tokens left out (stop strings and streamed text look at what a reader sees).
+    pub fn decode_plain(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        let text = self
+            .inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError { context: "decoding".into(), message: e.to_string() })?;
+        Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
+    }
+
     /// The id of a token's text, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
