@@ -62,7 +62,9 @@ def norm(v):
     if isinstance(v, float) and math.isnan(v): return ("float", "NaN")
     return (type(v).__name__, v)
 def tree(root):
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    # clem.log is clemrs's text log of the run (clemcore writes its clembench.log to the working directory).
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                  if f != "clem.log")
 a, b = sys.argv[1], sys.argv[2]
 ta, tb = tree(a), [p for p in tree(b) if os.path.basename(p) != "run_summary.json"]
 if ta != tb:
