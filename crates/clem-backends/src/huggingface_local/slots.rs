@@ -195,6 +195,20 @@ impl StepEngine for HfEngine {
         Ok(())
     }
 
+    /// New slots come empty and every cache grows as its sequence needs, so the running slots keep theirs.
+    fn grow(&mut self, slots: usize, capacity: usize) -> Result<bool> {
+        let (slots, capacity) = (slots.max(self.slots.len()), capacity.max(self.capacity));
+        if self.memory.as_ref().is_some_and(|check| check(slots, capacity).is_err()) {
+            return Ok(false);
+        }
+        let layers = self.model.config().num_layers;
+        while self.slots.len() < slots {
+            self.slots.push(Slot { cache: KvCache::new(layers), history: Vec::new(), long: false });
+        }
+        self.capacity = capacity;
+        Ok(true)
+    }
+
     fn prefill(&mut self, chunks: &[Prefill<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         let mut out = Vec::with_capacity(chunks.len());
         // Passes of distinct slots, in order: a slot's next chunk waits for the next pass.
