@@ -1,39 +1,32 @@
-//! The llama.cpp runtime of one model: loading it, tokenizing, and generating for a batch of prompts as parallel
-//! sequences of one llama.cpp context (one batch per step, one sequence id per prompt).
+//! The llama.cpp runtime of one model: loading it, tokenizing, its GGUF metadata, and the context settings the
+//! step engine (`step.rs`) runs with: one llama.cpp context whose sequences are the scheduler's slots.
 //!
 //! Batched results equal single runs at temperature 0, bit for bit. That takes three choices, because llama.cpp's
 //! kernels are not batch-invariant otherwise:
 //! - every sequence has its own KV stream (`kv_unified = false`), so its cells sit where a single run puts them;
-//! - prompts are evaluated one sequence at a time (the way a single run evaluates them); only the decode steps,
-//!   where batching pays, run all sequences in one `llama_decode`;
+//! - prompts are evaluated one sequence at a time, in chunks at fixed offsets (the way a single run evaluates
+//!   them); only the decode steps, where batching pays, run all sequences in one `llama_decode`;
 //! - flash attention is off: its CPU kernel switches between a KV-split path (one query token), a tiled path
 //!   (many query rows) and a plain one depending on the batch shape, and each rounds differently.
-//!
-//! The context is kept between calls (its KV cache cleared) and only rebuilt when a call needs more cells per
-//! sequence or more sequences than it has, so a call costs what llama.cpp costs.
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr};
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use clem_core::Cancel;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::gguf::GgufContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 /// Tokens submitted to llama.cpp in one `llama_decode` call.
-const N_BATCH: usize = 512;
+pub(super) const N_BATCH: usize = 512;
 /// Contexts grow in steps of this many cells (llama.cpp pads the KV cache to 256 anyway).
-const CELL_STEP: u32 = 256;
+pub(super) const CELL_STEP: u32 = 256;
 /// Prompts longer than this many bytes are refused before tokenizing (llama.cpp takes an i32 length).
 const MAX_PROMPT_BYTES: usize = 1 << 30;
 
@@ -52,6 +45,9 @@ pub enum EngineError {
     PromptTooLong(usize),
     #[error("the prompt is empty after tokenization")]
     EmptyPrompt,
+    /// A wider KV cache than memory allows.
+    #[error("{0}")]
+    Memory(String),
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -197,107 +193,10 @@ impl GgufInfo {
 // The engine
 // ------------------------------------------------------------------------------------------------
 
-/// The KV cache and scratch buffers of a model, kept between calls.
-struct Slot<'m> {
-    ctx: LlamaContext<'m>,
-    /// KV cells of each sequence's stream.
-    per_seq: u32,
-    n_seq: u32,
-}
-
-self_cell::self_cell!(
-    /// A loaded model and the context that borrows it.
-    struct ModelCell {
-        owner: LlamaModel,
-        #[covariant]
-        dependent: OptionalSlot,
-    }
-);
-
-type OptionalSlot<'m> = Option<Slot<'m>>;
-
-/// How to pick each next token.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sampling {
-    /// 0 means greedy.
-    pub temperature: f32,
-    pub seed: u32,
-    pub top_k: i32,
-    pub top_p: f32,
-    pub min_p: f32,
-    /// Keep generating through end-of-generation tokens (benchmarks that need exactly max_tokens).
-    pub ignore_eos: bool,
-    /// Stop strings: a sequence ends when its text contains one, and its text is cut before it.
-    pub stop: Vec<String>,
-}
-
-impl Sampling {
-    pub fn greedy() -> Sampling {
-        Sampling { temperature: 0.0, seed: 0, top_k: 40, top_p: 0.95, min_p: 0.05, ignore_eos: false, stop: Vec::new() }
-    }
-
-    fn sampler(&self) -> LlamaSampler {
-        if self.temperature <= 0.0 {
-            return LlamaSampler::greedy();
-        }
-        // llama-cpp-python's default order and values (what clemcore samples with).
-        LlamaSampler::chain_simple([
-            LlamaSampler::top_k(self.top_k),
-            LlamaSampler::top_p(self.top_p, 1),
-            LlamaSampler::min_p(self.min_p, 1),
-            LlamaSampler::temp(self.temperature),
-            LlamaSampler::dist(self.seed),
-        ])
-    }
-}
-
-/// Why a sequence stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    /// An end-of-generation token came.
-    Stop,
-    /// `max_tokens` were generated.
-    Length,
-    /// The caller's [`Cancel`] flag took it out of the batch.
-    Cancelled,
-}
-
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-            Finish::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// One sequence's result.
-#[derive(Clone, Debug)]
-pub struct SeqOutput {
-    /// The generated tokens, without the end-of-generation token.
-    pub tokens: Vec<LlamaToken>,
-    /// The generated text (special tokens not rendered, as llama-cpp-python's completion text).
-    pub text: String,
-    pub finish: Finish,
-    pub prompt_tokens: usize,
-}
-
-/// A batch's results and where the time went.
-#[derive(Clone, Debug)]
-pub struct BatchOutput {
-    pub outputs: Vec<SeqOutput>,
-    /// Evaluating the prompts (and sampling each first token).
-    pub prefill: Duration,
-    /// Every later step.
-    pub decode: Duration,
-    /// Tokens evaluated in the decode steps (one per active sequence per step).
-    pub decoded_tokens: usize,
-}
-
-/// A loaded model with its llama.cpp context.
+/// A loaded model: its vocabulary serves callers on any thread; [`Engine::steps`] makes the one step engine that
+/// owns its llama.cpp context (see `step.rs`).
 pub struct Engine {
-    cell: Mutex<ModelCell>,
+    model: Arc<LlamaModel>,
     threads: i32,
     /// The largest context one sequence may use (prompt + new tokens).
     pub n_ctx_train: u32,
@@ -311,16 +210,13 @@ impl Engine {
         let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|_| EngineError::Load { path: path.display().to_string() })?;
         let n_ctx_train = model.n_ctx_train();
-        Ok(Engine {
-            cell: Mutex::new(ModelCell::new(model, |_| None)),
-            threads: i32::try_from(threads.max(1)).unwrap_or(1),
-            n_ctx_train,
-        })
+        Ok(Engine { model: Arc::new(model), threads: i32::try_from(threads.max(1)).unwrap_or(1), n_ctx_train })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ModelCell> {
-        // A panic while holding the lock leaves nothing half-done that matters: the context is cleared per call.
-        self.cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The step engine over this model, `width` sequences wide; `afford(cells)` says whether a KV cache of that
+    /// many cells fits in memory.
+    pub fn steps(&self, afford: super::step::Afford, width: usize) -> super::step::LlamaSteps {
+        super::step::LlamaSteps::new(self.model.clone(), self.threads, afford, width)
     }
 
     /// Tokenizes a rendered prompt: special tokens parsed, BOS added only when the model asks for it and the
@@ -329,8 +225,7 @@ impl Engine {
         if text.len() > MAX_PROMPT_BYTES {
             return Err(EngineError::PromptTooLong(text.len()));
         }
-        let cell = self.lock();
-        let vocab = cell.borrow_owner().vocab();
+        let vocab = self.model.vocab();
         let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
         let bos = vocab.bos();
         if vocab.should_add_bos() && bos.0 >= 0 && tokens.first() != Some(&bos) {
@@ -342,59 +237,7 @@ impl Engine {
     /// The text of a token id as the vocabulary stores it (`<|im_start|>`), as llama-cpp-python's
     /// `token_get_text`.
     pub fn token_text(&self, kind: SpecialToken) -> Option<String> {
-        let cell = self.lock();
-        special_text(cell.borrow_owner(), kind)
-    }
-
-    /// Generates up to `max_tokens` for each prompt, all prompts as parallel sequences of one context.
-    /// Each prompt must fit: prompt tokens + max_tokens <= n_ctx_train (the caller checks). A sequence whose
-    /// flag in `cancels` is set leaves at the next step.
-    pub fn generate(
-        &self,
-        prompts: &[Vec<LlamaToken>],
-        max_tokens: u32,
-        sampling: &Sampling,
-        cancels: &[Cancel],
-    ) -> Result<BatchOutput, EngineError> {
-        if prompts.is_empty() {
-            return Ok(BatchOutput {
-                outputs: Vec::new(),
-                prefill: Duration::ZERO,
-                decode: Duration::ZERO,
-                decoded_tokens: 0,
-            });
-        }
-        let mut cell = self.lock();
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as u64 + u64::from(max_tokens);
-        let per_seq = u32::try_from(longest.div_ceil(u64::from(CELL_STEP)) * u64::from(CELL_STEP))
-            .map_err(|_| EngineError::Context { n_ctx: u32::MAX, n_seq: prompts.len() as u32 })?
-            .max(CELL_STEP);
-        let n_seq = u32::try_from(prompts.len()).unwrap_or(u32::MAX).max(1);
-        let threads = self.threads;
-        let mut failure = None;
-        cell.with_dependent_mut(|model, slot| {
-            let fits = slot.as_ref().is_some_and(|s| s.per_seq >= per_seq && s.n_seq >= n_seq);
-            if !fits {
-                // Sized to this call only (a long prompt after a wide batch must not get both); the old cache is
-                // freed first.
-                *slot = None;
-                match new_context(model, per_seq, n_seq, threads) {
-                    Ok(ctx) => *slot = Some(Slot { ctx, per_seq, n_seq }),
-                    Err(e) => failure = Some(e),
-                }
-            }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let mut result = Err(EngineError::Context { n_ctx: per_seq.saturating_mul(n_seq), n_seq });
-        cell.with_dependent_mut(|model, slot| {
-            if let Some(slot) = slot.as_mut() {
-                slot.ctx.clear_kv_cache();
-                result = run_batch(model, &mut slot.ctx, prompts, max_tokens, sampling, cancels);
-            }
-        });
-        result
+        special_text(&self.model, kind)
     }
 }
 
@@ -427,7 +270,7 @@ pub fn vocab_special_texts(path: &Path) -> Result<(Option<String>, Option<String
 }
 
 /// A context of `n_seq` KV streams of `per_seq` cells each (see the module doc for why these settings).
-fn new_context<'m>(
+pub(super) fn new_context<'m>(
     model: &'m LlamaModel,
     per_seq: u32,
     n_seq: u32,
@@ -445,156 +288,4 @@ fn new_context<'m>(
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     model.new_context(backend, params).map_err(|_| EngineError::Context { n_ctx, n_seq })
-}
-
-/// Per-sequence generation state.
-struct Seq {
-    sampler: LlamaSampler,
-    /// Position of the next token to evaluate.
-    pos: i32,
-    tokens: Vec<LlamaToken>,
-    finish: Option<Finish>,
-    /// The token sampled last, to be evaluated in the next step.
-    pending: Option<LlamaToken>,
-    /// Where this sequence's logits are in the last decoded batch.
-    logits_at: Option<i32>,
-    /// The text so far, kept only when there are stop strings to look for.
-    text: Vec<u8>,
-}
-
-fn decode_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Decode { message: e.to_string() }
-}
-
-fn run_batch(
-    model: &LlamaModel,
-    ctx: &mut LlamaContext<'_>,
-    prompts: &[Vec<LlamaToken>],
-    max_tokens: u32,
-    sampling: &Sampling,
-    cancels: &[Cancel],
-) -> Result<BatchOutput, EngineError> {
-    let vocab = model.vocab();
-    let cancelled = |id: usize| Cancel::of(cancels, id).is_cancelled();
-    let mut seqs: Vec<Seq> = prompts
-        .iter()
-        .map(|_| Seq {
-            sampler: sampling.sampler(),
-            pos: 0,
-            tokens: Vec::new(),
-            finish: (max_tokens == 0).then_some(Finish::Length),
-            pending: None,
-            logits_at: None,
-            text: Vec::new(),
-        })
-        .collect();
-    let longest_stop = sampling.stop.iter().map(String::len).max().unwrap_or(0);
-    if prompts.iter().any(Vec::is_empty) {
-        return Err(EngineError::EmptyPrompt);
-    }
-    // Every token belongs to exactly one sequence.
-    let mut batch = LlamaBatch::new(N_BATCH, 1);
-
-    // Sample the next token of every sequence whose logits the last decode produced.
-    let sample_ready = |seqs: &mut [Seq], ctx: &LlamaContext<'_>| {
-        for seq in seqs.iter_mut() {
-            let Some(at) = seq.logits_at.take() else { continue };
-            let token = seq.sampler.sample(ctx, at);
-            if vocab.is_eog(token) && !sampling.ignore_eos {
-                seq.finish = Some(Finish::Stop);
-            } else {
-                seq.tokens.push(token);
-                if longest_stop > 0 {
-                    // Only the new piece and the bytes a stop string could share with it need looking at.
-                    let before = seq.text.len();
-                    vocab.token_to_piece_into(token, &mut seq.text, false, None);
-                    let from = before.saturating_sub(longest_stop);
-                    let tail = &seq.text[from..];
-                    let hit =
-                        sampling.stop.iter().any(|s| !s.is_empty() && tail.windows(s.len()).any(|w| w == s.as_bytes()));
-                    if hit {
-                        seq.finish = Some(Finish::Stop);
-                        continue;
-                    }
-                }
-                if seq.tokens.len() >= max_tokens as usize {
-                    seq.finish = Some(Finish::Length);
-                } else {
-                    seq.pending = Some(token);
-                }
-            }
-        }
-    };
-
-    // Prefill: one sequence at a time, in chunks of N_BATCH, logits only for the prompt's last token.
-    let started = Instant::now();
-    if max_tokens > 0 {
-        for (id, prompt) in prompts.iter().enumerate() {
-            if cancelled(id) {
-                seqs[id].finish = Some(Finish::Cancelled);
-                continue;
-            }
-            for (chunk_no, chunk) in prompt.chunks(N_BATCH).enumerate() {
-                batch.clear();
-                let offset = chunk_no * N_BATCH;
-                for (i, &token) in chunk.iter().enumerate() {
-                    let pos = offset + i;
-                    let last = pos + 1 == prompt.len();
-                    batch.add(token, pos as i32, &[id as i32], last).map_err(decode_err)?;
-                }
-                ctx.decode(&mut batch).map_err(decode_err)?;
-            }
-            seqs[id].logits_at = Some(batch.n_tokens() - 1);
-            seqs[id].pos = prompt.len() as i32;
-            sample_ready(&mut seqs, &*ctx);
-        }
-    }
-    let prefill = started.elapsed();
-
-    // Decode: one token per unfinished sequence per step, all in one batch.
-    let started = Instant::now();
-    let mut decoded_tokens = 0;
-    loop {
-        batch.clear();
-        for (id, seq) in seqs.iter_mut().enumerate() {
-            if seq.finish.is_some() {
-                continue;
-            }
-            if cancelled(id) {
-                seq.finish = Some(Finish::Cancelled);
-                continue;
-            }
-            let Some(token) = seq.pending.take() else { continue };
-            batch.add(token, seq.pos, &[id as i32], true).map_err(decode_err)?;
-            seq.logits_at = Some(batch.n_tokens() - 1);
-            seq.pos += 1;
-        }
-        if batch.n_tokens() == 0 {
-            break;
-        }
-        decoded_tokens += batch.n_tokens() as usize;
-        ctx.decode(&mut batch).map_err(decode_err)?;
-        sample_ready(&mut seqs, &*ctx);
-    }
-    let decode = started.elapsed();
-
-    let outputs = seqs
-        .into_iter()
-        .zip(prompts)
-        .map(|(seq, prompt)| {
-            let mut bytes = Vec::new();
-            for &t in &seq.tokens {
-                vocab.token_to_piece_into(t, &mut bytes, false, None);
-            }
-            let text = String::from_utf8_lossy(&bytes);
-            SeqOutput {
-                // As llama-cpp-python: the text ends before the stop string that ended it.
-                text: clem_core::message::cut_at_stop(&text, &sampling.stop).0.to_string(),
-                tokens: seq.tokens,
-                finish: seq.finish.unwrap_or(Finish::Length),
-                prompt_tokens: prompt.len(),
-            }
-        })
-        .collect();
-    Ok(BatchOutput { outputs, prefill, decode, decoded_tokens })
 }

@@ -3,15 +3,18 @@
 //!
 //! Every registry key is honoured, including the three clemcore ignores (`execute_on`, `gpu_layers_offloaded`,
 //! `additional_files`). Chat templates are rendered by our renderer (`clem_core::template`), never by llama.cpp's
-//! built-in template heuristics. A batch runs as parallel sequences of one llama.cpp context.
+//! built-in template heuristics. Generations run through a step scheduler (continuous batching): every call's
+//! sequences join one running batch, as parallel sequences of one llama.cpp context.
 //!
 //! - [`files`]: where the GGUF is (`huggingface_id`, `filename`, `additional_files`) and the memory check;
-//! - [`engine`]: llama.cpp itself: loading, tokenizing, batched generation and sampling;
+//! - [`engine`]: llama.cpp itself: loading, tokenizing, GGUF metadata, context settings;
+//! - [`step`]: the llama.cpp context as the scheduler's step engine (one sequence id per slot);
 //! - [`model`]: the [`Model`] implementation: templates, context check, cleaning, recorded objects.
 
 pub mod engine;
 pub mod files;
 pub mod model;
+pub mod step;
 
 use clem_core::{Model, ModelError, ModelSpec};
 use serde_json::Value;

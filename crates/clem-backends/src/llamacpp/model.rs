@@ -1,6 +1,7 @@
 //! The llamacpp [`Model`]: renders the chat template with the GGUF's special tokens, checks the context with
-//! llama.cpp's tokenizer, generates (a batch as one set of parallel sequences), cleans the output, and records
-//! what clemcore's llamacpp backend records.
+//! llama.cpp's tokenizer, generates through the model's step scheduler (`clem_core::schedule`: every call's
+//! sequences join one running batch, whatever thread they come from; see `step.rs`), cleans the output, and
+//! records what clemcore's llamacpp backend records. `generate_stream` sends the raw text as it is decoded.
 //!
 //! Recorded objects, as clemcore: the prompt is `{inputs, max_new_tokens, temperature, return_full_text}`; the
 //! response is `{"response": <completion>}` with llama-cpp-python's completion object (`id`, `object`,
@@ -10,19 +11,21 @@
 //! Usage (the `Generation`'s, equal to the recorded `usage`): the rendered prompt's tokens, and the generated
 //! tokens without the end-of-generation token that stopped them (as llama-cpp-python counts).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clem_core::cleaning::Cleaner;
 use clem_core::message::messages_to_json;
+use clem_core::schedule::{
+    Finish, SamplingParams, ScheduleError, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput, SeqRequest,
+};
 use clem_core::template::{ChatTemplate, RenderOptions};
 use clem_core::{
-    BatchMode, Cancel, ContextExceeded, FinishReason, GenArgs, Generation, Message, Model, ModelError, ModelSpec, Usage,
+    BatchMode, Cancel, ContextExceeded, FinishReason, GenArgs, Generation, Message, Model, ModelError, ModelSpec,
+    StreamEvent, Usage,
 };
-use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Map, Value};
 
-use super::engine::{BatchOutput, Engine, Finish, GgufInfo, Sampling, SeqOutput, SpecialToken};
+use super::engine::{Engine, GgufInfo, SpecialToken, N_BATCH};
 use super::files::{self, GgufFiles};
 use super::{GpuRequest, Settings};
 use crate::LoadContext;
@@ -39,9 +42,24 @@ pub struct LlamaCppModel {
     /// The most tokens one sequence may use (prompt + max_tokens).
     context_size: u32,
     files: GgufFiles,
-    info: GgufInfo,
-    /// The most KV cells a call has needed so far (its memory is already taken).
-    cells_checked: AtomicU64,
+    /// Runs every generation: its thread owns the llama.cpp context.
+    scheduler: Scheduler,
+}
+
+/// Sequences decoded together at most (llama.cpp server's largest common setting). A context has this many KV
+/// streams from the start (each only as long as the sequences need), so that callers arriving later join at once.
+const MAX_SLOTS: usize = 16;
+
+/// A batch's results and where the time went (benchmarks).
+#[derive(Clone, Debug)]
+pub struct BatchOutput {
+    pub outputs: Vec<SeqOutput>,
+    /// Until the last sequence had its first token (its prompt evaluated).
+    pub prefill: Duration,
+    /// The rest.
+    pub decode: Duration,
+    /// Tokens evaluated after each sequence's first (one per sequence per decode step).
+    pub decoded_tokens: usize,
 }
 
 impl LlamaCppModel {
@@ -104,6 +122,25 @@ impl LlamaCppModel {
         let bos = engine.token_text(SpecialToken::Bos);
         let eos = engine.token_text(SpecialToken::Eos);
         let template_vars = template_variables(&info, bos, eos, &settings);
+        // Contexts up to one full context were checked above; a wider layout (several sequences) is checked
+        // when the scheduler asks for it, and refused when it does not fit (the scheduler then runs fewer).
+        let afford = {
+            let (name, info, full) = (name.clone(), info.clone(), u64::from(context_size));
+            Box::new(move |cells: u64| {
+                if cells <= full {
+                    return Ok(());
+                }
+                let grow = info.kv_cache_bytes(cells).saturating_sub(info.kv_cache_bytes(full));
+                files::check_memory(&name, 0, grow, cells, crate::memory::mem_available()).map_err(|e| e.to_string())
+            })
+        };
+        let config = SchedulerConfig {
+            max_slots: MAX_SLOTS,
+            max_capacity: context_size as usize,
+            step_tokens: N_BATCH,
+            prefill_chunk: N_BATCH,
+        };
+        let scheduler = Scheduler::new(engine.steps(afford, MAX_SLOTS), config);
         Ok(LlamaCppModel {
             spec: spec.clone(),
             name,
@@ -113,8 +150,7 @@ impl LlamaCppModel {
             cleaner,
             context_size,
             files,
-            info,
-            cells_checked: AtomicU64::new(0),
+            scheduler,
         })
     }
 
@@ -143,7 +179,7 @@ impl LlamaCppModel {
     }
 
     /// Tokenizes a rendered prompt and checks it against the context size.
-    fn tokens_for(&self, prompt: &str, max_tokens: u32, index: Option<usize>) -> Result<Vec<LlamaToken>, ModelError> {
+    fn tokens_for(&self, prompt: &str, max_tokens: u32, index: Option<usize>) -> Result<Vec<u32>, ModelError> {
         let tokens = self.engine.tokenize(prompt).map_err(|e| ModelError::backend(&self.name, e))?;
         ContextExceeded::check(&self.name, u64::from(self.context_size), tokens.len() as u64, max_tokens).map_err(
             |mut e| {
@@ -151,61 +187,61 @@ impl LlamaCppModel {
                 ModelError::from(e)
             },
         )?;
-        Ok(tokens)
+        // Vocabulary ids are never negative.
+        Ok(tokens.into_iter().map(|t| u32::try_from(t.0).unwrap_or(0)).collect())
     }
 
-    /// Generates for rendered prompts as one batch, without cleaning: the raw engine output with its timings
-    /// (for benchmarks). `ignore_eos` keeps generating through end-of-generation tokens.
+    /// The scheduler's request for a tokenized prompt.
+    fn request(&self, prompt: Vec<u32>, args: &GenArgs, cancel: &Cancel) -> Result<SeqRequest, ModelError> {
+        Ok(SeqRequest {
+            prompt,
+            max_tokens: args.max_tokens,
+            sampling: sampling_for(args).map_err(|m| ModelError::config(&self.name, m))?,
+            stop: args.stop.clone(),
+            ignore_eos: false,
+            cancel: cancel.clone(),
+        })
+    }
+
+    fn schedule_err(&self, e: ScheduleError) -> ModelError {
+        ModelError::backend(&self.name, e)
+    }
+
+    /// Generates for rendered prompts as one batch, without cleaning: the raw outputs with their timings (for
+    /// benchmarks). `ignore_eos` keeps generating through end-of-generation tokens.
     pub fn generate_rendered(
         &self,
         prompts: &[String],
         args: &GenArgs,
         ignore_eos: bool,
     ) -> Result<BatchOutput, ModelError> {
-        let tokens = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| self.tokens_for(p, args.max_tokens, (prompts.len() > 1).then_some(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.run(&tokens, args, ignore_eos, &[])
-    }
-
-    fn run(
-        &self,
-        prompts: &[Vec<LlamaToken>],
-        args: &GenArgs,
-        ignore_eos: bool,
-        cancels: &[Cancel],
-    ) -> Result<BatchOutput, ModelError> {
-        self.check_batch_memory(prompts, args.max_tokens)?;
-        let mut sampling = sampling_for(args).map_err(|m| ModelError::config(&self.name, m))?;
-        sampling.ignore_eos = ignore_eos;
-        self.engine
-            .generate(prompts, args.max_tokens, &sampling, cancels)
-            .map_err(|e| ModelError::backend(&self.name, e))
-    }
-
-    /// A batch needs a KV stream per sequence, each as long as the longest need; check the memory when that is
-    /// more than any call before (and more than the full context checked at loading).
-    fn check_batch_memory(&self, prompts: &[Vec<LlamaToken>], max_tokens: u32) -> Result<(), ModelError> {
-        let longest = prompts.iter().map(|p| p.len() as u64).max().unwrap_or(0) + u64::from(max_tokens);
-        let cells = longest * prompts.len() as u64;
-        let before = self.cells_checked.load(Ordering::Relaxed);
-        if cells <= before.max(u64::from(self.context_size)) {
-            return Ok(());
+        let mut reqs = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let tokens = self.tokens_for(p, args.max_tokens, (prompts.len() > 1).then_some(i))?;
+            let mut req = self.request(tokens, args, &Cancel::new())?;
+            req.ignore_eos = ignore_eos;
+            reqs.push(req);
         }
-        let grow = self.info.kv_cache_bytes(cells).saturating_sub(self.info.kv_cache_bytes(before));
-        files::check_memory(&self.name, 0, grow, cells, crate::memory::mem_available())
-            .map_err(|e| ModelError::backend(&self.name, e))?;
-        self.cells_checked.fetch_max(cells, Ordering::Relaxed);
-        Ok(())
+        let start = Instant::now();
+        let outputs = self
+            .scheduler
+            .generate_batch(reqs)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.schedule_err(e))?;
+        let total = start.elapsed();
+        let prefill = outputs.iter().filter_map(|o| o.time_to_first_token).max().unwrap_or_default().min(total);
+        let decoded_tokens = outputs.iter().map(|o| o.tokens.len().saturating_sub(1)).sum();
+        Ok(BatchOutput { outputs, prefill, decode: total - prefill, decoded_tokens })
     }
 
     /// The triple for one finished sequence.
     fn generation(&self, prompt_text: String, out: SeqOutput, args: &GenArgs) -> Result<Generation, ModelError> {
-        if out.finish == Finish::Cancelled {
-            return Err(ModelError::cancelled(&self.name));
-        }
+        let finish = match out.finish {
+            Finish::Cancelled => return Err(ModelError::cancelled(&self.name)),
+            Finish::Length => FinishReason::Length,
+            Finish::Eos | Finish::StopString => FinishReason::Stop,
+        };
         let cleaned =
             self.cleaner.clean(&out.text, &prompt_text, None).map_err(|e| ModelError::backend(&self.name, e))?;
         let completion_tokens = out.tokens.len();
@@ -218,7 +254,7 @@ impl LlamaCppModel {
                 "text": out.text,
                 "index": 0,
                 "logprobs": null,
-                "finish_reason": out.finish.as_str(),
+                "finish_reason": finish.as_str(),
             }],
             "usage": {
                 "prompt_tokens": out.prompt_tokens,
@@ -237,7 +273,6 @@ impl LlamaCppModel {
             "temperature": args.temperature,
             "return_full_text": false,
         });
-        let finish = if out.finish == Finish::Length { FinishReason::Length } else { FinishReason::Stop };
         Ok(Generation::new(prompt, Value::Object(response), cleaned.text)
             .with_usage(Some(Usage::new(out.prompt_tokens as u64, completion_tokens as u64)))
             .with_finish(Some(finish)))
@@ -298,23 +333,24 @@ fn template_variables(
 }
 
 /// Sampling settings from the generation arguments: greedy at temperature 0; `seed`, `top_k`, `top_p` and
-/// `min_p` from the extra arguments (a random seed when none is given).
-pub fn sampling_for(args: &GenArgs) -> Result<Sampling, String> {
-    let mut s = Sampling::greedy();
+/// `min_p` from the extra arguments (a random seed when none is given), with llama-cpp-python's defaults
+/// (top-k 40, top-p 0.95, min-p 0.05) and order (the filters, then the temperature).
+pub fn sampling_for(args: &GenArgs) -> Result<SamplingParams, String> {
+    let mut s = SamplingParams { top_k: 40, top_p: 0.95, min_p: 0.05, ..SamplingParams::greedy() };
     if !args.temperature.is_finite() || args.temperature < 0.0 {
         return Err(format!("temperature must be a number >= 0, not {}", args.temperature));
     }
     s.temperature = args.temperature as f32;
     let number = |key: &str| args.extra.get(key).and_then(Value::as_f64);
     s.seed = match args.extra.get("seed") {
-        None | Some(Value::Null) => fastrand::u32(..),
+        None | Some(Value::Null) => u64::from(fastrand::u32(..)),
         Some(v) => v
             .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n <= u64::from(u32::MAX))
             .ok_or_else(|| format!("seed must be an integer from 0 to {}, not {v}", u32::MAX))?,
     };
     if let Some(k) = number("top_k") {
-        s.top_k = k.clamp(0.0, f64::from(i32::MAX)) as i32;
+        s.top_k = k.clamp(0.0, f64::from(i32::MAX)) as usize;
     }
     if let Some(p) = number("top_p") {
         s.top_p = p.clamp(0.0, 1.0) as f32;
@@ -322,7 +358,6 @@ pub fn sampling_for(args: &GenArgs) -> Result<Sampling, String> {
     if let Some(p) = number("min_p") {
         s.min_p = p.clamp(0.0, 1.0) as f32;
     }
-    s.stop = args.stop.clone();
     Ok(s)
 }
 
@@ -347,14 +382,28 @@ impl Model for LlamaCppModel {
         args: &GenArgs,
         cancel: &Cancel,
     ) -> Result<Generation, ModelError> {
-        let prompt = self.render(messages)?;
-        let tokens = self.tokens_for(&prompt, args.max_tokens, None)?;
-        let mut out = self.run(std::slice::from_ref(&tokens), args, false, std::slice::from_ref(cancel))?;
-        let seq = out.outputs.pop().ok_or_else(|| ModelError::backend(&self.name, "llama.cpp returned no output"))?;
-        self.generation(prompt, seq, args)
+        self.generate_stream(messages, args, cancel, &mut |_| {})
     }
 
-    /// Renders and checks every item; the ones that can run are decoded together as parallel sequences.
+    /// Deltas are sent as the scheduler decodes them (raw text, before cleaning).
+    fn generate_stream(
+        &self,
+        messages: &[Message],
+        args: &GenArgs,
+        cancel: &Cancel,
+        sink: &mut dyn FnMut(StreamEvent),
+    ) -> Result<Generation, ModelError> {
+        let prompt = self.render(messages)?;
+        let tokens = self.tokens_for(&prompt, args.max_tokens, None)?;
+        let req = self.request(tokens, args, cancel)?;
+        let out = self
+            .scheduler
+            .generate(req, &mut |d| sink(StreamEvent::Delta(d.to_string())))
+            .map_err(|e| self.schedule_err(e))?;
+        self.generation(prompt, out, args)
+    }
+
+    /// Renders and checks every item; the ones that can run join the running batch together.
     fn generate_batch_response(
         &self,
         batch: &[Vec<Message>],
@@ -362,33 +411,30 @@ impl Model for LlamaCppModel {
         cancels: &[Cancel],
     ) -> Vec<Result<Generation, ModelError>> {
         let mut results: Vec<Option<Result<Generation, ModelError>>> = Vec::with_capacity(batch.len());
-        let mut ready: Vec<(usize, String, Vec<LlamaToken>)> = Vec::new();
+        let mut ready: Vec<(usize, String)> = Vec::new();
+        let mut reqs = Vec::new();
         for (i, messages) in batch.iter().enumerate() {
-            match self.render(messages).and_then(|p| self.tokens_for(&p, args.max_tokens, Some(i)).map(|t| (p, t))) {
-                Ok((prompt, tokens)) => {
-                    ready.push((i, prompt, tokens));
+            let prepared = self.render(messages).and_then(|p| {
+                let tokens = self.tokens_for(&p, args.max_tokens, Some(i))?;
+                Ok((p, self.request(tokens, args, &Cancel::of(cancels, i))?))
+            });
+            match prepared {
+                Ok((prompt, req)) => {
+                    ready.push((i, prompt));
+                    reqs.push(req);
                     results.push(None);
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let token_lists: Vec<Vec<LlamaToken>> = ready.iter().map(|(_, _, t)| t.clone()).collect();
-        let row_cancels: Vec<Cancel> = ready.iter().map(|(i, _, _)| Cancel::of(cancels, *i)).collect();
-        match self.run(&token_lists, args, false, &row_cancels) {
-            Ok(out) => {
-                for ((i, prompt, _), seq) in ready.into_iter().zip(out.outputs) {
-                    results[i] = Some(self.generation(prompt, seq, args));
-                }
-            }
-            Err(e) => {
-                // One failure of the shared decode fails every item that was in it.
-                let message = e.to_string();
-                for (i, _, _) in ready {
-                    results[i] = Some(Err(ModelError::backend(&self.name, message.clone())));
-                }
-            }
+        for ((i, prompt), out) in ready.into_iter().zip(self.scheduler.generate_batch(reqs)) {
+            results[i] = Some(out.map_err(|e| self.schedule_err(e)).and_then(|o| self.generation(prompt, o, args)));
         }
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(ModelError::backend(&self.name, "no result")))).collect()
+    }
+
+    fn scheduler_stats(&self) -> Option<SchedulerStats> {
+        Some(self.scheduler.stats())
     }
 
     fn batch_mode(&self) -> BatchMode {

@@ -1,0 +1,199 @@
+//! llama.cpp as a [`StepEngine`]: one context whose llama.cpp sequences are the scheduler's slots (sequence id =
+//! slot), each with its own KV stream. A prefill chunk is one `llama_decode` of one sequence; a decode step is one
+//! `llama_decode` of one token per running sequence; freeing a slot removes its sequence from the KV cache
+//! (`llama_memory_seq_rm`).
+//!
+//! A context has `width` sequences from the start (fewer only when memory refuses), so that callers arriving
+//! while others decode join at once. It does not grow under running sequences: llama.cpp refuses a sequence's
+//! saved state in a context of another number of KV streams (`n_stream mismatch`), so a longer need waits for
+//! the running sequences to finish and the context is rebuilt.
+
+use std::sync::Arc;
+
+use clem_core::schedule::{Decode, Prefill, StepEngine, TokenId};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use super::engine::{new_context, EngineError, CELL_STEP, N_BATCH};
+
+/// Whether a KV cache of this many cells fits in memory (the message says why not).
+pub type Afford = Box<dyn Fn(u64) -> Result<(), String> + Send>;
+
+/// The context of the current layout.
+struct Layout<'m> {
+    ctx: LlamaContext<'m>,
+    slots: usize,
+    per_seq: u32,
+}
+
+type OptionalLayout<'m> = Option<Layout<'m>>;
+
+self_cell::self_cell!(
+    /// The model (shared with the callers' tokenizer) and the context that borrows it.
+    struct StepCell {
+        owner: Arc<LlamaModel>,
+        #[covariant]
+        dependent: OptionalLayout,
+    }
+);
+
+/// The step engine of a llamacpp model; the scheduler's thread owns it.
+pub struct LlamaSteps {
+    cell: StepCell,
+    threads: i32,
+    afford: Afford,
+    batch: LlamaBatch<'static>,
+    /// Sequences of a context unless memory refuses.
+    width: usize,
+}
+
+impl LlamaSteps {
+    pub(super) fn new(model: Arc<LlamaModel>, threads: i32, afford: Afford, width: usize) -> LlamaSteps {
+        LlamaSteps { cell: StepCell::new(model, |_| None), threads, afford, batch: LlamaBatch::new(N_BATCH, 1), width }
+    }
+}
+
+fn decode_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Decode { message: e.to_string() }
+}
+
+fn token(t: TokenId) -> LlamaToken {
+    LlamaToken(i32::try_from(t).unwrap_or(i32::MAX))
+}
+
+/// One `llama_decode` of one token per entry; the logits of each, in order.
+fn decode_step(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch<'static>,
+    entries: &[Decode],
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    batch.clear();
+    for d in entries {
+        batch.add(token(d.token), int(d.pos)?, &[int(d.slot)?], true).map_err(decode_err)?;
+    }
+    ctx.decode(batch).map_err(decode_err)?;
+    Ok((0..batch.n_tokens()).map(|i| ctx.get_logits_ith(i).to_vec()).collect())
+}
+
+/// Cells per sequence (rounded up to llama.cpp's padding) and sequences of a layout.
+fn layout(slots: usize, capacity: usize) -> Result<(u32, u32), EngineError> {
+    let step = u64::from(CELL_STEP);
+    let per_seq = u32::try_from((capacity.max(1) as u64).div_ceil(step) * step)
+        .map_err(|_| EngineError::Context { n_ctx: u32::MAX, n_seq: u32::try_from(slots).unwrap_or(u32::MAX) })?;
+    let n_seq = u32::try_from(slots.max(1)).map_err(|_| EngineError::Context { n_ctx: per_seq, n_seq: u32::MAX })?;
+    Ok((per_seq, n_seq))
+}
+
+/// Position or slot as llama.cpp's i32.
+fn int(n: usize) -> Result<i32, EngineError> {
+    i32::try_from(n).map_err(|_| decode_err(format!("{n} does not fit llama.cpp's positions")))
+}
+
+impl StepEngine for LlamaSteps {
+    type Error = EngineError;
+
+    fn slots(&self) -> usize {
+        self.cell.borrow_dependent().as_ref().map_or(0, |l| l.slots)
+    }
+
+    fn slot_capacity(&self) -> usize {
+        self.cell.borrow_dependent().as_ref().map_or(0, |l| l.per_seq as usize)
+    }
+
+    fn resize(&mut self, slots: usize, capacity: usize) -> Result<(), EngineError> {
+        let (per_seq, wide) = layout(slots.max(self.width), capacity)?;
+        let n_seq = if (self.afford)(u64::from(per_seq) * u64::from(wide)).is_ok() {
+            wide
+        } else {
+            let (_, n_seq) = layout(slots, capacity)?;
+            (self.afford)(u64::from(per_seq) * u64::from(n_seq)).map_err(EngineError::Memory)?;
+            n_seq
+        };
+        let threads = self.threads;
+        let mut result = Ok(());
+        self.cell.with_dependent_mut(|model, layout| {
+            // The old cache is freed before the new one is made.
+            *layout = None;
+            match new_context(model, per_seq, n_seq, threads) {
+                Ok(ctx) => *layout = Some(Layout { ctx, slots: n_seq as usize, per_seq }),
+                Err(e) => result = Err(e),
+            }
+        });
+        if slots > N_BATCH {
+            self.batch = LlamaBatch::new(slots, 1);
+        }
+        result
+    }
+
+    fn prefill(&mut self, chunks: &[Prefill<'_>]) -> Result<Vec<Option<Vec<f32>>>, EngineError> {
+        let batch = &mut self.batch;
+        let mut result = Ok(Vec::with_capacity(chunks.len()));
+        self.cell.with_dependent_mut(|_, layout| {
+            let Some(layout) = layout.as_mut() else {
+                result = Err(decode_err("no context"));
+                return;
+            };
+            let mut outs = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                let mut run = || -> Result<Option<Vec<f32>>, EngineError> {
+                    if c.tokens.is_empty() || c.tokens.len() > N_BATCH {
+                        return Err(decode_err(format!("a prefill chunk of {} tokens", c.tokens.len())));
+                    }
+                    batch.clear();
+                    let seq = int(c.slot)?;
+                    for (i, &t) in c.tokens.iter().enumerate() {
+                        let last = i + 1 == c.tokens.len();
+                        batch.add(token(t), int(c.start + i)?, &[seq], last && c.logits).map_err(decode_err)?;
+                    }
+                    layout.ctx.decode(batch).map_err(decode_err)?;
+                    Ok(c.logits.then(|| layout.ctx.get_logits_ith(batch.n_tokens() - 1).to_vec()))
+                };
+                match run() {
+                    Ok(l) => outs.push(l),
+                    Err(e) => {
+                        result = Err(e);
+                        return;
+                    }
+                }
+            }
+            result = Ok(outs);
+        });
+        result
+    }
+
+    fn decode(&mut self, entries: &[Decode]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let batch = &mut self.batch;
+        let mut result = Err(decode_err("no context"));
+        self.cell.with_dependent_mut(|_, layout| {
+            if let Some(layout) = layout.as_mut() {
+                result = decode_step(&mut layout.ctx, batch, entries);
+            }
+        });
+        result
+    }
+
+    fn free(&mut self, slot: usize) {
+        self.cell.with_dependent_mut(|_, layout| {
+            if let Some(layout) = layout.as_mut() {
+                // Only fails for ids beyond i32, which no slot has.
+                let _ = layout.ctx.clear_kv_cache_seq(u32::try_from(slot).ok(), None, None);
+            }
+        });
+    }
+
+    fn is_end(&self, t: TokenId) -> bool {
+        self.cell.borrow_owner().vocab().is_eog(token(t))
+    }
+
+    /// Special tokens not rendered (llama-cpp-python's completion text), bytes decoded as UTF-8 with replacement.
+    fn detokenize(&self, tokens: &[TokenId]) -> String {
+        let vocab = self.cell.borrow_owner().vocab();
+        let mut bytes = Vec::new();
+        for &t in tokens {
+            vocab.token_to_piece_into(token(t), &mut bytes, false, None);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
