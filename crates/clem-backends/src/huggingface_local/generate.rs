@@ -32,7 +32,7 @@ pub struct RowOutput {
     pub stopped_by_eos: bool,
     /// Whether its [`Cancel`] flag took it out of the batch.
     pub cancelled: bool,
-    /// Whether the caller's stop check ended it (a stop string in its text).
+    /// Whether a stop string ended it (set by the step scheduler's path; this reference loop has none).
     pub stopped_by_string: bool,
 }
 
@@ -157,22 +157,6 @@ pub fn generate(
     device: &Device,
     cancels: &[Cancel],
 ) -> Result<(Vec<RowOutput>, Timings)> {
-    generate_until(model, prompts, budgets, sampling, eos, pad_id, device, cancels, &|_| false)
-}
-
-/// [`generate`], and a row also ends when `stopped` says so of its tokens so far (stop strings).
-#[allow(clippy::too_many_arguments)]
-pub fn generate_until(
-    model: &CausalLm,
-    prompts: &[Vec<u32>],
-    budgets: &[usize],
-    sampling: &Sampling,
-    eos: &[u32],
-    pad_id: u32,
-    device: &Device,
-    cancels: &[Cancel],
-    stopped: &(dyn Fn(&[u32]) -> bool + Sync),
-) -> Result<(Vec<RowOutput>, Timings)> {
     let n = prompts.len();
     let mut out = vec![RowOutput::default(); n];
     let mut timings = Timings::default();
@@ -209,8 +193,6 @@ pub fn generate_until(
             out[row].tokens.push(tok);
             if eos.contains(&tok) {
                 out[row].stopped_by_eos = true;
-            } else if stopped(&out[row].tokens) {
-                out[row].stopped_by_string = true;
             } else if out[row].tokens.len() < budgets[row] {
                 still.push(slot);
                 next.push(tok);
