@@ -102,9 +102,16 @@ fn tail<T>(s: &[T], at: usize) -> &[T] {
     s.get(at..).unwrap_or_default()
 }
 
-/// Attention of `q (b, kv_heads, queries, d)` against `k`, `v` `(b, kv_heads, len, d)` (views of the cache
-/// buffers; the last dimension contiguous) with the additive `mask (b, 1, positions, len)`; `(b, kv_heads,
-/// queries, d)` out, on the kernels' `path`. Each (row, KV head) runs on the current rayon pool.
+/// One part of [`attend_parts`]: `q (b, kv_heads, queries, d)` against `k`, `v` `(b, kv_heads, len, d)` (views of
+/// a cache's buffers; the last dimension contiguous) with the additive `mask (b, 1, positions, len)`.
+pub struct AttendPart {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub mask: Tensor,
+}
+
+/// Attention of one part ([`AttendPart`]'s shapes): `(b, kv_heads, queries, d)` out, on the kernels' `path`.
 pub fn attend(
     path: KernelPath,
     q: &Tensor,
@@ -114,56 +121,134 @@ pub fn attend(
     scale: f64,
     softcap: Option<f64>,
 ) -> Result<Tensor> {
-    let (q, mask) = (q.contiguous()?, mask.contiguous()?);
-    let (b, kvh, queries, d) = q.dims4()?;
-    let (len, positions) = (k.dim(2)?, mask.dim(2)?);
-    let ((q_store, q_lay), (m_store, m_lay)) = (q.storage_and_layout(), mask.storage_and_layout());
-    let ((k_store, k_lay), (v_store, v_lay)) = (k.storage_and_layout(), v.storage_and_layout());
-    let kst = k_lay.stride();
-    if kst.len() != 4 || kst[3] != 1 || kst != v_lay.stride() {
-        candle_core::bail!("kernel attention needs K and V laid out alike, rows contiguous");
-    }
-    let qs = &cpu_values::<f32>(&q_store)?[q_lay.start_offset()..];
-    let ms = &cpu_values::<f32>(&m_store)?[m_lay.start_offset()..];
-    let shape = AttendShape {
-        queries,
-        positions,
-        len,
-        head_dim: d,
-        kv_stride: kst[2],
-        scale: scale as f32,
-        softcap: softcap.map(|c| c as f32),
-    };
-    let mut out = vec![0f32; b * kvh * queries * d];
-    let stores = (&*k_store, k_lay.start_offset(), &*v_store, v_lay.start_offset());
-    let dims = (&shape, kvh, kst);
-    match k.dtype() {
-        DType::F32 => attend_rows::<f32>(path, stores, (qs, ms), dims, &mut out)?,
-        DType::BF16 => attend_rows::<bf16>(path, stores, (qs, ms), dims, &mut out)?,
-        DType::F16 => attend_rows::<f16>(path, stores, (qs, ms), dims, &mut out)?,
-        other => candle_core::bail!("kernel attention: a {other:?} KV cache"),
-    }
-    Tensor::from_vec(out, (b, kvh, queries, d), q.device())
+    let part = AttendPart { q: q.clone(), k: k.clone(), v: v.clone(), mask: mask.clone() };
+    let mut out = attend_parts(path, &[part], scale, softcap)?;
+    out.pop().ok_or_else(|| candle_core::Error::Msg("kernel attention returned nothing".into()))
 }
 
-/// [`attend`] for a cache of `T`: each (row, KV head) on the current rayon pool.
+/// Attention of several parts, each against its own cache (a decoding step's sequence slots), as one parallel
+/// pass over every (part, row, KV head) on the current rayon pool: a step of many short sequences costs one
+/// dispatch per layer and spreads over the threads, where a pass per sequence would leave threads idle (three KV
+/// heads on two threads). Each (row, KV head) computes what it computes alone. Every cache must share one dtype.
+pub fn attend_parts(path: KernelPath, parts: &[AttendPart], scale: f64, softcap: Option<f64>) -> Result<Vec<Tensor>> {
+    let Some(first) = parts.first() else { return Ok(Vec::new()) };
+    let contiguous: Vec<(Tensor, Tensor)> =
+        parts.iter().map(|p| Ok((p.q.contiguous()?, p.mask.contiguous()?))).collect::<Result<_>>()?;
+    let (scale, softcap) = (scale as f32, softcap.map(|c| c as f32));
+    match first.k.dtype() {
+        DType::F32 => attend_rows::<f32>(path, parts, &contiguous, scale, softcap),
+        DType::BF16 => attend_rows::<bf16>(path, parts, &contiguous, scale, softcap),
+        DType::F16 => attend_rows::<f16>(path, parts, &contiguous, scale, softcap),
+        other => candle_core::bail!("kernel attention: a {other:?} KV cache"),
+    }
+}
+
+/// One part's values, read in place, for [`attend_rows`].
+struct PartView<'a, T> {
+    qs: &'a [f32],
+    ms: &'a [f32],
+    ks: &'a [T],
+    vs: &'a [T],
+    shape: AttendShape,
+    kv_heads: usize,
+    /// Elements between rows and between KV heads in the cache buffers.
+    strides: (usize, usize),
+    /// Rows times KV heads.
+    tasks: usize,
+}
+
+impl<T> PartView<'_, T> {
+    /// Where (row, KV head) `i`'s keys and values start.
+    fn kv_at(&self, i: usize) -> usize {
+        (i / self.kv_heads) * self.strides.0 + (i % self.kv_heads) * self.strides.1
+    }
+}
+
+/// [`attend_parts`] for caches of `T`; `contiguous` holds each part's `q` and `mask` made contiguous.
 fn attend_rows<T: attention::KvValue + candle_core::WithDType>(
     path: KernelPath,
-    (k_store, k_at, v_store, v_at): (&Storage, usize, &Storage, usize),
-    (qs, ms): (&[f32], &[f32]),
-    (shape, kvh, kst): (&AttendShape, usize, &[usize]),
-    out: &mut [f32],
-) -> Result<()> {
-    let (ks, vs) = (&cpu_values::<T>(k_store)?[k_at..], &cpu_values::<T>(v_store)?[v_at..]);
-    let (queries, d, positions, len) = (shape.queries, shape.head_dim, shape.positions, shape.len);
-    let kv_at = |i: usize| (i / kvh) * kst[0] + (i % kvh) * kst[1];
-    out.par_chunks_mut((queries * d).max(1)).enumerate().try_for_each(|(i, o)| {
-        // The next (row, KV head) is most often this thread's next call.
-        attention::prefetch(tail(ks, kv_at(i + 1)), shape);
-        let (q_at, m_at) = (i * queries * d, (i / kvh) * positions * len);
-        attention::attend_on(path, tail(qs, q_at), tail(ks, kv_at(i)), tail(vs, kv_at(i)), tail(ms, m_at), shape, o)
-            .map_err(kernel_err)
-    })
+    parts: &[AttendPart],
+    contiguous: &[(Tensor, Tensor)],
+    scale: f32,
+    softcap: Option<f32>,
+) -> Result<Vec<Tensor>> {
+    let guards: Vec<_> = parts
+        .iter()
+        .zip(contiguous)
+        .map(|(p, (q, m))| {
+            (q.storage_and_layout(), m.storage_and_layout(), p.k.storage_and_layout(), p.v.storage_and_layout())
+        })
+        .collect();
+    let mut views = Vec::with_capacity(parts.len());
+    for ((p, (q, mask)), ((q_store, q_lay), (m_store, m_lay), (k_store, k_lay), (v_store, v_lay))) in
+        parts.iter().zip(contiguous).zip(&guards)
+    {
+        let (b, kv_heads, queries, d) = q.dims4()?;
+        let kst = k_lay.stride();
+        if kst.len() != 4 || kst[3] != 1 || kst != v_lay.stride() {
+            candle_core::bail!("kernel attention needs K and V laid out alike, rows contiguous");
+        }
+        views.push(PartView {
+            qs: tail(cpu_values::<f32>(q_store)?, q_lay.start_offset()),
+            ms: tail(cpu_values::<f32>(m_store)?, m_lay.start_offset()),
+            ks: tail(cpu_values::<T>(k_store)?, k_lay.start_offset()),
+            vs: tail(cpu_values::<T>(v_store)?, v_lay.start_offset()),
+            shape: AttendShape {
+                queries,
+                positions: mask.dim(2)?,
+                len: p.k.dim(2)?,
+                head_dim: d,
+                kv_stride: kst[2],
+                scale,
+                softcap,
+            },
+            kv_heads,
+            strides: (kst[0], kst[1]),
+            tasks: if queries * d == 0 { 0 } else { b * kv_heads },
+        });
+    }
+    let sizes: Vec<usize> = views.iter().map(|w| w.tasks * w.shape.queries * w.shape.head_dim).collect();
+    let mut out = vec![0f32; sizes.iter().sum()];
+    // Every (part, row, KV head) with its output rows, in order.
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(views.iter().map(|w| w.tasks).sum());
+    let mut rest = out.as_mut_slice();
+    for (n, w) in views.iter().enumerate() {
+        for i in 0..w.tasks {
+            let (o, after) = std::mem::take(&mut rest).split_at_mut(w.shape.queries * w.shape.head_dim);
+            tasks.push((n, i, o));
+            rest = after;
+        }
+    }
+    let order: Vec<(usize, usize)> = tasks.iter().map(|(n, i, _)| (*n, *i)).collect();
+    tasks.into_par_iter().enumerate().try_for_each(|(at, (n, i, o))| {
+        // The next task is most often this thread's next call.
+        if let Some(w) = order.get(at + 1).and_then(|&(n, i)| views.get(n).map(|w| (w, i))) {
+            attention::prefetch(tail(w.0.ks, w.0.kv_at(w.1)), &w.0.shape);
+        }
+        let w = &views[n];
+        let s = &w.shape;
+        let (q_at, m_at) = (i * s.queries * s.head_dim, (i / w.kv_heads) * s.positions * s.len);
+        attention::attend_on(
+            path,
+            tail(w.qs, q_at),
+            tail(w.ks, w.kv_at(i)),
+            tail(w.vs, w.kv_at(i)),
+            tail(w.ms, m_at),
+            s,
+            o,
+        )
+        .map_err(kernel_err)
+    })?;
+    let mut at = 0;
+    parts
+        .iter()
+        .zip(sizes)
+        .map(|(p, n)| {
+            let t = Tensor::from_vec(out[at..at + n].to_vec(), p.q.dims4()?, p.q.device());
+            at += n;
+            t
+        })
+        .collect()
 }
 
 /// The shapes of a decoding step's attention heads.

@@ -617,33 +617,75 @@ impl Attention {
 
     /// A ragged step: `x` `(1, tokens, hidden)` holds the step's tokens of several sequences one after the other,
     /// `parts[i]` says how many are sequence i's and holds its own cache, RoPE and mask. The projections run over
-    /// every token at once; attention runs per sequence against its own cache, so a sequence computes what it
-    /// computes alone (the kernels' products give every row the same bits whatever the rows beside it).
+    /// every token at once; attention runs per sequence against its own cache (the decoding ones in one parallel
+    /// pass), so a sequence computes what it computes alone (the kernels' products give every row the same bits whatever the rows beside it).
     pub fn forward_slots(&self, x: &Tensor, parts: &mut [SlotAttn<'_>]) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
-        let mut outs = Vec::with_capacity(parts.len());
+        let mut steps = Vec::with_capacity(parts.len());
         let mut at = 0;
         for p in parts.iter_mut() {
             let part = qkv.narrow(1, at, p.tokens)?;
-            outs.push(self.attend_qkv(&part, p.rope, p.mask, p.kv)?);
+            steps.push(self.step_qkv(&part, p.rope, p.mask, p.kv)?);
             at += p.tokens;
         }
+        // The decoding parts' attention in one pass over all of them (see kernels::attend_parts).
+        let (mut done, mut cached, mut shapes) = (Vec::with_capacity(steps.len()), Vec::new(), Vec::new());
+        for s in steps {
+            match s {
+                AttnStep::Done(out) => done.push(Some(out)),
+                AttnStep::Cached(part, shape) => {
+                    done.push(None);
+                    cached.push(part);
+                    shapes.push(shape);
+                }
+            }
+        }
+        let attended = match (cached.is_empty(), self.kernels) {
+            (true, _) => Vec::new(),
+            (false, Some(path)) => kernels::attend_parts(path, &cached, self.scale, self.softcap)?,
+            (false, None) => candle_core::bail!("kernel attention without a kernel path"),
+        };
+        let mut attended = attended.into_iter().zip(shapes);
+        let outs = done
+            .into_iter()
+            .map(|out| match out {
+                Some(out) => Ok(out),
+                None => match attended.next() {
+                    Some((out, shape)) => self.heads_out(&out, shape),
+                    None => candle_core::bail!("a slot lost its attention"),
+                },
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.o.forward(&Tensor::cat(&outs, 1)?)
     }
 
     /// Attention of a step's fused projection `qkv` `(b, seq, (heads + 2 kv_heads) head_dim)`, before the output
     /// projection: `(b, seq, heads * head_dim)`.
     fn attend_qkv(&self, qkv: &Tensor, rope: &RopeAt, mask: &Tensor, kv: &mut Option<LayerKv>) -> Result<Tensor> {
+        match self.step_qkv(qkv, rope, mask, kv)? {
+            AttnStep::Done(out) => Ok(out),
+            AttnStep::Cached(part, shape) => {
+                let Some(path) = self.kernels else { candle_core::bail!("kernel attention without a kernel path") };
+                let out = kernels::attend(path, &part.q, &part.k, &part.v, &part.mask, self.scale, self.softcap)?;
+                self.heads_out(&out, shape)
+            }
+        }
+    }
+
+    /// A step's keys and values into `kv`, and its attention: computed here for a prompt, left to the kernels for a
+    /// decoding step (which reads the cache in place, in one pass with the other slots' steps).
+    fn step_qkv(&self, qkv: &Tensor, rope: &RopeAt, mask: &Tensor, kv: &mut Option<LayerKv>) -> Result<AttnStep> {
         let (b, seq, _) = qkv.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let decoding = seq <= DECODE_STEP && self.kernels.is_some();
         if let (true, None, Some((cos, sin))) = (decoding, &self.qk_norms, rope.full(hd)) {
-            // A decoding step: split, rotate and cache in one pass, then attend reading the cache in place.
+            // A decoding step: split, rotate and cache in one pass; attention then reads the cache in place.
             let cache = LayerKv::reserve(kv, (b, kvh, seq, hd), self.kv_dtype, qkv.device())?;
             let heads = kernels::Heads { heads: h, kv_heads: kvh, head_dim: hd };
             let q = kernels::split_step(qkv, cos, sin, heads, (&cache.k, &cache.v, cache.len))?;
             cache.len += seq;
-            return self.attend_cached(&q, cache.views()?, mask, (b, seq));
+            let (k, v) = cache.views()?;
+            return Ok(AttnStep::Cached(kernels::AttendPart { q, k, v, mask: mask.clone() }, (b, seq)));
         }
         let part = |from: usize, heads: usize| -> Result<Tensor> {
             qkv.narrow(2, from * hd, heads * hd)?.contiguous()?.reshape((b, seq, heads, hd))
@@ -663,7 +705,7 @@ impl Attention {
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * seq, hd))?;
         if decoding {
-            return self.attend_cached(&q, (k, v), mask, (b, seq));
+            return Ok(AttnStep::Cached(kernels::AttendPart { q, k, v, mask: mask.clone() }, (b, seq)));
         }
         // A prompt: candle's matmuls, in f32.
         let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
@@ -673,23 +715,23 @@ impl Attention {
         }
         let scores = scores.reshape((b, h, seq, kv_len))?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * seq, kv_len))?;
-        probs.matmul(&v)?.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))
+        let out = probs.matmul(&v)?.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))?;
+        Ok(AttnStep::Done(out))
     }
 
-    /// A decoding step's attention of `q (b, kv_heads, heads / kv_heads * seq, d)` reading the cache views `(k, v)`
-    /// in place (a general matmul would pack the whole cache on every call), before the output projection.
-    fn attend_cached(
-        &self,
-        q: &Tensor,
-        (k, v): (Tensor, Tensor),
-        mask: &Tensor,
-        (b, seq): (usize, usize),
-    ) -> Result<Tensor> {
+    /// The kernels' attention `(b, kv_heads, heads / kv_heads * seq, d)` as `(b, seq, heads * head_dim)`.
+    fn heads_out(&self, out: &Tensor, (b, seq): (usize, usize)) -> Result<Tensor> {
         let (h, hd) = (self.heads, self.head_dim);
-        let Some(path) = self.kernels else { candle_core::bail!("kernel attention without a kernel path") };
-        let out = kernels::attend(path, q, &k, &v, mask, self.scale, self.softcap)?;
         out.reshape((b, h, seq, hd))?.transpose(1, 2)?.reshape((b, seq, h * hd))
     }
+}
+
+/// One step's attention as [`Attention::step_qkv`] leaves it.
+enum AttnStep {
+    /// Computed: `(b, seq, heads * head_dim)`.
+    Done(Tensor),
+    /// For the kernels, with the step's `(b, seq)`.
+    Cached(kernels::AttendPart, (usize, usize)),
 }
 
 /// At most this many positions per step take the kernel attention (decoding); longer steps (prefill) take
