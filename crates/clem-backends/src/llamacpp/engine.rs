@@ -213,10 +213,10 @@ impl Engine {
         Ok(Engine { model: Arc::new(model), threads: i32::try_from(threads.max(1)).unwrap_or(1), n_ctx_train })
     }
 
-    /// The step engine over this model, `width` sequences wide; `afford(cells)` says whether a KV cache of that
-    /// many cells fits in memory.
-    pub fn steps(&self, afford: super::step::Afford, width: usize) -> super::step::LlamaSteps {
-        super::step::LlamaSteps::new(self.model.clone(), self.threads, afford, width)
+    /// The step engine over this model, `width` sequences wide, none longer than `max_cells`; `afford(cells)`
+    /// says whether a KV cache of that many cells fits in memory.
+    pub fn steps(&self, afford: super::step::Afford, width: usize, max_cells: usize) -> super::step::LlamaSteps {
+        super::step::LlamaSteps::new(self.model.clone(), self.threads, afford, width, max_cells)
     }
 
     /// Tokenizes a rendered prompt: special tokens parsed, BOS added only when the model asks for it and the

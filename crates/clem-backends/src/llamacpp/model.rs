@@ -141,7 +141,7 @@ impl LlamaCppModel {
         };
         // Contexts as wide as the waiting sequences, not MAX_SLOTS from the start: a 16-stream context made each
         // decode step of one sequence ~25x slower (15 s against 0.6 s per step on the loaded test machine).
-        let scheduler = Scheduler::new(engine.steps(afford, 1), config);
+        let scheduler = Scheduler::new(engine.steps(afford, 1, context_size as usize), config);
         Ok(LlamaCppModel {
             spec: spec.clone(),
             name,

@@ -48,11 +48,20 @@ pub struct LlamaSteps {
     batch: LlamaBatch<'static>,
     /// Sequences of a context unless memory refuses.
     width: usize,
+    /// The longest sequence a context needs room for (the model's context size).
+    max_cells: usize,
 }
 
 impl LlamaSteps {
-    pub(super) fn new(model: Arc<LlamaModel>, threads: i32, afford: Afford, width: usize) -> LlamaSteps {
-        LlamaSteps { cell: StepCell::new(model, |_| None), threads, afford, batch: LlamaBatch::new(N_BATCH, 1), width }
+    pub(super) fn new(
+        model: Arc<LlamaModel>,
+        threads: i32,
+        afford: Afford,
+        width: usize,
+        max_cells: usize,
+    ) -> LlamaSteps {
+        let batch = LlamaBatch::new(N_BATCH, 1);
+        LlamaSteps { cell: StepCell::new(model, |_| None), threads, afford, batch, width, max_cells }
     }
 }
 
@@ -104,14 +113,25 @@ impl StepEngine for LlamaSteps {
     }
 
     fn resize(&mut self, slots: usize, capacity: usize) -> Result<(), EngineError> {
-        let (per_seq, wide) = layout(slots.max(self.width), capacity)?;
-        let n_seq = if (self.afford)(u64::from(per_seq) * u64::from(wide)).is_ok() {
-            wide
-        } else {
-            let (_, n_seq) = layout(slots, capacity)?;
-            (self.afford)(u64::from(per_seq) * u64::from(n_seq)).map_err(EngineError::Memory)?;
-            n_seq
-        };
+        // A context cannot grow under running sequences, so a later request longer than the waiting ones would wait
+        // for every running one to finish: room for twice as long ones (to the next power of two) when memory
+        // allows, then as wide as asked, then only as wide as needed.
+        let roomy = capacity.next_power_of_two().min(self.max_cells).max(capacity);
+        let tries = [(slots.max(self.width), roomy), (slots.max(self.width), capacity), (slots, capacity)];
+        let mut chosen = None;
+        for (n, cells) in tries {
+            let (per_seq, n_seq) = layout(n, cells)?;
+            let total = u64::from(per_seq) * u64::from(n_seq);
+            match (self.afford)(total) {
+                Ok(()) => {
+                    chosen = Some((per_seq, n_seq));
+                    break;
+                }
+                Err(e) if (n, cells) == (slots, capacity) => return Err(EngineError::Memory(e)),
+                Err(_) => {}
+            }
+        }
+        let Some((per_seq, n_seq)) = chosen else { return Err(EngineError::Memory("no layout fits".into())) };
         let threads = self.threads;
         let mut result = Ok(());
         self.cell.with_dependent_mut(|model, layout| {
