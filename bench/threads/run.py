@@ -3,8 +3,8 @@ cores, in one run, with ratios (issue #17: 8 threads on 2 cores must cost at mos
 
 For each local backend (`smollm2-135m`: llamacpp; `smollm2-135m-hf`: huggingface_local) it times
 `clem generate -l TOKENS` with `--threads CORES`, with `--threads 4*CORES` (clamped to the cores, with a warning),
-and, for huggingface_local, with `RAYON_NUM_THREADS=4*CORES` (a global pool larger than the cores: its workers
-must not spin). Prints the CPU and the fastest of --runs runs per row.
+and, for huggingface_local, with `RAYON_NUM_THREADS=4*CORES` (a global pool larger than the cores: lowered to the
+cores with a warning, as --threads is). Prints the CPU and the fastest of --runs runs per row, the rows' runs taken in turns.
 
 Usage: python3 bench/threads/run.py [--runs N] [--tokens N] [--clem PATH]
 Needs `cargo build --release -p clem-cli` and the SmolLM2 files (scripts/install-test-deps.sh).
@@ -25,16 +25,13 @@ def cpu_model():
     return "unknown CPU"
 
 
-def run(cmd, env, runs):
-    best = None
-    for _ in range(runs):
-        t = time.perf_counter()
-        r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
-        took = time.perf_counter() - t
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr[-2000:]}")
-        best = took if best is None else min(best, took)
-    return best
+def once(cmd, env):
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    took = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return took
 
 
 def main():
@@ -55,12 +52,14 @@ def main():
         rows.append((f"--threads {over}", [a.clem, "--threads", str(over)] + gen[1:], base_env))
         if model.endswith("-hf"):
             rows.append((f"RAYON_NUM_THREADS={over}", gen, {**base_env, "RAYON_NUM_THREADS": str(over)}))
-        reference = None
-        for name, cmd, env in rows:
-            took = run(cmd, env, a.runs)
-            reference = reference or took
-            print(f"{model:<18} {name:<28} {took:8.2f} {took / reference:8.2f}x")
-
+        # Rounds of one run per setting, so that the machine's drift over the runs hits every setting alike.
+        best = [None] * len(rows)
+        for _ in range(a.runs):
+            for i, (_, cmd, env) in enumerate(rows):
+                took = once(cmd, env)
+                best[i] = took if best[i] is None else min(best[i], took)
+        for (name, _, _), took in zip(rows, best):
+            print(f"{model:<18} {name:<28} {took:8.2f} {took / best[0]:8.2f}x")
 
 if __name__ == "__main__":
     main()

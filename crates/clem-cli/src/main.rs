@@ -97,6 +97,24 @@ fn hide_in_subcommands(cmd: &mut clap::Command, globals: &[clap::Id], note: &str
     }
 }
 
+/// `RAYON_NUM_THREADS` (huggingface_local's pool without `--threads`) above the usable cores is lowered as
+/// `--threads` is, with a warning: rayon's workers beyond the cores only take them from the thread doing the work
+/// (bench/threads: 7-10% slower at 4x the cores). Runs while the process has one thread (see below).
+fn clamp_rayon_threads() {
+    let Some(n) = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) else {
+        return;
+    };
+    // 0 is rayon's "all cores".
+    let (usable, lowered) = clem_backends::cpu::clamp_threads(n);
+    if n > 0 && lowered {
+        eprintln!(
+            "clem: warning: RAYON_NUM_THREADS={n} is more than the {usable} core(s) this process may use; using \
+             {usable} (more threads than cores only slows local inference down)"
+        );
+        std::env::set_var("RAYON_NUM_THREADS", usable.to_string());
+    }
+}
+
 fn main() -> ExitCode {
     let mut cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
@@ -111,6 +129,9 @@ fn main() -> ExitCode {
             );
             cli.threads = Some(u16::try_from(usable).unwrap_or(u16::MAX));
         }
+    }
+    if cli.threads.is_none() {
+        clamp_rayon_threads();
     }
     if let Some(n) = cli.threads {
         // candle (huggingface_local) sizes its thread pool and matrix splits from RAYON_NUM_THREADS. Set here, while

@@ -88,9 +88,13 @@ fn too_many_threads_are_clamped_huggingface_local() {
         return skip("SmolLM2-135M-Instruct (HF folder) is not in the HF cache: run scripts/prepare-smollm2-hf.sh");
     }
     check("smollm2-135m-hf");
-    // A global pool larger than the cores (RAYON_NUM_THREADS, not clamped): its workers must not spin.
+    // A global pool larger than the cores (RAYON_NUM_THREADS without --threads): lowered as --threads is.
     let (base, _) = generate("smollm2-135m-hf", None, Some(cores()));
-    let (over, _) = generate("smollm2-135m-hf", None, Some(8 * cores()));
+    let (over, err) = generate("smollm2-135m-hf", None, Some(8 * cores()));
+    assert!(
+        err.contains(&format!("RAYON_NUM_THREADS={} is more than the {} core(s)", 8 * cores(), cores())),
+        "no clamp warning: {err}"
+    );
     assert!(
         over < base * 2 + Duration::from_secs(1),
         "RAYON_NUM_THREADS={}: {over:?}, {}: {base:?}",
