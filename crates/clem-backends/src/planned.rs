@@ -8,6 +8,10 @@ use clem_core::schema::{BackendSchema, KeyType as T};
 
 use crate::Backend;
 
+/// Why `load_in_8bit`/`load_in_4bit` are refused (the loader says the same).
+const BITSANDBYTES: &str = "bitsandbytes quantisation is not supported by clemrs; remove it (weights run as stored: \
+                            f32, bf16 or f16), or use a GGUF quantisation with the llamacpp backend";
+
 /// The `huggingface_local` registry schema; the backend itself is `crate::huggingface_local` (feature
 /// `huggingface_local`).
 pub const HUGGINGFACE_LOCAL_SCHEMA: BackendSchema = BackendSchema {
@@ -29,8 +33,8 @@ pub const HUGGINGFACE_LOCAL_SCHEMA: BackendSchema = BackendSchema {
         ("cot_effort", T::Str),
         ("chat_template_kwargs", T::Object),
         ("trust_remote_code", T::Bool),
-        ("load_in_8bit", T::Bool),
-        ("load_in_4bit", T::Bool),
+        ("load_in_8bit", T::Unsupported(BITSANDBYTES)),
+        ("load_in_4bit", T::Unsupported(BITSANDBYTES)),
         ("attn_implementation", T::Str),
         ("multimodality", T::Object),
         ("dtype", T::OneOf(&["auto", "f32", "bf16", "f16", "float32", "bfloat16", "float16"])),

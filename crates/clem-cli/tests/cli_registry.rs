@@ -53,6 +53,14 @@ fn packaged_registry_is_clean_and_current_fixture_loads() {
     let Some(path) = fixture("clemcore-model-registry-current.json") else { return };
     let out = clem(dir.path(), &["registry", "check", &path.to_string_lossy()]);
     assert!(stderr(&out).contains("18 entries in 1 file"), "{}", stderr(&out));
+    // What the loader refuses, the check refuses too (#17): bitsandbytes flags set true.
+    let text = stdout(&out);
+    for entry in ["entry 7 (internvl3-14b)", "entry 8 (internvl3-38b)"] {
+        assert!(
+            text.contains(&format!("error: {}: {entry}: model_config.load_in_8bit: bitsandbytes", path.display())),
+            "{text}"
+        );
+    }
 }
 
 #[test]

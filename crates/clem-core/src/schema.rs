@@ -27,6 +27,9 @@ pub enum KeyType {
     Template,
     /// Any JSON value.
     Any,
+    /// A flag clemcore reads that clemrs cannot honour: `false` is accepted, `true` is an error saying why and
+    /// what to do instead (the loader refuses it too).
+    Unsupported(&'static str),
 }
 
 /// A key and its type.
@@ -275,7 +278,7 @@ pub fn check_entry(entry: &Value, file: &str, index: usize, schemas: &[BackendSc
 fn check_type(v: &Value, ty: KeyType) -> Result<(), String> {
     let ok = match ty {
         KeyType::Str | KeyType::OneOf(_) | KeyType::Regex | KeyType::Template => v.is_string(),
-        KeyType::Bool => v.is_boolean(),
+        KeyType::Bool | KeyType::Unsupported(_) => v.is_boolean(),
         KeyType::Count => v.as_u64().is_some(),
         KeyType::Number => v.is_number(),
         KeyType::StrList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
@@ -289,7 +292,7 @@ fn check_type(v: &Value, ty: KeyType) -> Result<(), String> {
         KeyType::Str | KeyType::OneOf(_) => "a string",
         KeyType::Regex => "a string holding a Python regular expression",
         KeyType::Template => "a string holding a Jinja template",
-        KeyType::Bool => "true or false",
+        KeyType::Bool | KeyType::Unsupported(_) => "true or false",
         KeyType::Count => "a non-negative integer",
         KeyType::Number => "a number",
         KeyType::StrList => "a list of strings",
@@ -323,6 +326,7 @@ pub fn check_value(v: &Value, ty: KeyType) -> Result<(), String> {
         KeyType::Template => compiled(s, false, || {
             crate::template::ChatTemplate::new(s, "custom_chat_template").map(|_| ()).map_err(|e| e.to_string())
         }),
+        KeyType::Unsupported(why) if v.as_bool() == Some(true) => Err(why.to_string()),
         _ => Ok(()),
     }
 }
@@ -381,6 +385,14 @@ mod tests {
 
     fn keys(problems: &[Problem]) -> Vec<(Severity, String)> {
         problems.iter().map(|p| (p.severity, p.key.clone())).collect()
+    }
+
+    #[test]
+    fn an_unsupported_flag_is_refused_only_when_set() {
+        let ty = KeyType::Unsupported("not supported; remove it");
+        assert_eq!(check_value(&json!(false), ty), Ok(()));
+        assert_eq!(check_value(&json!(true), ty), Err("not supported; remove it".to_string()));
+        assert_eq!(check_value(&json!("yes"), ty), Err("must be true or false, not the string \"yes\"".to_string()));
     }
 
     #[test]
