@@ -166,6 +166,30 @@ def test_gen_args(tmp_path, fake_openai):
         clemrs.load_model("mock", {"temperature": "hot"})
 
 
+def test_stop_gen_arg_is_honoured(tmp_path, fake_openai):
+    server = fake_openai()
+    registry, keys = remote_setup(tmp_path, server)
+    model = clemrs.load_model("fake-gpt", registries=[registry], keys=keys)
+    model.set_gen_arg("stop", "END")
+    model.generate_response([{"role": "user", "content": "hi"}])
+    assert server.requests[-1]["stop"] == ["END"]
+    model.set_gen_arg("stop", ["END", "\n\n"])
+    model.generate_response([{"role": "user", "content": "hi"}])
+    assert server.requests[-1]["stop"] == ["END", "\n\n"]
+    with pytest.raises(ValueError, match="stop"):
+        model.set_gen_arg("stop", 3)
+
+
+def test_stop_gen_arg_cuts_a_local_reply():
+    need_gguf()
+    model = clemrs.get_model_for("smollm2-135m")
+    _, _, free = model.generate_response(MESSAGES)
+    assert "Paris" in free
+    model.set_gen_arg("stop", ["Paris"])
+    _, response, cut = model.generate_response(MESSAGES)
+    assert "Paris" not in cut and free.startswith(cut.rstrip()), (free, cut)
+
+
 # -- exceptions --
 
 def test_exceptions_form_one_family():
