@@ -384,6 +384,10 @@ fn a_failing_model_is_not_an_error_but_a_bad_instance_is() {
                 "python -m clemrs.clemcore install",
             ],
         ),
+        (
+            vec!["run", "-g", "hellogme", "-m", "mock"],
+            vec!["unknown game \"hellogme\"; did you mean \"hellogame\"? clemrs plays: hellogame."],
+        ),
         (vec!["run", "-g", "hellogame", "-m", "mock", "mock"], vec!["needs 1 player model"]),
         (vec!["run", "-g", "hellogame", "-m", "mock", "-i", "absent"], vec!["absent.json", "hellogame/in/absent.json"]),
     ] {

@@ -95,11 +95,14 @@ fn read_prices(path: &Path) -> anyhow::Result<BTreeMap<String, Pricing>> {
 
 /// What `clem run -g NAME` says about a game clemrs does not have.
 fn unknown_game(name: &str) -> String {
+    let nearest = names_nearest(name);
+    let hint = clem_core::suggest::did_you_mean(name, nearest.iter().copied());
+    let sep = if hint.is_empty() { ";" } else { "" };
     format!(
-        "unknown game {name:?}; clemrs plays: {}.\nclembench's Python games run under clemcore with clemrs's \
+        "unknown game {name:?}{hint}{sep} clemrs plays: {}.\nclembench's Python games run under clemcore with clemrs's \
          backends: in your clembench folder, `pip install clemcore <clemrs checkout>/crates/clem-py`, then \
          `python -m clemrs.clemcore install`, then clemcore's `clem run -g {name} -m MODEL`",
-        names_nearest(name).join(", ")
+        nearest.join(", ")
     )
 }
 
