@@ -115,7 +115,7 @@ fn main() {
         eprintln!("SmolLM2 Q4_1 is not in the Hugging Face cache: run scripts/fetch-smollm2.sh");
         return;
     };
-    println!("llamacpp benchmark: {} , {N_PREDICT} new tokens, greedy", gguf.display());
+    println!("llamacpp benchmark: {} , {N_PREDICT} new tokens, greedy; CPU {}", gguf.display(), cpu_model());
     let mut rows = Vec::new();
     for threads in [1, 2] {
         let (ours, prompts) = clemrs(threads);
@@ -137,4 +137,17 @@ fn main() {
             }
         }
     }
+}
+
+/// The CPU's model name from /proc/cpuinfo and the cores this process may use (figures are per machine).
+fn cpu_model() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{name} ({cores} cores)")
 }
