@@ -2,6 +2,7 @@
 (KeyboardInterrupt) during a slow remote call or a long local generation."""
 
 import _thread
+import signal
 import threading
 import time
 
@@ -53,6 +54,9 @@ def interrupt_after(seconds):
 
 
 def assert_interrupts_within_a_second(call, after=0.5):
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a shell without job
+    # control inherits SIGINT ignored, and interrupt_main() then does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer, fired = interrupt_after(after)
     started = time.monotonic()
     try:
@@ -60,6 +64,7 @@ def assert_interrupts_within_a_second(call, after=0.5):
             call()
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     raised = time.monotonic()
     assert "at" in fired, f"the call ended after {raised - started:.2f}s, before the interrupt"
     print(f"KeyboardInterrupt {raised - fired['at']:.3f}s after the interrupt")
