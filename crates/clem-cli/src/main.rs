@@ -97,6 +97,14 @@ fn hide_in_subcommands(cmd: &mut clap::Command, globals: &[clap::Id], note: &str
     }
 }
 
+/// Says that `asked` (a flag or variable and its value) was lowered to the `usable` cores.
+fn warn_threads_lowered(asked: &str, usable: usize) {
+    eprintln!(
+        "clem: warning: {asked} is more than the {usable} core(s) this process may use; using {usable} (more threads \
+         than cores only slows local inference down)"
+    );
+}
+
 /// `RAYON_NUM_THREADS` (huggingface_local's pool without `--threads`) above the usable cores is lowered as
 /// `--threads` is, with a warning: rayon's workers beyond the cores only take them from the thread doing the work
 /// (bench/threads: 7-10% slower at 4x the cores). Runs while the process has one thread (see below).
@@ -107,10 +115,7 @@ fn clamp_rayon_threads() {
     // 0 is rayon's "all cores".
     let (usable, lowered) = clem_backends::cpu::clamp_threads(n);
     if n > 0 && lowered {
-        eprintln!(
-            "clem: warning: RAYON_NUM_THREADS={n} is more than the {usable} core(s) this process may use; using \
-             {usable} (more threads than cores only slows local inference down)"
-        );
+        warn_threads_lowered(&format!("RAYON_NUM_THREADS={n}"), usable);
         std::env::set_var("RAYON_NUM_THREADS", usable.to_string());
     }
 }
@@ -123,10 +128,7 @@ fn main() -> ExitCode {
     if let Some(n) = cli.threads {
         let (usable, lowered) = clem_backends::cpu::clamp_threads(usize::from(n));
         if lowered {
-            eprintln!(
-                "clem: warning: --threads {n} is more than the {usable} core(s) this process may use; using {usable} \
-                 (more threads than cores only slows local inference down)"
-            );
+            warn_threads_lowered(&format!("--threads {n}"), usable);
             cli.threads = Some(u16::try_from(usable).unwrap_or(u16::MAX));
         }
     }

@@ -98,6 +98,18 @@ impl GenArgs {
     }
 }
 
+/// Stop sequences as OpenAI's `stop` takes them: one string, a list of strings, or null (none); `None` for any
+/// other value. Empty strings are dropped (they ask for nothing).
+pub fn stop_sequences(value: &Value) -> Option<Vec<String>> {
+    let all: Vec<String> = match value {
+        Value::Null => Vec::new(),
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(|v| v.as_str().map(String::from)).collect::<Option<_>>()?,
+        _ => return None,
+    };
+    Some(all.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
 /// `text` cut before the earliest occurrence of any of `stop` (empty stop strings never match), and whether
 /// one occurred.
 pub fn cut_at_stop<'t>(text: &'t str, stop: &[String]) -> (&'t str, bool) {

@@ -167,20 +167,10 @@ pub fn check_gen_arg(name: &str, value: &Value) -> PyResult<()> {
                 Err(PyValueError::new_err(format!("max_tokens must be an integer from 0 to {}, not {value}", u32::MAX)))
             }
         },
-        "stop" => stop_strings(value)
+        "stop" => clem_core::message::stop_sequences(value)
             .map(|_| ())
             .ok_or_else(|| PyValueError::new_err(format!("stop must be a string or a list of strings, not {value}"))),
         _ => Ok(()),
-    }
-}
-
-/// `stop` as OpenAI takes it: one string, a list of strings, or null (none).
-fn stop_strings(value: &Value) -> Option<Vec<String>> {
-    match value {
-        Value::Null => Some(Vec::new()),
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(items) => items.iter().map(|v| v.as_str().map(String::from)).collect(),
-        _ => None,
     }
 }
 
@@ -193,7 +183,7 @@ pub fn gen_args(set: &Map<String, Value>) -> GenArgs {
             "temperature" => args.temperature = v.as_f64().unwrap_or(args.temperature),
             "max_tokens" => args.max_tokens = v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(args.max_tokens),
             // Stop sequences, honoured by every backend (checked as they were set).
-            "stop" => args.stop = stop_strings(v).unwrap_or_default(),
+            "stop" => args.stop = clem_core::message::stop_sequences(v).unwrap_or_default(),
             _ => {
                 args.extra.insert(k.clone(), v.clone());
             }

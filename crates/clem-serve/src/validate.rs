@@ -69,15 +69,11 @@ pub fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
 pub fn parse_stop(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     let bad =
         || ApiError::invalid(Some("stop"), format!("`stop` must be a string or a list of at most {MAX_STOP} strings."));
-    let stop: Vec<String> = match obj.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(list)) if list.len() <= MAX_STOP => {
-            list.iter().map(|v| v.as_str().map(String::from).ok_or_else(bad)).collect::<Result<_, _>>()?
-        }
-        Some(_) => return Err(bad()),
-    };
-    Ok(stop.into_iter().filter(|s| !s.is_empty()).collect())
+    match obj.get("stop") {
+        Some(Value::Array(list)) if list.len() > MAX_STOP => Err(bad()),
+        Some(v) => clem_core::message::stop_sequences(v).ok_or_else(bad),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// The sampling parameters a request may give, with their range, in OpenAI's names.
