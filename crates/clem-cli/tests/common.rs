@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The fixtures folder beside the repository (`../shared/fixtures`), if present.
 pub fn fixtures() -> Option<PathBuf> {
@@ -43,4 +44,39 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `clem serve` child on 127.0.0.1 with a free port; killed (and its scratch folder removed) on drop.
+pub struct Served {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Served {
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` (a `clem ... serve --port 0 ...` command) and reads the address from its first line; `dir` (its
+/// working folder, when the test made one for it) lives as long as the server.
+pub fn start_serve(mut cmd: Command, dir: Option<tempfile::TempDir>) -> Served {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("clem starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    let Some(base) = line.trim().strip_prefix("clem serve: listening on ").map(String::from) else {
+        let _ = child.kill();
+        panic!("clem serve did not start: {line:?}");
+    };
+    Served { child, base, _dir: dir }
 }

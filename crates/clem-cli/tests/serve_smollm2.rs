@@ -6,10 +6,12 @@
 //! package is missing; under CI (env `CI` set) those fail instead. clemcore is looked up in `$CLEMCORE_PYTHON`,
 //! then `$CARGO_TARGET_DIR/clemcore-venv/bin/python` (default `target/`), then `python3`.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::Served;
 use serde_json::Value;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -25,20 +27,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A `clem serve` child on 127.0.0.1 with a free port; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(extra: &[&str]) -> Option<Served> {
     let cache = clem_core_cache();
     if !cache {
@@ -46,21 +34,9 @@ fn serve(extra: &[&str]) -> Option<Served> {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clem"))
-        .args(["--threads", "2", "serve", "-m", "smollm2-135m", "--port", "0"])
-        .args(extra)
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("clem starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let Some(base) = line.trim().strip_prefix("clem serve: listening on ").map(String::from) else {
-        let _ = child.kill();
-        panic!("clem serve did not start: {line:?}");
-    };
-    Some(Served { child, base, _dir: dir })
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clem"));
+    cmd.args(["--threads", "2", "serve", "-m", "smollm2-135m", "--port", "0"]).args(extra).current_dir(dir.path());
+    Some(common::start_serve(cmd, Some(dir)))
 }
 
 fn clem_core_cache() -> bool {

@@ -8,10 +8,12 @@
 //! The SmolLM2 parts are skipped with a printed reason when the GGUF is not in the HF cache, the whole test when
 //! `openai` is missing; under CI (env `CI` set) those fail instead.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Served;
 use serde_json::{json, Value};
 
 fn skip(reason: &str) {
@@ -21,20 +23,6 @@ fn skip(reason: &str) {
     eprintln!("SKIP: {reason}");
 }
 
-/// A `clem serve` child on 127.0.0.1 with a free port; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(models: &[&str]) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clem"));
@@ -42,14 +30,7 @@ fn serve(models: &[&str]) -> Served {
     for m in models {
         cmd.args(["-m", m]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("clem starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let Some(base) = line.trim().strip_prefix("clem serve: listening on ").map(String::from) else {
-        let _ = child.kill();
-        panic!("clem serve did not start: {line:?}");
-    };
-    Served { child, base, _dir: dir }
+    common::start_serve(cmd, Some(dir))
 }
 
 fn root() -> PathBuf {

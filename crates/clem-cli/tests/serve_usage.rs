@@ -8,11 +8,14 @@
 //! with a printed reason when their files are not in the HF cache, and the whole test when `openai` is missing;
 //! under CI (env `CI` set) those fail instead.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::Served;
 use serde_json::{json, Value};
 
 fn skip(reason: &str) {
@@ -64,19 +67,6 @@ fn fake_provider() -> String {
     format!("http://{addr}/v1")
 }
 
-/// A `clem serve` child on a free port; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn clem(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_clem"));
     c.args(["--registry", "usage_registry.json", "--keys", "usage_keys.json", "--threads", "2"]).current_dir(dir);
@@ -89,14 +79,7 @@ fn serve(dir: &Path, models: &[&str]) -> Served {
     for m in models {
         cmd.args(["-m", m]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("clem starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let Some(base) = line.trim().strip_prefix("clem serve: listening on ").map(String::from) else {
-        let _ = child.kill();
-        panic!("clem serve did not start: {line:?}");
-    };
-    Served { child, base }
+    common::start_serve(cmd, None)
 }
 
 fn root() -> PathBuf {

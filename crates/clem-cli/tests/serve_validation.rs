@@ -6,12 +6,15 @@
 //! for get a 400; a request without `temperature` is sent with OpenAI's default 1. When SmolLM2-135M is cached,
 //! `stop` also ends the generation of the llamacpp and huggingface_local models.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use common::Served;
 use serde_json::{json, Value};
 
 /// A fake provider on 127.0.0.1 that records every request body: Anthropic's reply for `/v1/messages`, else a
@@ -65,19 +68,6 @@ fn fake_provider(seen: Arc<Mutex<Vec<(String, Value)>>>) -> String {
     format!("http://{addr}")
 }
 
-/// A `clem serve` child on a free port; killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(dir: &Path, models: &[&str]) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clem"));
     cmd.args(["--registry", "reg.json", "--keys", "keys.json", "--threads", "2", "serve", "--port", "0"])
@@ -88,14 +78,7 @@ fn serve(dir: &Path, models: &[&str]) -> Served {
     for m in models {
         cmd.args(["-m", m]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("clem starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let Some(addr) = line.trim().strip_prefix("clem serve: listening on http://").map(String::from) else {
-        let _ = child.kill();
-        panic!("clem serve did not start: {line:?}");
-    };
-    Served { child, addr }
+    common::start_serve(cmd, None)
 }
 
 /// POSTs a chat request; the status and the JSON body.
@@ -152,7 +135,7 @@ fn fields_are_honoured_or_refused() {
     let server = serve(dir.path(), &["mock", "proxied", "claude"]);
 
     // stop: the mock echoes the message, cut before the first stop string.
-    let (status, v) = post(&server.addr, &chat("mock", "one two STOP three END", json!({"stop": ["END", "STOP"]})));
+    let (status, v) = post(server.addr(), &chat("mock", "one two STOP three END", json!({"stop": ["END", "STOP"]})));
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], "one two ", "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
@@ -168,7 +151,7 @@ fn fields_are_honoured_or_refused() {
         (json!({"top_p": 3}), "top_p"),
     ];
     for (extra, param) in cases {
-        let (status, v) = post(&server.addr, &chat("mock", "hi", extra.clone()));
+        let (status, v) = post(server.addr(), &chat("mock", "hi", extra.clone()));
         assert_eq!(status, 400, "{extra}: {v}");
         assert_eq!(v["error"]["param"], param, "{v}");
         assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
@@ -176,13 +159,13 @@ fn fields_are_honoured_or_refused() {
     }
     let mut body = chat("mock", "", json!({}));
     body["messages"][0]["content"] = image;
-    let (status, v) = post(&server.addr, &body);
+    let (status, v) = post(server.addr(), &body);
     assert_eq!((status, &v["error"]["code"]), (400, &json!("image_not_supported")), "{v}");
 
     // Remote: stop under each provider's field; OpenAI's default temperature when none is given.
-    let (status, v) = post(&server.addr, &chat("proxied", "hi", json!({"stop": "\n\n", "seed": 7, "top_p": 0.5})));
+    let (status, v) = post(server.addr(), &chat("proxied", "hi", json!({"stop": "\n\n", "seed": 7, "top_p": 0.5})));
     assert_eq!(status, 200, "{v}");
-    let (status, v) = post(&server.addr, &chat("claude", "hi", json!({"stop": ["END"], "top_p": 0.5})));
+    let (status, v) = post(server.addr(), &chat("claude", "hi", json!({"stop": ["END"], "top_p": 0.5})));
     assert_eq!(status, 200, "{v}");
     let sent = seen.lock().expect("lock").clone();
     assert_eq!(sent.len(), 2, "{sent:?}");
@@ -199,9 +182,9 @@ fn fields_are_honoured_or_refused() {
     assert!(anthropic.get("stop").is_none(), "{anthropic}");
 
     // A sampling parameter the provider has no field for: refused before anything is sent.
-    let (status, v) = post(&server.addr, &chat("claude", "hi", json!({"seed": 1})));
+    let (status, v) = post(server.addr(), &chat("claude", "hi", json!({"seed": 1})));
     assert_eq!((status, &v["error"]["param"]), (400, &json!("seed")), "{v}");
-    let (status, v) = post(&server.addr, &chat("claude", "hi", json!({"frequency_penalty": 0.5})));
+    let (status, v) = post(server.addr(), &chat("claude", "hi", json!({"frequency_penalty": 0.5})));
     assert_eq!((status, &v["error"]["param"]), (400, &json!("frequency_penalty")), "{v}");
     assert_eq!(seen.lock().expect("lock").len(), 2);
 
@@ -228,7 +211,7 @@ out["stop"] = [r.choices[0].message.content, r.choices[0].finish_reason]
 print(json.dumps(out))
 "#;
     let py = Command::new("python3")
-        .args(["-c", script, &format!("http://{}/v1", server.addr)])
+        .args(["-c", script, &format!("http://{}/v1", server.addr())])
         .output()
         .expect("python3 runs");
     if py.status.code() == Some(3) {
@@ -278,7 +261,7 @@ fn local_models_stop_at_a_stop_string() {
     let question = "What is the capital of France? Answer in one sentence.";
     for model in models {
         let greedy = json!({"temperature": 0, "max_tokens": 30});
-        let (status, full) = post(&server.addr, &chat(model, question, greedy.clone()));
+        let (status, full) = post(server.addr(), &chat(model, question, greedy.clone()));
         assert_eq!(status, 200, "{full}");
         let text = full["choices"][0]["message"]["content"].as_str().expect("text").to_string();
         // A stop string from the middle of the greedy reply: the same reply, cut before it, fewer tokens.
@@ -288,7 +271,7 @@ fn local_models_stop_at_a_stop_string() {
         let at = text.find(&stop).expect("the stop string is in the reply");
         let mut with_stop = greedy.clone();
         with_stop["stop"] = json!([stop]);
-        let (status, cut) = post(&server.addr, &chat(model, question, with_stop));
+        let (status, cut) = post(server.addr(), &chat(model, question, with_stop));
         assert_eq!(status, 200, "{cut}");
         let content = cut["choices"][0]["message"]["content"].as_str().unwrap_or_default();
         assert_eq!(content.trim(), text[..at].trim(), "{model}, stop {stop:?}: {cut}");
@@ -298,7 +281,7 @@ fn local_models_stop_at_a_stop_string() {
 
         let mut penalty = greedy;
         penalty["presence_penalty"] = json!(0.5);
-        let (status, v) = post(&server.addr, &chat(model, question, penalty));
+        let (status, v) = post(server.addr(), &chat(model, question, penalty));
         assert_eq!((status, &v["error"]["param"]), (400, &json!("presence_penalty")), "{model}: {v}");
     }
 }
