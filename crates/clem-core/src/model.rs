@@ -324,29 +324,44 @@ fn stamp(generation: &mut Generation, model_name: &str, start: chrono::DateTime<
     }
 }
 
-/// `str(datetime.now())` in Python: `2024-05-01 12:00:00.123456` (no fraction when it is zero).
+/// `str(datetime.now())` in Python: `2024-05-01 12:00:00.123456` (no fraction when it is zero). Written field by
+/// field: a strftime pattern is parsed again on every call, which showed in the per-call cost of remote models.
 pub fn python_datetime(t: &chrono::DateTime<chrono::Local>) -> String {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(26);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
     let micros = t.timestamp_subsec_micros();
-    if micros == 0 {
-        t.format("%Y-%m-%d %H:%M:%S").to_string()
-    } else {
-        format!("{}.{micros:06}", t.format("%Y-%m-%d %H:%M:%S"))
+    if micros > 0 {
+        // A leap second's nanoseconds run past 1e9 (chrono's way); Python has no leap seconds.
+        let _ = write!(out, ".{:06}", micros.min(999_999));
     }
+    out
 }
 
 /// `str(timedelta)` in Python: `0:00:01.250000` (no fraction when it is zero; days as `N day(s), `).
 pub fn python_timedelta(d: Duration) -> String {
+    use std::fmt::Write as _;
     let total = d.as_secs();
     let micros = d.subsec_micros();
     let (days, rem) = (total / 86_400, total % 86_400);
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let mut out = String::new();
+    let mut out = String::with_capacity(16);
     if days > 0 {
-        out.push_str(&format!("{days} day{}, ", if days == 1 { "" } else { "s" }));
+        let _ = write!(out, "{days} day{}, ", if days == 1 { "" } else { "s" });
     }
-    out.push_str(&format!("{h}:{m:02}:{s:02}"));
+    let _ = write!(out, "{h}:{m:02}:{s:02}");
     if micros > 0 {
-        out.push_str(&format!(".{micros:06}"));
+        let _ = write!(out, ".{micros:06}");
     }
     out
 }
@@ -360,6 +375,17 @@ mod tests {
         assert_eq!(python_timedelta(Duration::from_micros(1_250_000)), "0:00:01.250000");
         assert_eq!(python_timedelta(Duration::from_secs(3725)), "1:02:05");
         assert_eq!(python_timedelta(Duration::from_secs(90_000)), "1 day, 1:00:00");
+        assert_eq!(python_timedelta(Duration::from_secs(3 * 86_400)), "3 days, 0:00:00");
+        let at = |s: &str| {
+            let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").expect("a time");
+            naive.and_local_timezone(chrono::Local).earliest().expect("a local time")
+        };
+        assert_eq!(python_datetime(&at("2024-05-01 09:03:07.000250")), "2024-05-01 09:03:07.000250");
+        assert_eq!(python_datetime(&at("0999-12-31 23:59:59")), "0999-12-31 23:59:59");
+        // chrono's own rendering, which this one replaced, agrees on every field.
+        let now = chrono::Local::now();
+        let theirs = format!("{}.{:06}", now.format("%Y-%m-%d %H:%M:%S"), now.timestamp_subsec_micros());
+        assert_eq!(python_datetime(&now), theirs.trim_end_matches(".000000"));
     }
 
     #[test]

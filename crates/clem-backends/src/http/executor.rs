@@ -8,15 +8,19 @@
 //! and port of the request's URL); a hop to any other origin carries the body and its content type, nothing
 //! else, and no request ever carries a `Referer`.
 //!
-//! The `Model` trait is synchronous, so callers reach the runtime through [`run_sync`] (or
-//! [`run_sync_cancellable`], whose futures end the moment their `Cancel` is set), which hands the work to the
-//! runtime's threads and waits on a plain channel. Unlike `Runtime::block_on`, that works from any thread,
-//! including one that is itself inside some other async runtime.
+//! The `Model` trait is synchronous, so callers reach a runtime through [`run_sync`] or
+//! [`run_sync_cancellable`] (whose futures end the moment their `Cancel` is set):
+//! - a thread outside any async runtime (clem's threads, every Python thread) runs the call on a current-thread
+//!   runtime of its own, with a client of its own per model, so the whole exchange (hyper's connection task
+//!   included) runs on the caller's thread: no wake-up of another thread per request, which was most of a
+//!   loopback call's cost;
+//! - a thread inside some other runtime (clem serve's blocking pool) hands the work to the shared runtime's
+//!   threads and waits on a plain channel, which works where `block_on` would panic.
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use clem_core::Cancel;
@@ -59,13 +63,23 @@ pub fn run_sync<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static
     rx.recv().map_err(|_| "the call's task ended without an answer".to_string())
 }
 
-/// Runs each future of `futs` on the shared runtime at once and waits for all of them. Each races its flag in
-/// `cancels`: once the flag is set the future is dropped at once (which aborts its connection) and its place
-/// holds `None`, as does a future that vanished (panicked). Results are in input order.
+/// Runs each future of `futs` at once and waits for all of them, on this thread's own runtime when it is outside
+/// any runtime, else on the shared one (see the module's comment). Each races its flag in `cancels`: once the
+/// flag is set the future is dropped at once (which aborts its connection) and its place holds `None`, as does a
+/// future that vanished (panicked). Results are in input order.
 pub fn run_sync_cancellable<T: Send + 'static>(
     futs: Vec<impl Future<Output = T> + Send + 'static>,
     cancels: &[Cancel],
 ) -> Result<Vec<Option<T>>, String> {
+    let check = INTERRUPT_CHECK.with(|c| c.borrow().clone());
+    let mut futs = Some(futs);
+    if tokio::runtime::Handle::try_current().is_err() {
+        let here = local::block_on(|| join_on_this_runtime(futs.take().unwrap_or_default(), cancels, check.clone()));
+        if let Some(out) = here {
+            return Ok(out);
+        }
+    }
+    let futs = futs.unwrap_or_default();
     let rt = runtime()?;
     let (tx, rx) = std::sync::mpsc::channel();
     let n = futs.len();
@@ -79,7 +93,6 @@ pub fn run_sync_cancellable<T: Send + 'static>(
     }
     drop(tx);
     let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    let check = INTERRUPT_CHECK.with(|c| c.borrow().clone());
     // Ends when every task has answered (or vanished: its sender is dropped without a message).
     loop {
         let got = match &check {
@@ -99,6 +112,97 @@ pub fn run_sync_cancellable<T: Send + 'static>(
         }
     }
     Ok(out)
+}
+
+/// [`run_sync_cancellable`] inside the runtime it runs on: every future a task of its own (a panic ends that
+/// task alone), the interrupt check called every [`INTERRUPT_POLL`] while they run.
+async fn join_on_this_runtime<T: Send + 'static>(
+    futs: Vec<impl Future<Output = T> + Send + 'static>,
+    cancels: &[Cancel],
+    check: Option<InterruptCheck>,
+) -> Vec<Option<T>> {
+    let n = futs.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, fut) in futs.into_iter().enumerate() {
+        let cancel = Cancel::of(cancels, i);
+        tasks.spawn(async move { (i, unless_cancelled(&cancel, fut).await) });
+    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    loop {
+        let next = match &check {
+            None => tasks.join_next().await,
+            Some(interrupted) => match tokio::time::timeout(INTERRUPT_POLL, tasks.join_next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if interrupted() {
+                        // Every task then ends at once (its future races its flag) and answers `None`.
+                        (0..n).for_each(|i| Cancel::of(cancels, i).cancel());
+                    }
+                    continue;
+                }
+            },
+        };
+        match next {
+            None => return out,
+            // A future that ended with its flag set (e.g. on its own check of the flag) counts as cancelled.
+            Some(Ok((i, value))) => out[i] = value.filter(|_| !Cancel::of(cancels, i).is_cancelled()),
+            // A task that panicked keeps `None`.
+            Some(Err(_)) => {}
+        }
+    }
+}
+
+/// The runtime and clients of a thread that calls from outside any runtime (see the module's comment).
+mod local {
+    use super::*;
+
+    thread_local! {
+        /// Built on the thread's first call; `None` when it could not be (the shared runtime serves then).
+        static RUNTIME: OnceCell<Option<Runtime>> = const { OnceCell::new() };
+        /// Whether this thread is inside [`block_on`]: its futures then use this thread's clients.
+        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+        /// One client per executor (by its token), bound to this thread's runtime: a connection's task lives on
+        /// the runtime that opened it, and this one runs only while this thread waits for a call.
+        static CLIENTS: RefCell<Vec<(Weak<()>, reqwest::Client)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs the future `make` returns to its end on this thread's runtime (built on first use); `None`, without
+    /// calling `make`, when this thread cannot have one.
+    pub fn block_on<F: Future>(make: impl FnOnce() -> F) -> Option<F::Output> {
+        /// Puts the flag back, also on a panic.
+        struct Reset(bool);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                ACTIVE.with(|a| a.set(self.0));
+            }
+        }
+        RUNTIME.with(|rt| {
+            let rt = rt.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().ok());
+            let rt = rt.as_ref()?;
+            let _reset = Reset(ACTIVE.with(|a| a.replace(true)));
+            Some(rt.block_on(make()))
+        })
+    }
+
+    /// The client to use here for the executor owning `token`: this thread's own inside [`block_on`] (built with
+    /// `build` the first time), else `None` (the executor's shared client). Clients of dropped executors go.
+    pub fn client(
+        token: &Arc<()>,
+        build: impl FnOnce() -> Result<reqwest::Client, String>,
+    ) -> Option<Result<reqwest::Client, String>> {
+        if !ACTIVE.with(Cell::get) {
+            return None;
+        }
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            clients.retain(|(owner, _)| owner.strong_count() > 0);
+            let mine = Arc::downgrade(token);
+            if let Some((_, client)) = clients.iter().find(|(owner, _)| owner.ptr_eq(&mine)) {
+                return Some(Ok(client.clone()));
+            }
+            Some(build().inspect(|client| clients.push((mine, client.clone()))))
+        })
+    }
 }
 
 /// How often [`run_sync_cancellable`] calls the thread's interrupt check while it waits.
@@ -174,7 +278,14 @@ const MAX_ERROR_BODY: u64 = 1 << 20;
 /// One model's HTTP client with its policy and limits.
 pub struct Executor {
     provider: &'static str,
+    /// The client of calls on the shared runtime; a thread that calls from outside any runtime uses its own.
     client: reqwest::Client,
+    accept_invalid_certs: bool,
+    /// Names this executor's clients in the threads' caches; they go when it does.
+    token: Arc<()>,
+    /// The last URL sent to, parsed: a model's adapter sends to one or two URLs, and parsing one (IDNA
+    /// included) was a visible part of a loopback call.
+    last_url: Mutex<Option<(String, Url)>>,
     policy: Policy,
     permits: Semaphore,
     /// The minimum spacing between request starts, and the next free start.
@@ -211,22 +322,30 @@ impl Executor {
         limits: &Limits,
         accept_invalid_certs: bool,
     ) -> Result<Executor, RemoteError> {
-        // ring is the only crypto provider compiled in; installing it twice is harmless (the first one stays).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        // No client-wide timeout: each attempt gets min(timeout, time left before the deadline), see `send`.
-        let client = reqwest::Client::builder()
-            .connect_timeout(policy.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            .user_agent(concat!("clemrs/", env!("CARGO_PKG_VERSION")))
-            .tls_danger_accept_invalid_certs(accept_invalid_certs)
-            .build()
-            .map_err(|e| RemoteError::Internal { provider, message: format!("cannot build the HTTP client: {e}") })?;
+        let client = build_client(&policy, accept_invalid_certs)
+            .map_err(|message| RemoteError::Internal { provider, message })?;
         let pace = limits
             .requests_per_minute
             .filter(|&rpm| rpm > 0)
             .map(|rpm| (Duration::from_secs(60) / rpm, Mutex::new(Instant::now())));
-        Ok(Executor { provider, client, policy, permits: Semaphore::new(limits.max_concurrency.max(1)), pace })
+        Ok(Executor {
+            provider,
+            client,
+            accept_invalid_certs,
+            token: Arc::new(()),
+            last_url: Mutex::new(None),
+            policy,
+            permits: Semaphore::new(limits.max_concurrency.max(1)),
+            pace,
+        })
+    }
+
+    /// The client for a request sent from here: the calling thread's own on its runtime, else the shared one.
+    fn client(&self) -> Result<reqwest::Client, Failure> {
+        match local::client(&self.token, || build_client(&self.policy, self.accept_invalid_certs)) {
+            None => Ok(self.client.clone()),
+            Some(built) => built.map_err(Failure::Invalid),
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -242,8 +361,7 @@ impl Executor {
         let key = req.auth.as_ref().map(|a| &a.key);
         let body = serde_json::to_vec(&req.body)
             .map_err(|e| RemoteError::Invalid { provider, message: format!("cannot serialise the request: {e}") })?;
-        let origin = Url::parse(&req.url)
-            .map_err(|e| RemoteError::Invalid { provider, message: format!("invalid URL {:?}: {e}", req.url) })?;
+        let origin = self.parse_url(&req.url)?;
         let deadline = |attempts: u32, last: Option<RemoteError>| RemoteError::Deadline {
             provider,
             deadline: policy.deadline,
@@ -347,6 +465,20 @@ impl Executor {
         }
     }
 
+    /// `url` parsed, from the cache of the last one when it is the same.
+    fn parse_url(&self, url: &str) -> Result<Url, RemoteError> {
+        let mut last = self.last_url.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, parsed)) = last.as_ref().filter(|(text, _)| text == url) {
+            return Ok(parsed.clone());
+        }
+        let parsed = Url::parse(url).map_err(|e| RemoteError::Invalid {
+            provider: self.provider,
+            message: format!("invalid URL {url:?}: {e}"),
+        })?;
+        *last = Some((url.to_owned(), parsed.clone()));
+        Ok(parsed)
+    }
+
     /// Waits for this model's next request slot under `requests_per_minute`.
     async fn pace(&self) {
         let Some((interval, next)) = &self.pace else { return };
@@ -373,12 +505,13 @@ impl Executor {
             }
             None => None,
         };
+        let client = self.client()?;
         let mut url = origin.clone();
         let mut method = Method::POST;
         let mut with_body = true;
         let mut hops = 0;
         loop {
-            let mut builder = self.client.request(method.clone(), url.clone());
+            let mut builder = client.request(method.clone(), url.clone());
             if with_body {
                 builder = builder.header(CONTENT_TYPE, "application/json").body(body.to_vec());
             }
@@ -417,6 +550,21 @@ impl Executor {
             return Ok(Answer { status: status.as_u16(), headers, body, truncated });
         }
     }
+}
+
+/// The HTTP client every executor uses, on whichever runtime: redirects are followed by [`Executor::attempt`].
+fn build_client(policy: &Policy, accept_invalid_certs: bool) -> Result<reqwest::Client, String> {
+    // ring is the only crypto provider compiled in; installing it twice is harmless (the first one stays).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // No client-wide timeout: each attempt gets min(timeout, time left before the deadline), see `send`.
+    reqwest::Client::builder()
+        .connect_timeout(policy.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .user_agent(concat!("clemrs/", env!("CARGO_PKG_VERSION")))
+        .tls_danger_accept_invalid_certs(accept_invalid_certs)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// Whether two URLs share scheme, host and port (the port a scheme implies counts as given).
@@ -526,6 +674,35 @@ mod tests {
         assert_eq!(out, [None]);
         assert!(clock.elapsed() < Duration::from_secs(2), "{:?}", clock.elapsed());
         assert_eq!(run_sync_cancellable(vec![async { 7 }], &[]).expect("runs"), [Some(7)]);
+    }
+
+    /// A thread outside any runtime runs its calls itself (no hand-over to another thread per request); a
+    /// thread inside a runtime's context (clem serve's blocking pool) hands them to the shared runtime, where
+    /// `block_on` would panic; a panicking future answers `None` either way; a thread that ran calls exits cleanly.
+    #[test]
+    fn calls_run_on_the_calling_thread_unless_it_is_inside_a_runtime() {
+        let where_run = || (0..2).map(|_| async { std::thread::current().id() }).collect::<Vec<_>>();
+        let here = std::thread::current().id();
+        let out = run_sync_cancellable(where_run(), &[]).expect("runs");
+        assert_eq!(out, [Some(here), Some(here)]);
+
+        let rt = runtime().expect("the shared runtime");
+        let on_blocking_pool = rt
+            .block_on(rt.spawn_blocking(move || {
+                let me = std::thread::current().id();
+                (me, run_sync_cancellable(where_run(), &[]).expect("runs"))
+            }))
+            .expect("the blocking task ends");
+        let (me, out) = on_blocking_pool;
+        assert!(out.iter().all(|id| id.is_some_and(|id| id != me)), "{out:?} ran on the caller {me:?}");
+
+        let panicking = vec![Box::pin(async { 1u8 }) as std::pin::Pin<Box<dyn Future<Output = u8> + Send>>, {
+            Box::pin(async { panic!("a backend bug") })
+        }];
+        assert_eq!(run_sync_cancellable(panicking, &[]).expect("runs"), [Some(1), None]);
+
+        let thread = std::thread::spawn(|| run_sync_cancellable(vec![async { 5 }], &[]).expect("runs"));
+        assert_eq!(thread.join().expect("the thread exits without a panic"), [Some(5)]);
     }
 
     /// Python's main thread waits for remote calls itself, checking for Ctrl-C through the interrupt check.
