@@ -39,6 +39,34 @@ pub(crate) unsafe fn band<W: Weight>(
     tiles!(2, 1; 2, 2; 2, 3; 2, 4; 2, 5; 2, 6; 1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6);
 }
 
+/// One row against two neighbouring panels (`data` starts with the first), all inputs: two weight streams in
+/// flight, as [`crate::two_panels_avx2`] (8 running sums, in registers). Each output sums in [`tile`]'s order.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2, FMA and F16C; `data` must hold two panels of `inp` inputs and `x` `inp`
+/// values; `y` must hold row 0 of both panels' outputs, written by no other thread meanwhile.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(crate) unsafe fn two_panels<W: Weight>(x: &[f32], data: &[W], inp: usize, y: PanelOut) {
+    let xp = x.as_ptr();
+    let first = data.as_ptr();
+    let second = first.add(PANEL * inp);
+    // Groups of 32 outputs: two of the first panel, then two of the second.
+    let mut acc = [(_mm512_setzero_ps(), _mm512_setzero_ps()); 4];
+    for i in 0..inp {
+        let x = _mm512_set1_ps(*xp.add(i));
+        for (g, acc_g) in acc.iter_mut().enumerate() {
+            let panel = if g < 2 { first } else { second };
+            let (a, b) = W::load32(panel.add(i * PANEL + 2 * (g % 2) * PAIR));
+            acc_g.0 = _mm512_fmadd_ps(a, x, acc_g.0);
+            acc_g.1 = _mm512_fmadd_ps(b, x, acc_g.1);
+        }
+    }
+    for (g, acc_g) in acc.iter().enumerate() {
+        // The second panel's outputs follow the first's: group g starts at output 32 g.
+        W::store32(*acc_g, y.ptr.add(g * 2 * PAIR));
+    }
+}
+
 /// Sums of `QUADS` groups of 32 outputs (two pairs) x `ROWS` rows; `PF`: prefetch `at.ahead`, spread over the
 /// inputs as the AVX2 tile does.
 ///

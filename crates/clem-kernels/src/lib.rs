@@ -575,14 +575,19 @@ fn products<W: Weight>(data: &[W], x: &[f32], rows: usize, inp: usize, run: Run,
     assert!(y.len() >= rows * ld, "products: output buffer too short");
     let out = PanelOut { ptr: y.as_mut_ptr().cast::<f32>(), ld };
     #[cfg(target_arch = "x86_64")]
-    if rows == 1 && run.path == Path::Avx2 && run.tuning.row_panels == 2 {
+    if rows == 1 && matches!(run.path, Path::Avx2 | Path::Avx512) && run.tuning.row_panels == 2 {
         split_panels(panels.div_ceil(2), 1, data.len(), |q, _| {
             let p = 2 * q;
-            // SAFETY: as below, for panels p and p + 1 (a unit of two panels is run by one task); the AVX2 path
-            // was checked against the CPU when the matrix was packed.
+            // SAFETY: as below, for panels p and p + 1 (a unit of two panels is run by one task); the path was
+            // checked against the CPU when the matrix was packed.
             unsafe {
                 if p + 1 < panels {
-                    two_panels_avx2(x, &data[p * panel_len..], inp, out.columns_from(p * PANEL));
+                    let (two, y) = (&data[p * panel_len..], out.columns_from(p * PANEL));
+                    if run.path == Path::Avx512 {
+                        avx512::two_panels(x, two, inp, y);
+                    } else {
+                        two_panels_avx2(x, two, inp, y);
+                    }
                 } else {
                     panel_outputs(x, &data[p * panel_len..], (inp, 1, 0..4), run, out.columns_from(p * PANEL));
                 }

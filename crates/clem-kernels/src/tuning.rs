@@ -35,8 +35,9 @@ pub struct Tuning {
     pub block_bytes: usize,
     /// Bytes ahead of its reads that one row streaming a matrix prefetches (0: none, the hardware prefetcher's job).
     pub row_ahead: usize,
-    /// Panels one row reads at once on the AVX2 path: 2 keeps two weight streams in flight (one core of the 2-core
-    /// EPYC reads 15 GB/s from one stream, 19 GB/s from two; `row_ahead` is then unused), 1 reads panel after panel.
+    /// Panels one row reads at once on the AVX2 and AVX-512 paths: 2 keeps two weight streams in flight (one core
+    /// of the 2-core EPYC reads 15 GB/s from one stream, 19 GB/s from two; `row_ahead` is then unused), 1 reads
+    /// panel after panel.
     #[serde(default = "one")]
     pub row_panels: usize,
 }
