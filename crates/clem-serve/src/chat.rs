@@ -203,7 +203,7 @@ impl Sequence {
                         gauge.started();
                         state.metrics.first_token(since);
                     }
-                    finish(&gauge, &result);
+                    finish(&mut gauge, &result);
                     let _ = tx.send(SeqMsg::Done(index, result));
                 });
             }
@@ -213,20 +213,21 @@ impl Sequence {
                 }
                 Some(gate) => {
                     let permits = gate.permits.clone();
+                    let mut seq = self;
                     tokio::spawn(async move {
                         // Waits for a place in the model's batch, or until nobody reads the request any more.
                         let permit = tokio::select! {
                             p = permits.acquire_owned() => p.ok(),
-                            () = self.tx.closed() => None,
+                            () = seq.tx.closed() => None,
                         };
                         if permit.is_none() {
-                            self.gauge.cancelled();
-                            let _ = self.tx.send(SeqMsg::Done(self.index, Err(ModelError::cancelled("?"))));
+                            seq.gauge.end(0, true);
+                            let _ = seq.tx.send(SeqMsg::Done(seq.index, Err(ModelError::cancelled("?"))));
                             return;
                         }
                         let _ = tokio::task::spawn_blocking(move || {
                             let _permit = permit;
-                            self.generate();
+                            seq.generate();
                         })
                         .await;
                     });
@@ -262,18 +263,18 @@ impl Sequence {
         if let Some(gate) = &self.state.models[self.model].gate {
             gate.active.fetch_sub(1, Ordering::Relaxed);
         }
-        finish(&self.gauge, &result);
+        finish(&mut self.gauge, &result);
         let _ = self.tx.send(SeqMsg::Done(index, result));
         drop(self.work);
     }
 }
 
 /// Counts a finished sequence's tokens, or its cancellation.
-fn finish(gauge: &SequenceGauge, result: &Result<Generation, ModelError>) {
+fn finish(gauge: &mut SequenceGauge, result: &Result<Generation, ModelError>) {
     match result {
-        Ok(g) => gauge.tokens(g.usage.map_or(0, |u| u.completion_tokens)),
-        Err(ModelError::Cancelled { .. }) => gauge.cancelled(),
-        Err(_) => {}
+        Ok(g) => gauge.end(g.usage.map_or(0, |u| u.completion_tokens), false),
+        Err(ModelError::Cancelled { .. }) => gauge.end(0, true),
+        Err(_) => gauge.end(0, false),
     }
 }
 

@@ -148,17 +148,19 @@ impl Metrics {
             tokens: self.tokens.with_label_values(&[model]),
             cancelled: self.cancelled.with_label_values(&[model]),
             started: false,
+            left: false,
         }
     }
 }
 
-/// One sequence's place in the waiting/running gauges; leaves them when dropped.
+/// One sequence's place in the waiting/running gauges; leaves them when it ends, or when dropped.
 pub struct SequenceGauge {
     waiting: prometheus::IntGauge,
     running: prometheus::IntGauge,
     tokens: IntCounter,
     cancelled: IntCounter,
     started: bool,
+    left: bool,
 }
 
 impl SequenceGauge {
@@ -171,22 +173,31 @@ impl SequenceGauge {
         }
     }
 
-    pub fn tokens(&self, n: u64) {
-        self.tokens.inc_by(n);
+    /// The sequence ended with `tokens` generated, or `cancelled`: it leaves the gauges first, then is counted,
+    /// so that a reader who sees it counted never sees it still waiting or running.
+    pub fn end(&mut self, tokens: u64, cancelled: bool) {
+        self.leave();
+        self.tokens.inc_by(tokens);
+        if cancelled {
+            self.cancelled.inc();
+        }
     }
 
-    pub fn cancelled(&self) {
-        self.cancelled.inc();
-    }
-}
-
-impl Drop for SequenceGauge {
-    fn drop(&mut self) {
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
         if self.started {
             self.running.dec();
         } else {
             self.waiting.dec();
         }
+    }
+}
+
+impl Drop for SequenceGauge {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -201,12 +212,20 @@ mod tests {
         assert!(m.render().contains("clem_serve_sequences_waiting{model=\"m\"} 1"));
         s.started();
         s.started();
-        s.tokens(5);
         let page = m.render();
         assert!(page.contains("clem_serve_sequences_waiting{model=\"m\"} 0"), "{page}");
         assert!(page.contains("clem_serve_sequences_running{model=\"m\"} 1"), "{page}");
+        // Counted as it leaves the gauges, never before: the running gauge is down when the count is up.
+        s.end(5, true);
+        let page = m.render();
         assert!(page.contains("clem_serve_generated_tokens_total{model=\"m\"} 5"), "{page}");
+        assert!(page.contains("clem_serve_sequences_cancelled_total{model=\"m\"} 1"), "{page}");
+        assert!(page.contains("clem_serve_sequences_running{model=\"m\"} 0"), "{page}");
+        // Dropping it after the end leaves the gauges as they are (it left once).
         drop(s);
+        let waiting_left = m.sequence("m");
+        drop(waiting_left);
+        assert!(m.render().contains("clem_serve_sequences_waiting{model=\"m\"} 0"));
         m.request(200);
         m.first_token(Instant::now());
         let page = m.render();
