@@ -139,15 +139,7 @@ fn main() {
     }
 }
 
-/// The CPU's model name from /proc/cpuinfo and the cores this process may use (figures are per machine).
+/// The CPU's model and the cores this process may use (figures are per machine).
 fn cpu_model() -> String {
-    let name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{name} ({cores} cores)")
+    format!("{} ({} cores)", clem_kernels::dispatch::cpu_model(), clem_backends::cpu::usable_cores())
 }
