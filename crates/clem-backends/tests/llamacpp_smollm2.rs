@@ -219,10 +219,73 @@ fn sequences_joining_and_leaving_mid_batch_equal_their_single_runs() {
         assert_eq!(got.usage, want.usage, "case {i}");
         assert_eq!(*streamed, raw(got), "case {i}: the deltas concatenate to the raw text");
     }
-    // When each call started, streamed its first delta and ended. Not asserted yet: on the loaded machine of
-    // this commit the later calls got their first deltas in groups (see the commit message); to be checked.
-    eprintln!("spans (case, start, first delta, end): {:?}", spans.lock().expect("spans"));
+    // When each call started, streamed its first delta and ended: some call joined while an earlier one was still
+    // decoding (its first delta came before the earlier one's end), as the first context is several sequences wide.
+    let spans = spans.lock().expect("spans").clone();
+    eprintln!("spans (case, start, first delta, end): {spans:?}");
+    let joined = spans.iter().any(|&(i, start, first, _)| {
+        first.is_some_and(|first| spans.iter().any(|&(j, s, _, end)| j != i && s < start && first < end))
+    });
+    assert!(joined, "no call joined a running one: {spans:?}");
     let after = model.scheduler_stats().expect("stats");
     assert_eq!(after.cancelled - before.cancelled, 1);
     assert_eq!((after.running, after.waiting), (0, 0));
+}
+
+/// Prefix reuse (#18): a slot that keeps the first `P` positions of an earlier sequence's cache (its prompt and
+/// some generated tokens) and evaluates only the rest of a new prompt gives, bit for bit, the logits of a slot
+/// that evaluates the whole prompt from position 0, and so does the decode step after it, whether the two slots
+/// decode together or apart.
+#[test]
+fn a_kept_prompt_prefix_gives_the_logits_of_a_fresh_prefill() {
+    use clem_backends::llamacpp::engine::Engine;
+    use clem_core::schedule::{Decode, Prefill, StepEngine, TokenId};
+
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = clem_core::hf::hub_cache_dir();
+    let Some(dir) = clem_core::hf::cached_snapshot(&cache, REPO).filter(|d| d.join(FILE).is_file()) else {
+        common::missing(&format!("{FILE} is not in {}: run scripts/fetch-smollm2.sh", cache.display()));
+        return;
+    };
+    let engine = Engine::load(&dir.join(FILE), 0, 2).expect("loads");
+    let ids = |text: &str| -> Vec<TokenId> {
+        engine.tokenize(text).expect("tokenizes").iter().map(|t| u32::try_from(t.0).expect("id")).collect()
+    };
+    let head = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+                <|im_start|>user\nSummarise these notes in plain words:";
+    let first = ids(&format!("{head} the river bread dragon market stone<|im_end|>\n<|im_start|>assistant\n"));
+    let second =
+        ids(&format!("{head} winter garden lantern quiet number village letter<|im_end|>\n<|im_start|>assistant\n"));
+    let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+    assert!(shared > 10 && second.len() - shared >= 8, "{shared} of {} tokens shared", second.len());
+
+    let mut steps = engine.steps(Box::new(|_| Ok(())), 2, 1024);
+    steps.resize(2, 1024).expect("context");
+    let prefill = |steps: &mut clem_backends::llamacpp::step::LlamaSteps, slot, start, tokens: &[TokenId]| {
+        let out = steps.prefill(&[Prefill { slot, start, tokens, logits: true }]).expect("prefill");
+        out.into_iter().next().flatten().expect("logits")
+    };
+    let bits = |l: &[f32]| l.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    // Slot 0: the first prompt and 5 generated tokens, then truncated to the shared prefix.
+    let mut logits = prefill(&mut steps, 0, 0, &first);
+    for i in 0..5 {
+        let next = clem_core::schedule::sample(
+            &logits,
+            &clem_core::schedule::SamplingParams::greedy(),
+            &mut fastrand::Rng::with_seed(0),
+        );
+        logits = steps.decode(&[Decode { slot: 0, pos: first.len() + i, token: next }]).expect("decode").remove(0);
+    }
+    assert!(steps.truncate(0, shared), "llama.cpp keeps a prefix");
+    let reused = prefill(&mut steps, 0, shared, &second[shared..]);
+    let fresh = prefill(&mut steps, 1, 0, &second);
+    assert!(bits(&reused) == bits(&fresh), "the prompt's logits differ after a kept prefix");
+    // The next token decoded in both slots, together, then each alone.
+    let pos = second.len();
+    let together =
+        steps.decode(&[Decode { slot: 0, pos, token: 42 }, Decode { slot: 1, pos, token: 42 }]).expect("decode");
+    assert!(bits(&together[0]) == bits(&together[1]), "a decode step after a kept prefix differs");
+    let alone0 = steps.decode(&[Decode { slot: 0, pos: pos + 1, token: 43 }]).expect("decode").remove(0);
+    let alone1 = steps.decode(&[Decode { slot: 1, pos: pos + 1, token: 43 }]).expect("decode").remove(0);
+    assert!(bits(&alone0) == bits(&alone1), "a decode step after a kept prefix differs");
 }

@@ -2,8 +2,10 @@
 //! each with its own KV cache) driven step by step by a [`Scheduler`], which owns the running batch.
 //!
 //! At every step the scheduler drops the sequences that were cancelled, admits waiting ones into free slots,
-//! runs one decode step for every running sequence (one token each, one engine call), then prefills waiting
-//! prompts in chunks under a per-step token budget (at least one chunk per step, so neither side starves).
+//! prefills their prompts in chunks under a per-step token budget (at least one chunk per step, so neither side
+//! starves), then runs one decode step for every sequence with a sampled token (one token each, one engine call).
+//! An engine that [reuses prefixes](StepEngine::reuses_prefixes) keeps a slot's cache after its sequence leaves;
+//! the next sequence goes to the free slot sharing the longest prompt prefix with it and prefills only the rest.
 //! Each sequence samples with its own settings and seeded RNG, stops at an end-of-generation token, its
 //! `max_tokens` or a stop string (cut before it), and pushes its text deltas to its caller as they are decoded.
 //!
@@ -29,6 +31,11 @@ use crate::cancel::Cancel;
 
 /// A token id of the engine's vocabulary.
 pub type TokenId = u32;
+
+/// A prompt chunk that starts after a reused prefix has at least this many tokens, unless it starts at one of the
+/// fixed chunk offsets: llama.cpp's CPU matrix products take another path, which rounds differently, under 2 rows
+/// on x86 and under 8 on some ARM builds.
+const MIN_CHUNK_ROWS: usize = 8;
 
 /// One prefill chunk: `tokens` go into `slot`'s cache at positions `start..start + tokens.len()`.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +89,20 @@ pub trait StepEngine: Send {
 
     /// Empties a slot's cache so that another sequence can use it.
     fn free(&mut self, slot: usize);
+
+    /// Whether a slot's cache may outlive its sequence so that the next one reuses a shared prompt prefix
+    /// ([`StepEngine::truncate`]). Such an engine's prefill must give the same logits for a chunk `start..end`
+    /// evaluated over a kept prefix as for the same positions evaluated from the chunk's fixed offset.
+    fn reuses_prefixes(&self) -> bool {
+        false
+    }
+
+    /// Keeps the first `len` positions of a slot's cache and drops the rest. `false`: not done; the scheduler then
+    /// frees the slot.
+    fn truncate(&mut self, slot: usize, len: usize) -> bool {
+        let _ = (slot, len);
+        false
+    }
 
     /// Whether a token ends generation (EOS, end of turn).
     fn is_end(&self, token: TokenId) -> bool;
@@ -218,6 +239,8 @@ pub struct SchedulerStats {
     pub slots: u64,
     pub steps: u64,
     pub prompt_tokens: u64,
+    /// Prompt tokens not prefilled because their slot's cache held them already.
+    pub reused_tokens: u64,
     pub generated_tokens: u64,
     pub finished: u64,
     pub cancelled: u64,
@@ -230,6 +253,7 @@ struct StatCells {
     slots: AtomicU64,
     steps: AtomicU64,
     prompt_tokens: AtomicU64,
+    reused_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     finished: AtomicU64,
     cancelled: AtomicU64,
@@ -244,6 +268,7 @@ impl StatCells {
             slots: get(&self.slots),
             steps: get(&self.steps),
             prompt_tokens: get(&self.prompt_tokens),
+            reused_tokens: get(&self.reused_tokens),
             generated_tokens: get(&self.generated_tokens),
             finished: get(&self.finished),
             cancelled: get(&self.cancelled),
@@ -408,6 +433,8 @@ struct Seq {
     /// Prompt tokens in the cache.
     prefilled: usize,
     tokens: Vec<TokenId>,
+    /// Generated tokens in the cache (the last sampled one is not until the next decode step).
+    evaluated: usize,
     /// Sampled, not yet in the cache.
     pending: Option<TokenId>,
     /// The end token that stopped it.
@@ -421,6 +448,15 @@ struct Seq {
 }
 
 impl Seq {
+    /// The tokens whose keys and values its slot's cache holds, in position order.
+    fn cached(&self) -> Vec<TokenId> {
+        let mut held = self.req.prompt[..self.prefilled].to_vec();
+        if self.prefilled == self.req.prompt.len() {
+            held.extend_from_slice(&self.tokens[..self.evaluated.min(self.tokens.len())]);
+        }
+        held
+    }
+
     fn output(&self, finish: Finish) -> SeqOutput {
         SeqOutput {
             tokens: self.tokens.clone(),
@@ -444,6 +480,8 @@ pub struct SchedulerCore<E: StepEngine> {
     stats: Arc<StatCells>,
     /// The engine refused to grow since it was last idle.
     grow_refused: bool,
+    /// What each free slot's cache still holds (engines that reuse prefixes; empty for slots in use).
+    kept: Vec<Vec<TokenId>>,
 }
 
 impl<E: StepEngine> SchedulerCore<E> {
@@ -461,6 +499,7 @@ impl<E: StepEngine> SchedulerCore<E> {
             running: Vec::new(),
             stats: Arc::default(),
             grow_refused: false,
+            kept: Vec::new(),
         }
     }
 
@@ -498,6 +537,7 @@ impl<E: StepEngine> SchedulerCore<E> {
             slot: usize::MAX,
             prefilled: 0,
             tokens: Vec::new(),
+            evaluated: 0,
             pending: None,
             end_token: None,
             rng,
@@ -509,12 +549,15 @@ impl<E: StepEngine> SchedulerCore<E> {
         self.publish();
     }
 
-    /// One step: cancellations, admissions, a decode step for the running sequences, prefill chunks.
+    /// One step: cancellations, admissions, prefill chunks, a decode step for every sequence with a sampled token
+    /// (a prompt prefilled in this step included, so that a new sequence decodes beside the others at once instead
+    /// of leaving its slot out of one step).
     pub fn step(&mut self) {
         self.sweep_cancelled();
         self.admit();
-        let decoded = self.decode_step();
-        self.prefill_step(decoded);
+        let decoding = self.running.iter().filter(|s| s.pending.is_some()).count();
+        self.prefill_step(decoding);
+        self.decode_step();
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.publish();
     }
@@ -540,7 +583,7 @@ impl<E: StepEngine> SchedulerCore<E> {
         while i < self.running.len() {
             if self.running[i].req.cancel.is_cancelled() {
                 let seq = self.running.remove(i);
-                self.engine.free(seq.slot);
+                self.release(&seq);
                 self.finish_seq(seq, Finish::Cancelled);
             } else {
                 i += 1;
@@ -603,19 +646,77 @@ impl<E: StepEngine> SchedulerCore<E> {
                 }
             }
             let used: Vec<usize> = self.running.iter().map(|s| s.slot).collect();
-            let Some(free) = (0..slots).find(|s| !used.contains(s)) else { break };
-            if too_small || (room_to_grow && !self.running.is_empty()) {
+            if used.len() >= slots || too_small || (room_to_grow && !self.running.is_empty()) {
                 break;
             }
             if let Some(mut seq) = self.waiting.pop_front() {
-                seq.slot = free;
+                let (slot, reuse) = self.choose_slot(slots, &used, &seq.req.prompt);
+                seq.slot = slot;
+                seq.prefilled = self.take_slot(slot, reuse);
                 self.running.push(seq);
             }
         }
     }
 
+    /// The free slot whose kept cache shares the longest usable prefix with `prompt` (the lowest on a tie, so
+    /// that running slots stay close together), and that prefix's length.
+    fn choose_slot(&self, slots: usize, used: &[usize], prompt: &[TokenId]) -> (usize, usize) {
+        let mut best = (usize::MAX, 0);
+        for slot in (0..slots).filter(|s| !used.contains(s)) {
+            let reuse = self.kept.get(slot).map_or(0, |kept| self.reusable(kept, prompt));
+            if best.0 == usize::MAX || reuse > best.1 {
+                best = (slot, reuse);
+            }
+        }
+        best
+    }
+
+    /// How much of `kept` a sequence with `prompt` may reuse: their common prefix, leaving at least one prompt
+    /// token to evaluate, and such that the prompt's first chunk after it has at least [`MIN_CHUNK_ROWS`] tokens
+    /// or starts at one of the fixed chunk offsets (kernels may change paths, and rounding, on fewer rows).
+    fn reusable(&self, kept: &[TokenId], prompt: &[TokenId]) -> usize {
+        let common = kept.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let reuse = common.min(prompt.len().saturating_sub(1));
+        let chunk = self.config.prefill_chunk;
+        let offset = reuse / chunk * chunk;
+        let end = (offset + chunk).min(prompt.len());
+        if end - reuse < MIN_CHUNK_ROWS {
+            end.saturating_sub(MIN_CHUNK_ROWS).max(offset)
+        } else {
+            reuse
+        }
+    }
+
+    /// Readies `slot` for a new sequence that reuses the first `reuse` positions of its cache; returns how many
+    /// it does reuse (0 when the engine would not keep them).
+    fn take_slot(&mut self, slot: usize, reuse: usize) -> usize {
+        let kept = self.kept.get_mut(slot).map(std::mem::take).unwrap_or_default();
+        if reuse > 0 && self.engine.truncate(slot, reuse) {
+            self.stats.reused_tokens.fetch_add(reuse as u64, Ordering::Relaxed);
+            return reuse;
+        }
+        if !kept.is_empty() || reuse > 0 {
+            self.engine.free(slot);
+        }
+        0
+    }
+
+    /// A sequence left its slot: the slot's cache is kept for a later prompt with the same prefix when the engine
+    /// reuses prefixes, and freed otherwise.
+    fn release(&mut self, seq: &Seq) {
+        if !self.engine.reuses_prefixes() {
+            self.engine.free(seq.slot);
+            return;
+        }
+        if self.kept.len() <= seq.slot {
+            self.kept.resize(seq.slot + 1, Vec::new());
+        }
+        self.kept[seq.slot] = seq.cached();
+    }
+
     /// Resizes to `slots` x `capacity`, else (memory) to one slot for the head alone.
     fn resize(&mut self, slots: usize, capacity: usize, head_need: usize) -> Result<(), E::Error> {
+        self.kept.clear();
         match self.engine.resize(slots, capacity) {
             Ok(()) => Ok(()),
             Err(_) if slots > 1 || capacity > head_need => self.engine.resize(1, head_need),
@@ -623,8 +724,8 @@ impl<E: StepEngine> SchedulerCore<E> {
         }
     }
 
-    /// Runs the decode step; returns its number of tokens.
-    fn decode_step(&mut self) -> usize {
+    /// Runs the decode step.
+    fn decode_step(&mut self) {
         let batch: Vec<Decode> = self
             .running
             .iter()
@@ -633,13 +734,14 @@ impl<E: StepEngine> SchedulerCore<E> {
             })
             .collect();
         if batch.is_empty() {
-            return 0;
+            return;
         }
         match self.engine.decode(&batch) {
             Ok(logits) if logits.len() == batch.len() => {
                 for (entry, l) in batch.iter().zip(logits) {
                     if let Some(i) = self.running.iter().position(|s| s.slot == entry.slot) {
                         self.running[i].pending = None;
+                        self.running[i].evaluated += 1;
                         self.accept(i, &l);
                     }
                 }
@@ -651,12 +753,11 @@ impl<E: StepEngine> SchedulerCore<E> {
             }
             Err(e) => self.fail_slots(batch.iter().map(|d| d.slot).collect(), &e.to_string()),
         }
-        batch.len()
     }
 
-    /// Prefill chunks in admission order while the step has budget left after `decoded` tokens (at least one).
-    fn prefill_step(&mut self, decoded: usize) {
-        let mut budget = self.config.step_tokens.saturating_sub(decoded);
+    /// Prefill chunks in admission order while the step has budget left after `decoding` tokens (at least one).
+    fn prefill_step(&mut self, decoding: usize) {
+        let mut budget = self.config.step_tokens.saturating_sub(decoding);
         let chunk = self.config.prefill_chunk;
         // (running index, start, end) of each chunk, in order.
         let mut plan: Vec<(usize, usize, usize)> = Vec::new();
@@ -755,7 +856,7 @@ impl<E: StepEngine> SchedulerCore<E> {
                 continue;
             };
             let seq = self.running.remove(i);
-            self.engine.free(seq.slot);
+            self.release(&seq);
             self.finish_seq(seq, finish);
         }
     }
@@ -776,12 +877,15 @@ impl<E: StepEngine> SchedulerCore<E> {
         }
         let counter = if finish == Finish::Cancelled { &self.stats.cancelled } else { &self.stats.finished };
         counter.fetch_add(1, Ordering::Relaxed);
+        // The gauges first: a caller that reads them once it has its output must not still count its sequence.
+        self.publish();
         let out = seq.output(finish);
         (seq.notify)(SeqEvent::Done(Ok(out)));
     }
 
     fn fail(&mut self, mut seq: Seq, error: ScheduleError) {
         self.stats.finished.fetch_add(1, Ordering::Relaxed);
+        self.publish();
         (seq.notify)(SeqEvent::Done(Err(error)));
     }
 

@@ -5,7 +5,8 @@
 //! A sequence is *waiting* from its submission until the model reports its first piece of text, then *running*
 //! until it ends; a request with `n` > 1 is `n` sequences. Models with a step scheduler (the local backends)
 //! also show the scheduler's own counters as `clem_scheduler_*{model}`: sequences in the running batch and
-//! waiting for a slot, slots, decoding steps, prompt and generated tokens, finished and cancelled sequences.
+//! waiting for a slot, slots, decoding steps, prompt tokens prefilled and reused, generated tokens, finished and
+//! cancelled sequences.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +66,11 @@ fn scheduler_page(stats: &[(&str, SchedulerStats)]) -> String {
                 (|s: &SchedulerStats| s.steps) as fn(&SchedulerStats) -> u64,
             ),
             ("clem_scheduler_prompt_tokens_total", "Prompt tokens prefilled.", |s| s.prompt_tokens),
+            (
+                "clem_scheduler_reused_prompt_tokens_total",
+                "Prompt tokens not prefilled: a slot's cache held them from an earlier sequence.",
+                |s| s.reused_tokens,
+            ),
             ("clem_scheduler_generated_tokens_total", "Tokens generated, cancelled sequences included.", |s| {
                 s.generated_tokens
             }),

