@@ -1,12 +1,13 @@
 """clem serve against llama.cpp's server (the `xllamacpp` package), side by side in one run, same GGUF file.
 
 Usage: python3 bench/serve/compare.py [--clem target/release/clem] [--model smollm2-135m] [--gguf PATH]
-       [--clients 64] [--requests 128] [--slots 8,16] [--threads 2] [--max-batch 16] [--seed 0]
+       [--clients 64] [--requests 128] [--slots 8,16] [--threads 2] [--max-batch N] [--seed 0]
 The load: `--clients` concurrent clients share `--requests` streaming chat requests (each one made once from
 `--seed`: a user prompt of 20 to 400 tokens, `max_tokens` 16 to 256, temperature 0), each request's time to its
 first content chunk measured at the client, its generated tokens read from the final usage chunk. Each server is
 started on 127.0.0.1 with a free port and `--threads` threads, warmed up with one request, loaded, stopped; llama.cpp's
-server once per slot count in `--slots` (its `-np`, with a context of 1024 tokens per slot). Prints one line per
+server once per slot count in `--slots` (its `-np`, with a context of 1024 tokens per slot); clem serve with its default
+width unless `--max-batch` is given. Prints one line per
 server (generated tokens/s, requests/s, p50/p99 time to first token, errors), the ratios clem / llama.cpp, and the
 CPU model, then one JSON line. Exit 1 when any request failed, 3 when `xllamacpp` is missing. Standard library only
 for the clients (asyncio, one HTTP/1.1 connection per request, SSE read as it arrives), so the client costs both servers the same.
@@ -184,7 +185,7 @@ def main():
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--slots", default="8,16")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-batch", type=int)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     try:
@@ -201,10 +202,10 @@ def main():
           f"{max(len(m) for m, _ in work)} characters, max_tokens {min(t for _, t in work)}-"
           f"{max(t for _, t in work)} (sum {sum(t for _, t in work)}), temperature 0, {a.threads} threads; CPU: {cpu}")
     runs = {}
-    proc, base = started([a.clem, "--threads", str(a.threads), "serve", "-m", a.model, "--port", "0", "--max-batch",
-                          str(a.max_batch)])
+    width = ["--max-batch", str(a.max_batch)] if a.max_batch else []
+    proc, base = started([a.clem, "--threads", str(a.threads), "serve", "-m", a.model, "--port", "0"] + width)
     try:
-        runs[f"clem serve {a.model} --max-batch {a.max_batch}"] = asyncio.run(load(base, a.model, work, a.clients))
+        runs[" ".join(["clem serve", a.model] + width)] = asyncio.run(load(base, a.model, work, a.clients))
     finally:
         stop(proc)
     for slots in [int(s) for s in a.slots.split(",") if s]:

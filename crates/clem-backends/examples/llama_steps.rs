@@ -1,6 +1,7 @@
 //! What a decoding step of the llamacpp step engine costs by the layout of its slots, on SmolLM2-135M-Instruct
 //! Q4_1 (`scripts/fetch-smollm2.sh`), 2 threads: sequences in slot order or not, with gaps between slots, and one
-//! sequence in a 1-stream or a 16-stream context. These measurements chose the engine's decode order and its first
+//! sequence in a 1-stream or a 16-stream context, and
+//! steps of 8 to 64 sequences. These measurements chose the engine's decode order and its first
 //! context's width.
 //!
 //! `cargo run --release -p clem-backends --features llamacpp --example llama_steps`
@@ -69,12 +70,45 @@ fn main() {
         println!("{name}: {:.1} ms per step", time(&mut steps, &mut pos, &groups));
     }
 
-    for width in [1usize, 16] {
+    for width in [1usize, 16, 64] {
         steps.resize(width, 1024).expect("context");
         fill(&mut steps, &prompt, 0, 100);
         let mut pos = [100usize; 16];
         let ms = time(&mut steps, &mut pos, &[vec![0]]);
         println!("1 sequence in a {width}-stream context: {ms:.1} ms per step");
+    }
+
+    // What a prompt costs: one slot filled with 300 tokens, in one chunk.
+    steps.resize(16, 1024).expect("context");
+    let start = Instant::now();
+    for s in 0..16 {
+        fill(&mut steps, &prompt, s, 300);
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3 / 16.0;
+    println!("prefill of 300 tokens: {ms:.1} ms, {:.0} tokens/s", 300.0 * 1e3 / ms);
+    for chunk in [32usize, 64, 128, 256, 512] {
+        steps.resize(16, 1024).expect("context");
+        let start = Instant::now();
+        for s in 0..4 {
+            let mut at = 0;
+            while at < 512 {
+                let end = at + chunk;
+                let logits = end == 512;
+                steps.prefill(&[Prefill { slot: s, start: at, tokens: &prompt[at..end], logits }]).expect("prefill");
+                at = end;
+            }
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3 / 4.0;
+        println!("prefill of 512 tokens in chunks of {chunk}: {ms:.1} ms, {:.0} tokens/s", 512.0 * 1e3 / ms);
+    }
+
+    // How decoding scales with the running batch: every slot 300 cells deep, one step for all of them.
+    for width in [8usize, 16, 24, 32, 48, 64] {
+        steps.resize(width, 1024).expect("context");
+        (0..width).for_each(|s| fill(&mut steps, &prompt, s, 300));
+        let mut pos = vec![300usize; width];
+        let ms = time(&mut steps, &mut pos, &[(0..width).collect()]);
+        println!("{width} sequences of 300 cells: {ms:.1} ms per step, {:.0} tokens/s", width as f64 * 1e3 / ms);
     }
 }
 

@@ -47,14 +47,20 @@ pub use error::{ApiError, ServeError};
 pub use images::is_public;
 pub use listen::raise_fd_limit;
 
+/// Requests a local model without a step scheduler batches together unless told otherwise.
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
 /// The server's limits and defaults.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     /// Clients must send `Authorization: Bearer KEY` when set (an empty key is refused by [`App::new`]).
     pub api_key: Option<String>,
     /// Most sequences a local model decodes together (1 = one at a time): a model with a step scheduler gets at
-    /// most this many at once (the rest wait in the server), a model without one batches up to this many.
-    pub max_batch: usize,
+    /// most this many at once (the rest wait in the server), a model without one batches up to this many. `None`:
+    /// a scheduled model runs as many as its scheduler has slots for (llamacpp: 32 when memory allows; decoding
+    /// costs as much per token at 32 sequences as at 8 on CPU, and a request that waits for a slot waits for
+    /// whole replies), a model without one batches up to [`DEFAULT_MAX_BATCH`].
+    pub max_batch: Option<usize>,
     /// How long a local model's worker waits for more requests after the first one.
     pub batch_window: Duration,
     /// Largest `max_tokens` a request may ask for.
@@ -90,7 +96,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             api_key: None,
-            max_batch: 8,
+            max_batch: None,
             batch_window: Duration::from_millis(2),
             max_tokens_cap: 4096,
             max_n: 16,
@@ -156,12 +162,15 @@ impl App {
             let model = Arc::new(model);
             // A model with a step scheduler batches by itself, per decoding step.
             let batcher = match chat::uses_batcher(&model) {
-                true => Some(batcher::Batcher::start(model.clone(), config.max_batch, config.batch_window)?),
+                true => {
+                    let max_batch = config.max_batch.unwrap_or(DEFAULT_MAX_BATCH);
+                    Some(batcher::Batcher::start(model.clone(), max_batch, config.batch_window)?)
+                }
                 false => None,
             };
             let images = images::Policy::of(model.spec());
-            let gate =
-                (batcher.is_none() && model.scheduler_stats().is_some()).then(|| chat::Gate::new(config.max_batch));
+            let gate = (batcher.is_none() && model.scheduler_stats().is_some())
+                .then(|| chat::Gate::new(config.max_batch.unwrap_or(config.max_concurrent)));
             served.push(Served { name, model, batcher, gate, images });
         }
         let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));

@@ -232,7 +232,7 @@ async fn burst(base: &str, n: usize, temps: &[f64]) -> Vec<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_models_batch_requests_that_arrive_together_grouped_by_arguments() {
     let (local, calls) = Echo::new("local", BatchMode::ForwardPass, 150);
-    let config = ServeConfig { max_batch: 4, batch_window: Duration::from_millis(50), ..ServeConfig::default() };
+    let config = ServeConfig { max_batch: Some(4), batch_window: Duration::from_millis(50), ..ServeConfig::default() };
     let server = start(vec![Box::new(local)], config).await;
     let replies = burst(&server.base, 12, &[0.0, 1.0]).await;
     for (i, (status, text)) in replies.iter().enumerate() {
@@ -253,7 +253,7 @@ async fn local_models_batch_requests_that_arrive_together_grouped_by_arguments()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_batch_one_serves_one_at_a_time() {
     let (local, calls) = Echo::new("local", BatchMode::ForwardPass, 20);
-    let config = ServeConfig { max_batch: 1, batch_window: Duration::from_millis(20), ..ServeConfig::default() };
+    let config = ServeConfig { max_batch: Some(1), batch_window: Duration::from_millis(20), ..ServeConfig::default() };
     let server = start(vec![Box::new(local)], config).await;
     let replies = burst(&server.base, 6, &[0.0]).await;
     assert!(replies.iter().all(|(s, _)| *s == 200));

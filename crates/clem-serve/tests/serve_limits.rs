@@ -331,7 +331,7 @@ fn disconnected_clients_leave_a_local_batch_and_the_queue() {
     let batches = Arc::new(Mutex::new(Vec::new()));
     let spec = serde_json::from_value(json!({"model_name": "local", "backend": "test"})).expect("spec");
     let model = Steps { spec, batches: batches.clone() };
-    let config = ServeConfig { max_batch: 4, batch_window: Duration::from_millis(50), ..ServeConfig::default() };
+    let config = ServeConfig { max_batch: Some(4), batch_window: Duration::from_millis(50), ..ServeConfig::default() };
     let server = start(vec![Box::new(model)], config);
     let chat = json!({"model": "local", "messages": [{"role": "user", "content": "hi"}]});
     server.rt.block_on(async {

@@ -46,8 +46,10 @@ pub struct LlamaCppModel {
     scheduler: Scheduler,
 }
 
-/// Sequences decoded together at most (llama.cpp server's largest common setting).
-const MAX_SLOTS: usize = 16;
+/// Sequences decoded together at most. On CPU a decoding step costs as much per token at 32 sequences as at 8
+/// (examples/llama_steps.rs), and a request that waits for a slot waits for whole replies, so a wide batch cuts the
+/// time to first token under load; 64 cut it further but cost throughput on mixed lengths (bench/serve).
+const MAX_SLOTS: usize = 32;
 
 /// A batch's results and where the time went (benchmarks).
 #[derive(Clone, Debug)]
@@ -141,7 +143,7 @@ impl LlamaCppModel {
         };
         // MAX_SLOTS sequences wide from the first context (when memory allows): a context cannot grow under running
         // sequences, so a narrower one made requests arriving just after the first wait for it to finish. One
-        // sequence decodes as fast in a 16-stream context as in a 1-stream one (examples/llama_steps.rs).
+        // sequence decodes as fast in a 64-stream context as in a 1-stream one (examples/llama_steps.rs).
         let scheduler = Scheduler::new(engine.steps(afford, MAX_SLOTS, context_size as usize), config);
         Ok(LlamaCppModel {
             spec: spec.clone(),

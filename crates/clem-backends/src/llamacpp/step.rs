@@ -18,6 +18,10 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::engine::{new_context, EngineError, CELL_STEP, N_BATCH};
 
+/// Cells a context holds at least, memory allowing (720 MiB of KV cache on SmolLM2-135M): rebuilding a
+/// context waits for every running sequence to finish, so one roomy context beats several that fit just so.
+const CONTEXT_CELLS: usize = 32768;
+
 /// Whether a KV cache of this many cells fits in memory (the message says why not).
 pub type Afford = Box<dyn Fn(u64) -> Result<(), String> + Send>;
 
@@ -147,6 +151,17 @@ fn layout(slots: usize, capacity: usize) -> Result<(u32, u32), EngineError> {
     Ok((per_seq, n_seq))
 }
 
+/// The layouts `(sequences, cells each)` to try for a need of `slots` x `capacity`, best first, the last the need
+/// itself. Wider than asked (`width`) and roomier: twice as long sequences (to the next power of two), and at least
+/// [`CONTEXT_CELLS`] in all, so that the longer requests that follow short first ones (a server's warm-up) do not
+/// each wait for a rebuild; no sequence longer than `max_cells`.
+fn layout_tries(slots: usize, capacity: usize, width: usize, max_cells: usize) -> [(usize, usize); 4] {
+    let roomy = capacity.next_power_of_two().min(max_cells).max(capacity);
+    let wide = slots.max(width);
+    let spacious = (CONTEXT_CELLS / wide).min(max_cells).max(roomy);
+    [(wide, spacious), (wide, roomy), (wide, capacity), (slots, capacity)]
+}
+
 /// Position or slot as llama.cpp's i32.
 fn int(n: usize) -> Result<i32, EngineError> {
     i32::try_from(n).map_err(|_| decode_err(format!("{n} does not fit llama.cpp's positions")))
@@ -165,10 +180,8 @@ impl StepEngine for LlamaSteps {
 
     fn resize(&mut self, slots: usize, capacity: usize) -> Result<(), EngineError> {
         // A context cannot grow under running sequences, so a later request longer than the waiting ones would wait
-        // for every running one to finish: room for twice as long ones (to the next power of two) when memory
-        // allows, then as wide as asked, then only as wide as needed.
-        let roomy = capacity.next_power_of_two().min(self.max_cells).max(capacity);
-        let tries = [(slots.max(self.width), roomy), (slots.max(self.width), capacity), (slots, capacity)];
+        // for every running one to finish: the roomiest layout memory allows.
+        let tries = layout_tries(slots, capacity, self.width, self.max_cells);
         let mut chosen = None;
         for (n, cells) in tries {
             let (per_seq, n_seq) = layout(n, cells)?;
@@ -288,7 +301,17 @@ impl StepEngine for LlamaSteps {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_groups;
+    use super::{decode_groups, layout_tries, CONTEXT_CELLS};
+
+    #[test]
+    fn layouts_are_wide_and_roomy_first_and_the_need_last() {
+        // A warm-up's short need still gets a roomy context, as wide as the engine's width.
+        assert_eq!(layout_tries(1, 40, 32, 8192), [(32, CONTEXT_CELLS / 32), (32, 64), (32, 40), (1, 40)]);
+        // Never longer than the model's context, never shorter than the need.
+        assert_eq!(layout_tries(4, 700, 2, 1024)[0], (4, 1024));
+        assert_eq!(layout_tries(64, 5000, 32, 8192)[0], (64, 8192));
+        assert_eq!(layout_tries(64, 5000, 32, 8192)[3], (64, 5000));
+    }
 
     #[test]
     fn decode_groups_follow_runs_of_slots_and_cut_where_a_pass_pays() {

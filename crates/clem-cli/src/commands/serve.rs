@@ -28,9 +28,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` (also read from CLEM_SERVE_API_KEY).
     #[arg(long)]
     api_key: Option<String>,
-    /// Most requests a local model decodes together (1: one at a time).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
-    max_batch: u16,
+    /// Most requests a local model decodes together (1: one at a time). Default: as many as the model's step
+    /// scheduler has slots for (llamacpp: 32, memory allowing; huggingface_local: 16), 8 for other local models.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    max_batch: Option<u16>,
     /// Milliseconds a local model waits for more requests after the first one of a batch.
     #[arg(long, default_value_t = 2)]
     batch_window_ms: u64,
@@ -104,7 +105,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     let config = ServeConfig {
         api_key,
-        max_batch: usize::from(args.max_batch),
+        max_batch: args.max_batch.map(usize::from),
         batch_window: Duration::from_millis(args.batch_window_ms),
         max_tokens_cap: args.max_tokens_cap,
         max_n: args.max_n,
