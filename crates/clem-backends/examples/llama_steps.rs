@@ -1,8 +1,7 @@
 //! What a decoding step of the llamacpp step engine costs by the layout of its slots, on SmolLM2-135M-Instruct
 //! Q4_1 (`scripts/fetch-smollm2.sh`), 2 threads: sequences in slot order or not, with gaps between slots, and one
-//! sequence in a 1-stream or a 16-stream context, and
-//! steps of 8 to 64 sequences. These measurements chose the engine's decode order and its first
-//! context's width.
+//! sequence in a 1-, 16- or 64-stream context; prefill by chunk size; decoding steps of 8 to 64 sequences. These
+//! measurements chose the engine's decode order and its first context's width.
 //!
 //! `cargo run --release -p clem-backends --features llamacpp --example llama_steps`
 
@@ -16,9 +15,14 @@ const STEPS: usize = 6;
 
 /// Fills `slot` with `len` prompt tokens (in 512-token chunks).
 fn fill(steps: &mut LlamaSteps, prompt: &[TokenId], slot: usize, len: usize) {
+    fill_in_chunks(steps, prompt, slot, len, 512);
+}
+
+/// Fills `slot` with `len` prompt tokens in chunks of `chunk`.
+fn fill_in_chunks(steps: &mut LlamaSteps, prompt: &[TokenId], slot: usize, len: usize, chunk: usize) {
     let mut at = 0;
     while at < len {
-        let end = (at + 512).min(len);
+        let end = (at + chunk).min(len);
         steps.prefill(&[Prefill { slot, start: at, tokens: &prompt[at..end], logits: end == len }]).expect("prefill");
         at = end;
     }
@@ -89,15 +93,7 @@ fn main() {
     for chunk in [32usize, 64, 128, 256, 512] {
         steps.resize(16, 1024).expect("context");
         let start = Instant::now();
-        for s in 0..4 {
-            let mut at = 0;
-            while at < 512 {
-                let end = at + chunk;
-                let logits = end == 512;
-                steps.prefill(&[Prefill { slot: s, start: at, tokens: &prompt[at..end], logits }]).expect("prefill");
-                at = end;
-            }
-        }
+        (0..4).for_each(|s| fill_in_chunks(&mut steps, &prompt, s, 512, chunk));
         let ms = start.elapsed().as_secs_f64() * 1e3 / 4.0;
         println!("prefill of 512 tokens in chunks of {chunk}: {ms:.1} ms, {:.0} tokens/s", 512.0 * 1e3 / ms);
     }

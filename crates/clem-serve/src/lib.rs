@@ -57,9 +57,8 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// Most sequences a local model decodes together (1 = one at a time): a model with a step scheduler gets at
     /// most this many at once (the rest wait in the server), a model without one batches up to this many. `None`:
-    /// a scheduled model runs as many as its scheduler has slots for (llamacpp: 32 when memory allows; decoding
-    /// costs as much per token at 32 sequences as at 8 on CPU, and a request that waits for a slot waits for
-    /// whole replies), a model without one batches up to [`DEFAULT_MAX_BATCH`].
+    /// a scheduled model runs as many as its scheduler has slots for, a model without one batches up to
+    /// [`DEFAULT_MAX_BATCH`].
     pub max_batch: Option<usize>,
     /// How long a local model's worker waits for more requests after the first one.
     pub batch_window: Duration,
@@ -169,6 +168,7 @@ impl App {
                 false => None,
             };
             let images = images::Policy::of(model.spec());
+            // Without `max_batch` the gate only counts, for /health (`max_concurrent` bounds every model already).
             let gate = (batcher.is_none() && model.scheduler_stats().is_some())
                 .then(|| chat::Gate::new(config.max_batch.unwrap_or(config.max_concurrent)));
             served.push(Served { name, model, batcher, gate, images });
