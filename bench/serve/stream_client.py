@@ -2,8 +2,8 @@
 
 Usage: python3 stream_client.py BASE_URL MODEL MAX_TOKENS MODE
 MODE `stream`: one streaming request (`stream_options.include_usage`) and the same request plain, at
-  temperature 0; prints {"chunks": [[seconds since the request, text], ...], "text", "plain", "finish",
-  "plain_finish", "usage", "plain_usage", "roles", "usage_chunks"}.
+  temperature 0; prints {"chunks": [[seconds since the request, text], ...], "text", "plain", "plain_seconds"
+  (how long the plain request took), "finish", "plain_finish", "usage", "plain_usage", "roles", "usage_chunks"}.
 MODE `n`: the same request with n=3, plain and streamed; prints {"plain": [texts by index], "stream": [...],
   "finish": [...], "usage", "plain_usage"}.
 MODE `drop`: a streaming request left after its first content chunk (the connection closed); prints
@@ -65,8 +65,10 @@ def main():
                 finish = chunk.choices[0].finish_reason or finish
             elif chunk.usage is not None:
                 usage, usage_chunks = chunk.usage.model_dump(exclude_none=True), usage_chunks + 1
+        start = time.perf_counter()
         plain = client.chat.completions.create(**args)
-        print(json.dumps({"chunks": chunks, "text": "".join(c[1] for c in chunks),
+        plain_seconds = time.perf_counter() - start
+        print(json.dumps({"chunks": chunks, "text": "".join(c[1] for c in chunks), "plain_seconds": plain_seconds,
                           "plain": plain.choices[0].message.content, "finish": finish,
                           "plain_finish": plain.choices[0].finish_reason, "usage": usage,
                           "plain_usage": plain.usage.model_dump(exclude_none=True), "roles": roles,

@@ -128,9 +128,12 @@ fn streams_tokens_n_choices_and_cancels_dropped_clients() {
         eprintln!("{model}: {} chunks, first at {first:.3} s, last at {last:.3} s", chunks.len());
         assert!(chunks.len() >= 20, "{model}: {v}");
         // Before (the reply sent once generated): every chunk arrived within a few ms of the last. Now the chunks
-        // span the decoding: on a quiet 2-core CI machine the first came at 0.35 s (prefill and the client's start)
-        // and the last at 1.25 s; on a loaded one at 8.3 s and 95 s. A quarter was too tight for the quiet case.
-        assert!(first < last / 2.0, "{model}: the first chunk at {first} s, the last at {last} s: {v}");
+        // span the decoding. Not measured from the request: the first chunk also waits for the client's start and
+        // the model's first context (0.35 s to 2.1 s on 2-core machines, 8.3 s loaded), so the span is compared
+        // with the same reply asked for plainly afterwards (decoding it whole, prompt cached): 0.93 to 0.98 of it here.
+        let plain = v["plain_seconds"].as_f64().unwrap_or(f64::NAN);
+        eprintln!("{model}: the plain reply took {plain:.3} s");
+        assert!(last - first >= plain / 4.0, "{model}: chunks from {first} s to {last} s, plain {plain} s: {v}");
 
         // Greedy choices of one prompt are the same text, each with its own finish reason; usage adds them up.
         let v = client(&server.base, model, 12, "n").expect("openai is there");
