@@ -1,7 +1,7 @@
 //! What a decoding step of the llamacpp step engine costs by the layout of its slots, on SmolLM2-135M-Instruct
 //! Q4_1 (`scripts/fetch-smollm2.sh`), 2 threads: sequences in slot order or not, with gaps between slots, and one
-//! sequence in a 1-, 16- or 64-stream context; prefill by chunk size; decoding steps of 8 to 64 sequences. These
-//! measurements chose the engine's decode order and its first context's width.
+//! sequence in a 1-, 16- or 64-stream context; prefill by chunk size; decoding steps of 8 to 64 sequences, of equal
+//! and of mixed depths. These measurements chose the engine's decode order and its first context's width.
 //!
 //! `cargo run --release -p clem-backends --features llamacpp --example llama_steps`
 
@@ -106,6 +106,15 @@ fn main() {
         let ms = time(&mut steps, &mut pos, &[(0..width).collect()]);
         println!("{width} sequences of 300 cells: {ms:.1} ms per step, {:.0} tokens/s", width as f64 * 1e3 / ms);
     }
+
+    // Mixed depths in one pass: 32 slots 40 to 660 cells deep (each attends over the padded depth of the deepest).
+    steps.resize(32, 1024).expect("context");
+    let mut pos: Vec<usize> = (0..32).map(|s| 40 + 20 * s).collect();
+    for (s, &len) in pos.iter().enumerate() {
+        fill(&mut steps, &prompt, s, len);
+    }
+    let ms = time(&mut steps, &mut pos, &[(0..32).collect()]);
+    println!("32 sequences of 40 to 660 cells: {ms:.1} ms per step, {:.0} tokens/s", 32.0 * 1e3 / ms);
 }
 
 /// The passes llama.cpp makes of a batch in this order: runs of consecutive increasing sequence ids.
