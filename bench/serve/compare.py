@@ -6,11 +6,11 @@ The load: `--clients` concurrent clients share `--requests` streaming chat reque
 `--seed`: a user prompt of 20 to 400 tokens, `max_tokens` 16 to 256, temperature 0), each request's time to its
 first content chunk measured at the client, its generated tokens read from the final usage chunk. Each server is
 started on 127.0.0.1 with a free port and `--threads` threads, warmed up with one request, loaded, stopped; llama.cpp's
-server once per slot count in `--slots` (its `-np`, with a context of 1024 tokens per slot); clem serve with its default
-width unless `--max-batch` is given. Prints one line per
-server (generated tokens/s, requests/s, p50/p99 time to first token, errors), the ratios clem / llama.cpp, and the
-CPU model, then one JSON line. Exit 1 when any request failed, 3 when `xllamacpp` is missing. Standard library only
-for the clients (asyncio, one HTTP/1.1 connection per request, SSE read as it arrives), so the client costs both servers the same.
+server once per slot count in `--slots` (its `-np`, with a context of 1024 tokens per slot); clem serve with its
+default width unless `--max-batch` is given. Prints one line per server (generated tokens/s, requests/s, p50/p99 time
+to first token, errors), the ratios clem / llama.cpp, and the CPU model, then one JSON line. Exit 1 when any request
+failed, 3 when `xllamacpp` is missing. Standard library only for the clients (asyncio, one HTTP/1.1 connection per
+request, SSE read as it arrives), so the client costs both servers the same.
 """
 
 import argparse
