@@ -50,8 +50,8 @@ fn main() {
         eprintln!("SmolLM2-135M-Instruct Q4_1 is not in the HF cache: run scripts/fetch-smollm2.sh");
         std::process::exit(2);
     };
-    let engine = Engine::load(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), 0, 2).expect("loads");
-    let mut steps = engine.steps(Box::new(|_| Ok(())), 16, 2048);
+    let engine = Engine::load(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), 0).expect("loads");
+    let mut steps = engine.steps(Box::new(|_| Ok(())), 16, 2048, 2);
     let prompt: Vec<TokenId> = (0..1024u32).map(|i| 100 + (i * 37) % 5000).collect();
     println!("CPU: {}, 2 threads", clem_kernels::dispatch::cpu_model());
 

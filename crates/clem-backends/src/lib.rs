@@ -92,6 +92,40 @@ pub fn backend(name: &str) -> Option<&'static Backend> {
 /// A function that answers for a scripted player (the game's own replies, as clemcore's `_custom_response`).
 pub type Responder = Arc<dyn Fn(&[Message]) -> String + Send + Sync>;
 
+/// How many lanes a local model runs: independent step schedulers, each with its own context and its share of
+/// the threads, each sequence given to the one with the least outstanding work. One lane decodes a lone request
+/// fastest; a lane per thread serves many at once faster, with no thread barrier inside a step (llama.cpp's CPU
+/// threads wait for each other after every operation). Outputs do not depend on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lanes {
+    /// One lane with every thread (`generate`, `run`, the Python package).
+    #[default]
+    One,
+    /// One lane per thread (`clem serve`'s default).
+    PerThread,
+    /// This many, at most one per thread.
+    Count(usize),
+}
+
+impl Lanes {
+    /// Lanes for `threads` threads (at least one, at most `threads`).
+    pub fn count(self, threads: usize) -> usize {
+        let threads = threads.max(1);
+        match self {
+            Lanes::One => 1,
+            Lanes::PerThread => threads,
+            Lanes::Count(n) => n.clamp(1, threads),
+        }
+    }
+
+    /// The threads of each of `count(threads)` lanes: `threads` shared out, the first lanes taking the rest.
+    pub fn split(self, threads: usize) -> Vec<usize> {
+        let threads = threads.max(1);
+        let n = self.count(threads);
+        (0..n).map(|i| threads / n + usize::from(i < threads % n)).collect()
+    }
+}
+
 /// What a loader may use besides the spec.
 #[derive(Clone, Default)]
 pub struct LoadContext {
@@ -102,6 +136,8 @@ pub struct LoadContext {
     pub human_input: Option<Arc<Mutex<dyn BufRead + Send>>>,
     /// Threads for local inference (`None`: the backend's default).
     pub threads: Option<usize>,
+    /// How a local model splits its threads among independent schedulers (llamacpp on CPU).
+    pub lanes: Lanes,
     /// The registry entry the spec was resolved from (set by [`load_model`]), so a loader can refuse what the
     /// entry's [`Origin`](clem_core::registry::Origin) may not ask for; `None` for a spec built by the caller.
     pub entry: Option<Entry>,

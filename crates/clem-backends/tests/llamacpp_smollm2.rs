@@ -70,6 +70,47 @@ fn batch_of_four_equals_four_single_runs() {
     }
 }
 
+/// A lane per thread (`clem serve`'s default) gives the replies of one lane with both threads: each lane runs
+/// its sequences on one thread, and llama.cpp's CPU results do not depend on the thread count.
+#[test]
+fn lanes_give_the_replies_of_one_lane() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if smollm2(1).is_none() {
+        return;
+    }
+    let registry = Registry::packaged().expect("packaged registry");
+    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m")).expect("resolves");
+    let load = |lanes| {
+        let ctx = LoadContext { threads: Some(2), lanes, ..Default::default() };
+        clem_backends::llamacpp::LlamaCppModel::load(&spec, &ctx).expect("loads")
+    };
+    let long = format!("{} Summarise the text above.", "A lantern hung by the harbour at night. ".repeat(60));
+    let questions = [
+        "What is the capital of France? Answer in one word.",
+        long.as_str(),
+        "Write a short poem about copper and thunder.",
+        "List three fruits.",
+        "Say hello to Ada and welcome her.",
+        "What is 2 + 2?",
+    ];
+    let batch: Vec<Vec<Message>> = questions.iter().map(|q| vec![Message::user(*q)]).collect();
+    let args = GenArgs::new(0.0, 48);
+    let cancels = vec![Cancel::new(); batch.len()];
+    let replies = |model: &clem_backends::llamacpp::LlamaCppModel| -> Vec<serde_json::Value> {
+        let out = model.generate_batch_response(&batch, &args, &cancels);
+        out.into_iter().map(|g| g.expect("generates").response["response"]["choices"].clone()).collect()
+    };
+    let one = load(clem_backends::Lanes::One);
+    let want = replies(&one);
+    assert_eq!(one.lane_stats().len(), 1);
+    drop(one);
+    let per_thread = load(clem_backends::Lanes::PerThread);
+    assert_eq!(replies(&per_thread), want);
+    let lanes = per_thread.lane_stats();
+    assert_eq!(lanes.len(), 2, "{lanes:?}");
+    assert!(lanes.iter().all(|l| l.finished > 0), "both lanes ran sequences: {lanes:?}");
+}
+
 #[path = "support/cancel_common.rs"]
 mod cancel_common;
 
@@ -247,7 +288,7 @@ fn a_kept_prompt_prefix_gives_the_logits_of_a_fresh_prefill() {
         common::missing(&format!("{FILE} is not in {}: run scripts/fetch-smollm2.sh", cache.display()));
         return;
     };
-    let engine = Engine::load(&dir.join(FILE), 0, 2).expect("loads");
+    let engine = Engine::load(&dir.join(FILE), 0).expect("loads");
     let ids = |text: &str| -> Vec<TokenId> {
         engine.tokenize(text).expect("tokenizes").iter().map(|t| u32::try_from(t.0).expect("id")).collect()
     };
@@ -259,7 +300,7 @@ fn a_kept_prompt_prefix_gives_the_logits_of_a_fresh_prefill() {
     let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
     assert!(shared > 10 && second.len() - shared >= 8, "{shared} of {} tokens shared", second.len());
 
-    let mut steps = engine.steps(Box::new(|_| Ok(())), 2, 1024);
+    let mut steps = engine.steps(Box::new(|_| Ok(())), 2, 1024, 2);
     steps.resize(2, 1024).expect("context");
     let prefill = |steps: &mut clem_backends::llamacpp::step::LlamaSteps, slot, start, tokens: &[TokenId]| {
         let out = steps.prefill(&[Prefill { slot, start, tokens, logits: true }]).expect("prefill");

@@ -18,8 +18,9 @@
 //! Streamed deltas are the raw decoded text (before the backend's output cleaning); their concatenation is
 //! exactly [`SeqOutput::text`].
 //!
-//! [`Scheduler`] runs the loop on its own thread; [`SchedulerCore`] is the same loop driven by the caller, step
-//! by step (tests, benchmarks).
+//! [`Scheduler`] runs the loop on its own thread, or several loops (lanes: one engine and thread each, every
+//! sequence given to the lane with the least outstanding work, so a multi-core CPU can run one single-threaded
+//! engine per core); [`SchedulerCore`] is the same loop driven by the caller, step by step (tests, benchmarks).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,6 +161,11 @@ impl SeqRequest {
             ignore_eos: false,
             cancel: Cancel::new(),
         }
+    }
+
+    /// What the sequence costs a lane, roughly: a generated token about two prompt tokens.
+    fn weight(&self) -> u64 {
+        (self.prompt.len() as u64).saturating_add(2 * u64::from(self.max_tokens))
     }
 
     /// Cache cells the sequence may use.
@@ -913,27 +919,65 @@ struct Job {
     notify: Notify,
 }
 
-/// A [`SchedulerCore`] on its own thread: callers on any thread submit sequences and wait for them; sequences
-/// submitted while others run join the batch at the next step. Dropping it ends the thread once the running
-/// sequences are done.
+/// A [`SchedulerCore`] on its own thread, or several (lanes, one engine each): callers on any thread submit
+/// sequences and wait for them; sequences submitted while others run join a batch at the next step. With several
+/// lanes each sequence goes to the lane with the least outstanding work. Dropping it ends the threads once the
+/// running sequences are done.
 pub struct Scheduler {
+    lanes: Vec<Lane>,
+}
+
+/// One scheduler thread and what it has been given and not yet finished.
+struct Lane {
     jobs: Mutex<Option<mpsc::Sender<Vec<Job>>>>,
     worker: Option<JoinHandle<()>>,
     stats: Arc<StatCells>,
+    /// Outstanding work: [`SeqRequest::weight`] of its unfinished sequences.
+    load: Arc<AtomicU64>,
 }
 
 impl Scheduler {
     /// Starts the loop's thread for `engine`.
     pub fn new<E: StepEngine + 'static>(engine: E, config: SchedulerConfig) -> Scheduler {
-        let core = SchedulerCore::new(engine, config);
-        let stats = core.stats.clone();
-        let (tx, rx) = mpsc::channel::<Vec<Job>>();
-        let worker = std::thread::Builder::new().name("clem-scheduler".into()).spawn(move || run_loop(core, rx)).ok();
-        Scheduler { jobs: Mutex::new(worker.is_some().then_some(tx)), worker, stats }
+        Scheduler::with_lanes(vec![engine], config)
     }
 
+    /// Starts one loop thread per engine (`config` holds for each).
+    pub fn with_lanes<E: StepEngine + 'static>(engines: Vec<E>, config: SchedulerConfig) -> Scheduler {
+        let lanes = engines
+            .into_iter()
+            .map(|engine| {
+                let core = SchedulerCore::new(engine, config.clone());
+                let stats = core.stats.clone();
+                let (tx, rx) = mpsc::channel::<Vec<Job>>();
+                let worker =
+                    std::thread::Builder::new().name("clem-scheduler".into()).spawn(move || run_loop(core, rx)).ok();
+                Lane { jobs: Mutex::new(worker.is_some().then_some(tx)), worker, stats, load: Arc::default() }
+            })
+            .collect();
+        Scheduler { lanes }
+    }
+
+    /// The lanes' counters, summed.
     pub fn stats(&self) -> SchedulerStats {
-        self.stats.snapshot()
+        let mut total = SchedulerStats::default();
+        for s in self.lane_stats() {
+            total.running += s.running;
+            total.waiting += s.waiting;
+            total.slots += s.slots;
+            total.steps += s.steps;
+            total.prompt_tokens += s.prompt_tokens;
+            total.reused_tokens += s.reused_tokens;
+            total.generated_tokens += s.generated_tokens;
+            total.finished += s.finished;
+            total.cancelled += s.cancelled;
+        }
+        total
+    }
+
+    /// Each lane's counters.
+    pub fn lane_stats(&self) -> Vec<SchedulerStats> {
+        self.lanes.iter().map(|l| l.stats.snapshot()).collect()
     }
 
     /// Submits a sequence whose events go to `notify` (called on the scheduler's thread).
@@ -941,19 +985,41 @@ impl Scheduler {
         self.submit_all(vec![(req, notify)]);
     }
 
-    /// Submits sequences together: they join the batch at the same step, in this order.
+    /// Submits sequences together: those given to one lane join its batch at the same step, in this order.
     pub fn submit_all(&self, seqs: Vec<(SeqRequest, Notify)>) {
-        let jobs: Vec<Job> = seqs.into_iter().map(|(req, notify)| Job { req, notify }).collect();
-        let sent = match self.jobs.lock() {
-            Ok(tx) => match tx.as_ref() {
-                Some(tx) => tx.send(jobs).map_err(|e| e.0),
-                None => Err(jobs),
-            },
-            Err(_) => Err(jobs),
-        };
-        if let Err(jobs) = sent {
-            for mut job in jobs {
-                (job.notify)(SeqEvent::Done(Err(ScheduleError::Stopped)));
+        let mut by_lane: Vec<Vec<Job>> = (0..self.lanes.len()).map(|_| Vec::new()).collect();
+        for (req, mut notify) in seqs {
+            let Some((i, lane)) = self.lanes.iter().enumerate().min_by_key(|(_, l)| l.load.load(Ordering::Relaxed))
+            else {
+                notify(SeqEvent::Done(Err(ScheduleError::Stopped)));
+                continue;
+            };
+            let weight = req.weight();
+            lane.load.fetch_add(weight, Ordering::Relaxed);
+            let load = lane.load.clone();
+            let notify: Notify = Box::new(move |event| {
+                if matches!(event, SeqEvent::Done(_)) {
+                    load.fetch_sub(weight, Ordering::Relaxed);
+                }
+                notify(event)
+            });
+            by_lane[i].push(Job { req, notify });
+        }
+        for (lane, jobs) in self.lanes.iter().zip(by_lane) {
+            if jobs.is_empty() {
+                continue;
+            }
+            let sent = match lane.jobs.lock() {
+                Ok(tx) => match tx.as_ref() {
+                    Some(tx) => tx.send(jobs).map_err(|e| e.0),
+                    None => Err(jobs),
+                },
+                Err(_) => Err(jobs),
+            };
+            if let Err(jobs) = sent {
+                for mut job in jobs {
+                    (job.notify)(SeqEvent::Done(Err(ScheduleError::Stopped)));
+                }
             }
         }
     }
@@ -1001,11 +1067,15 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        if let Ok(mut tx) = self.jobs.lock() {
-            tx.take();
+        for lane in &mut self.lanes {
+            if let Ok(mut tx) = lane.jobs.lock() {
+                tx.take();
+            }
         }
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
+        for lane in &mut self.lanes {
+            if let Some(worker) = lane.worker.take() {
+                let _ = worker.join();
+            }
         }
     }
 }

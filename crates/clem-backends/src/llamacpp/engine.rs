@@ -197,26 +197,32 @@ impl GgufInfo {
 /// owns its llama.cpp context (see `step.rs`).
 pub struct Engine {
     model: Arc<LlamaModel>,
-    threads: i32,
     /// The largest context one sequence may use (prompt + new tokens).
     pub n_ctx_train: u32,
 }
 
 impl Engine {
     /// Loads a GGUF (the first part of a split one) with `n_gpu_layers` layers on the GPU.
-    pub fn load(path: &Path, n_gpu_layers: u32, threads: usize) -> Result<Engine, EngineError> {
+    pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Engine, EngineError> {
         let backend = backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
         let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|_| EngineError::Load { path: path.display().to_string() })?;
         let n_ctx_train = model.n_ctx_train();
-        Ok(Engine { model: Arc::new(model), threads: i32::try_from(threads.max(1)).unwrap_or(1), n_ctx_train })
+        Ok(Engine { model: Arc::new(model), n_ctx_train })
     }
 
-    /// The step engine over this model, `width` sequences wide, none longer than `max_cells`; `afford(cells)`
-    /// says whether a KV cache of that many cells fits in memory.
-    pub fn steps(&self, afford: super::step::Afford, width: usize, max_cells: usize) -> super::step::LlamaSteps {
-        super::step::LlamaSteps::new(self.model.clone(), self.threads, afford, width, max_cells)
+    /// A step engine over this model on `threads` threads, `width` sequences wide, none longer than `max_cells`;
+    /// `afford(cells)` says whether a KV cache of that many cells fits in memory. A model may have several (lanes).
+    pub fn steps(
+        &self,
+        afford: super::step::Afford,
+        width: usize,
+        max_cells: usize,
+        threads: usize,
+    ) -> super::step::LlamaSteps {
+        let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
+        super::step::LlamaSteps::new(self.model.clone(), threads, afford, width, max_cells)
     }
 
     /// Tokenizes a rendered prompt: special tokens parsed, BOS added only when the model asks for it and the

@@ -4,7 +4,8 @@
 //! Every registry key is honoured, including the three clemcore ignores (`execute_on`, `gpu_layers_offloaded`,
 //! `additional_files`). Chat templates are rendered by our renderer (`clem_core::template`), never by llama.cpp's
 //! built-in template heuristics. Generations run through a step scheduler (continuous batching): every call's
-//! sequences join one running batch, as parallel sequences of one llama.cpp context.
+//! sequences join one running batch, as parallel sequences of one llama.cpp context (or of one per lane, see
+//! [`crate::Lanes`]).
 //!
 //! - [`files`]: where the GGUF is (`huggingface_id`, `filename`, `additional_files`) and the memory check;
 //! - [`engine`]: llama.cpp itself: loading, tokenizing, GGUF metadata, context settings;

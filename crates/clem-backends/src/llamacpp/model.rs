@@ -1,7 +1,8 @@
 //! The llamacpp [`Model`]: renders the chat template with the GGUF's special tokens, checks the context with
 //! llama.cpp's tokenizer, generates through the model's step scheduler (`clem_core::schedule`: every call's
-//! sequences join one running batch, whatever thread they come from; see `step.rs`), cleans the output, and
-//! records what clemcore's llamacpp backend records. `generate_stream` sends the raw text as it is decoded.
+//! sequences join one running batch, whatever thread they come from; see `step.rs`; with [`crate::Lanes`] on the
+//! CPU, one batch per lane, each lane a context on its share of the threads), cleans the output, and records what
+//! clemcore's llamacpp backend records. `generate_stream` sends the raw text as it is decoded.
 //!
 //! Recorded objects, as clemcore: the prompt is `{inputs, max_new_tokens, temperature, return_full_text}`; the
 //! response is `{"response": <completion>}` with llama-cpp-python's completion object (`id`, `object`,
@@ -11,6 +12,7 @@
 //! Usage (the `Generation`'s, equal to the recorded `usage`): the rendered prompt's tokens, and the generated
 //! tokens without the end-of-generation token that stopped them (as llama-cpp-python counts).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clem_core::cleaning::Cleaner;
@@ -46,7 +48,7 @@ pub struct LlamaCppModel {
     scheduler: Scheduler,
 }
 
-/// Sequences decoded together at most. On CPU a decoding step costs as much per token at 32 sequences as at 8
+/// Sequences decoded together at most, over all lanes. On CPU a decoding step costs as much per token at 32 sequences as at 8
 /// (examples/llama_steps.rs), and a request that waits for a slot waits for whole replies, so a wide batch cuts the
 /// time to first token under load; 64 cut it further but cost throughput on mixed lengths (bench/serve).
 const MAX_SLOTS: usize = 32;
@@ -117,8 +119,7 @@ impl LlamaCppModel {
                 }
             }
         };
-        let engine =
-            Engine::load(&files.main, gpu_layers, settings.threads).map_err(|e| ModelError::backend(&name, e))?;
+        let engine = Engine::load(&files.main, gpu_layers).map_err(|e| ModelError::backend(&name, e))?;
 
         let bos = engine.token_text(SpecialToken::Bos);
         let eos = engine.token_text(SpecialToken::Eos);
@@ -141,10 +142,24 @@ impl LlamaCppModel {
             step_tokens: N_BATCH,
             prefill_chunk: N_BATCH,
         };
-        // MAX_SLOTS sequences wide from the first context (when memory allows): a context cannot grow under running
-        // sequences, so a narrower one made requests arriving just after the first wait for it to finish. One
-        // sequence decodes as fast in a 64-stream context as in a 1-stream one (examples/llama_steps.rs).
-        let scheduler = Scheduler::new(engine.steps(afford, MAX_SLOTS, context_size as usize), config);
+        // MAX_SLOTS sequences wide in all from the first context (when memory allows): a context cannot grow under
+        // running sequences, so a narrower one made requests arriving just after the first wait for it to finish.
+        // One sequence decodes as fast in a 64-stream context as in a 1-stream one (examples/llama_steps.rs).
+        // Lanes run on the CPU only (a GPU runs one context best).
+        let lanes = if gpu_layers == 0 { ctx.lanes } else { crate::Lanes::One };
+        let threads = lanes.split(settings.threads);
+        let width = MAX_SLOTS.div_ceil(threads.len());
+        let afford = Arc::new(afford);
+        let engines = threads
+            .iter()
+            .map(|&t| {
+                let (afford, lanes) = (afford.clone(), threads.len() as u64);
+                // Every lane's context as large as this one: what it may use is its share.
+                let share: super::step::Afford = Box::new(move |cells| afford(cells.saturating_mul(lanes)));
+                engine.steps(share, width, context_size as usize, t)
+            })
+            .collect();
+        let scheduler = Scheduler::with_lanes(engines, SchedulerConfig { max_slots: width, ..config });
         Ok(LlamaCppModel {
             spec: spec.clone(),
             name,
@@ -156,6 +171,11 @@ impl LlamaCppModel {
             files,
             scheduler,
         })
+    }
+
+    /// Each lane's scheduler counters (one lane unless loaded with [`crate::Lanes`] on the CPU).
+    pub fn lane_stats(&self) -> Vec<SchedulerStats> {
+        self.scheduler.lane_stats()
     }
 
     /// The most tokens one generation may use (prompt + max_tokens).

@@ -1,7 +1,7 @@
-//! `clem serve -m MODEL... [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N]`: every model given
-//! behind one OpenAI-compatible server (clem-serve). Prints `clem serve: listening on http://HOST:PORT` on stdout
-//! once it accepts connections (`--port 0` picks a free port). On Ctrl-C or SIGTERM it stops accepting, lets
-//! requests in flight finish within `--shutdown-timeout`, cancels the rest and prints `clem serve: stopped`
+//! `clem serve -m MODEL... [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--lanes N]`: every
+//! model given behind one OpenAI-compatible server (clem-serve). Prints `clem serve: listening on http://HOST:PORT`
+//! on stdout once it accepts connections (`--port 0` picks a free port). On Ctrl-C or SIGTERM it stops accepting,
+//! lets requests in flight finish within `--shutdown-timeout`, cancels the rest and prints `clem serve: stopped`
 //! once nothing runs any more. An empty `--api-key` is refused; listening beyond loopback without a key warns.
 
 use std::io::Write as _;
@@ -32,6 +32,11 @@ pub struct Args {
     /// scheduler has slots for (llamacpp: 32, memory allowing; huggingface_local: 16), 8 for other local models.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     max_batch: Option<u16>,
+    /// Lanes of a llamacpp model on the CPU: independent schedulers, each with its own context and its share of
+    /// the threads, each request given to the least busy. `per-thread` (the default) serves many concurrent
+    /// requests fastest; 1 decodes a lone request fastest (all threads on it). Replies are the same either way.
+    #[arg(long, value_name = "N|per-thread", default_value = "per-thread", value_parser = lanes)]
+    lanes: clem_backends::Lanes,
     /// Milliseconds a local model waits for more requests after the first one of a batch.
     #[arg(long, default_value_t = 2)]
     batch_window_ms: u64,
@@ -79,6 +84,17 @@ fn exposure_warning(addr: std::net::SocketAddr, authenticated: bool) -> Option<S
     })
 }
 
+/// `per-thread` or a positive number of lanes.
+fn lanes(text: &str) -> Result<clem_backends::Lanes, String> {
+    match text {
+        "per-thread" => Ok(clem_backends::Lanes::PerThread),
+        _ => match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(clem_backends::Lanes::Count(n)),
+            _ => Err(format!("{text:?} is neither a positive number of lanes nor `per-thread`")),
+        },
+    }
+}
+
 /// A positive number of seconds.
 fn seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
@@ -97,7 +113,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         );
     }
     let registry = ctx.registry()?;
-    let load = ctx.load_context()?;
+    let load = clem_backends::LoadContext { lanes: args.lanes, ..ctx.load_context()? };
     let mut models = Vec::new();
     for selector in &args.models {
         let spec = ModelSpec::parse_selector(selector)?;
@@ -165,6 +181,15 @@ mod tests {
         assert!(exposure_warning(at("0.0.0.0:8000"), true).is_none());
         assert!(exposure_warning(at("127.0.0.1:8000"), false).is_none());
         assert!(exposure_warning(at("[::1]:8000"), false).is_none());
+    }
+
+    #[test]
+    fn lanes_are_per_thread_or_a_positive_count() {
+        assert_eq!(lanes("per-thread"), Ok(clem_backends::Lanes::PerThread));
+        assert_eq!(lanes("3"), Ok(clem_backends::Lanes::Count(3)));
+        for bad in ["0", "-1", "two", ""] {
+            assert!(lanes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

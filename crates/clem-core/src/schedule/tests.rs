@@ -559,6 +559,28 @@ fn the_threaded_scheduler_keeps_batch_order_and_streams_to_each_caller() {
     assert!(stats.generated_tokens > 0 && stats.prompt_tokens > 0);
 }
 
+/// Lanes: each sequence goes to the lane with the least outstanding work, and its output is its single run's.
+#[test]
+fn lanes_take_sequences_by_outstanding_work_and_outputs_stay_the_same() {
+    let scheduler = Scheduler::with_lanes(vec![Fake::default(), Fake::default()], config());
+    // The long one goes to the first lane (both idle), the short ones to the other: theirs add up to less.
+    let reqs = vec![request(10, 1, 200, &[]), request(5, 2, 10, &[]), request(6, 3, 12, &[]), request(7, 4, 9, &[])];
+    let results = scheduler.generate_batch(reqs.clone());
+    for (i, (r, req)) in results.iter().zip(&reqs).enumerate() {
+        assert!(same(r.as_ref().expect("ok"), &single(req)), "row {i}");
+    }
+    let lanes = scheduler.lane_stats();
+    assert_eq!(lanes.iter().map(|l| l.finished).collect::<Vec<_>>(), vec![1, 3], "{lanes:?}");
+    let total = scheduler.stats();
+    assert_eq!(total.finished, 4);
+    assert_eq!(total.steps, lanes[0].steps + lanes[1].steps);
+    assert_eq!(total.generated_tokens, lanes[0].generated_tokens + lanes[1].generated_tokens);
+    // Finished work no longer counts: with both lanes idle again, the next sequence goes to the first.
+    let out = scheduler.generate(request(4, 5, 6, &[]), &mut |_| {}).expect("ok");
+    assert!(same(&out, &single(&request(4, 5, 6, &[]))));
+    assert_eq!(scheduler.lane_stats()[0].finished, 2);
+}
+
 /// The end token that stopped a sequence comes back (huggingface_local records the raw output with it); a
 /// sequence that ran out of tokens has none.
 #[test]
