@@ -7,7 +7,8 @@
 #[path = "support/llamacpp_common.rs"]
 mod common;
 
-use clem_backends::LoadContext;
+use clem_backends::llamacpp::LlamaCppModel;
+use clem_backends::{Lanes, LoadContext};
 use clem_core::registry::Registry;
 use clem_core::{Cancel, FinishReason, GenArgs, LoadedModel, Message, Model, ModelSpec};
 
@@ -17,16 +18,34 @@ const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The model tests run one at a time: two models decoding at once on a small machine only measure contention.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn smollm2(threads: usize) -> Option<LoadedModel> {
+/// Whether the GGUF is in the HF cache (reported when it is not).
+fn present() -> bool {
     let cache = clem_core::hf::hub_cache_dir();
     let present = clem_core::hf::cached_snapshot(&cache, REPO).is_some_and(|dir| dir.join(FILE).is_file());
     if !present {
         common::missing(&format!("{FILE} is not in {}: run scripts/fetch-smollm2.sh", cache.display()));
+    }
+    present
+}
+
+fn smollm2(threads: usize) -> Option<LoadedModel> {
+    if !present() {
         return None;
     }
     let registry = Registry::packaged().expect("packaged registry");
     let ctx = LoadContext { threads: Some(threads), ..Default::default() };
     Some(clem_backends::load_model(&registry, &ModelSpec::from_name("smollm2-135m"), &ctx).expect("loads"))
+}
+
+/// The llamacpp model itself (for its own methods), on two threads split into `lanes`.
+fn smollm2_llamacpp(lanes: Lanes) -> Option<LlamaCppModel> {
+    if !present() {
+        return None;
+    }
+    let registry = Registry::packaged().expect("packaged registry");
+    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m")).expect("resolves");
+    let ctx = LoadContext { threads: Some(2), lanes, ..Default::default() };
+    Some(LlamaCppModel::load(&spec, &ctx).expect("loads"))
 }
 
 #[test]
@@ -75,15 +94,7 @@ fn batch_of_four_equals_four_single_runs() {
 #[test]
 fn lanes_give_the_replies_of_one_lane() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if smollm2(1).is_none() {
-        return;
-    }
-    let registry = Registry::packaged().expect("packaged registry");
-    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m")).expect("resolves");
-    let load = |lanes| {
-        let ctx = LoadContext { threads: Some(2), lanes, ..Default::default() };
-        clem_backends::llamacpp::LlamaCppModel::load(&spec, &ctx).expect("loads")
-    };
+    let Some(one) = smollm2_llamacpp(Lanes::One) else { return };
     let long = format!("{} Summarise the text above.", "A lantern hung by the harbour at night. ".repeat(60));
     let questions = [
         "What is the capital of France? Answer in one word.",
@@ -96,15 +107,14 @@ fn lanes_give_the_replies_of_one_lane() {
     let batch: Vec<Vec<Message>> = questions.iter().map(|q| vec![Message::user(*q)]).collect();
     let args = GenArgs::new(0.0, 48);
     let cancels = vec![Cancel::new(); batch.len()];
-    let replies = |model: &clem_backends::llamacpp::LlamaCppModel| -> Vec<serde_json::Value> {
+    let replies = |model: &LlamaCppModel| -> Vec<serde_json::Value> {
         let out = model.generate_batch_response(&batch, &args, &cancels);
         out.into_iter().map(|g| g.expect("generates").response["response"]["choices"].clone()).collect()
     };
-    let one = load(clem_backends::Lanes::One);
     let want = replies(&one);
     assert_eq!(one.lane_stats().len(), 1);
     drop(one);
-    let per_thread = load(clem_backends::Lanes::PerThread);
+    let per_thread = smollm2_llamacpp(Lanes::PerThread).expect("present");
     assert_eq!(replies(&per_thread), want);
     let lanes = per_thread.lane_stats();
     assert_eq!(lanes.len(), 2, "{lanes:?}");
@@ -127,13 +137,7 @@ fn cancelled_rows_leave_the_batch() {
 #[test]
 fn usage_is_the_tokenizers_count() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if smollm2(1).is_none() {
-        return;
-    }
-    let registry = Registry::packaged().expect("packaged registry");
-    let spec = clem_backends::resolve(&registry, &ModelSpec::from_name("smollm2-135m")).expect("resolves");
-    let ctx = LoadContext { threads: Some(2), ..Default::default() };
-    let model = clem_backends::llamacpp::LlamaCppModel::load(&spec, &ctx).expect("loads");
+    let Some(model) = smollm2_llamacpp(Lanes::One) else { return };
     let messages = [Message::user("What is the capital of France? Answer in one word.")];
     let prompt = model.render(&messages).expect("renders");
     let prompt_ids = model.tokenize(&prompt).expect("tokenizes");
