@@ -1036,7 +1036,7 @@ impl Scheduler {
         }
     }
 
-    /// Generates every sequence of `reqs` in one running batch; results in input order.
+    /// Generates every sequence of `reqs` together (one running batch per lane they went to); results in input order.
     pub fn generate_batch(&self, reqs: Vec<SeqRequest>) -> Vec<Result<SeqOutput, ScheduleError>> {
         let mut receivers = Vec::with_capacity(reqs.len());
         let mut seqs: Vec<(SeqRequest, Notify)> = Vec::with_capacity(reqs.len());
