@@ -2,17 +2,16 @@
 
 Usage: python3 bench/serve/compare.py [--clem target/release/clem] [--model smollm2-135m] [--gguf PATH]
        [--clients 64] [--requests 128] [--slots 8,16] [--threads 2] [--max-batch N] [--lanes L,...] [--seed 0]
-The load: `--clients` concurrent clients share `--requests` streaming chat requests (each one made once from
-`--seed`: a user prompt of 20 to 400 tokens, `max_tokens` 16 to 256, temperature 0), each request's time to its
-first content chunk measured at the client, its generated tokens read from the final usage chunk. Each server is
-started on 127.0.0.1 with a free port and `--threads` threads, warmed up with one request, loaded, stopped; llama.cpp's
-server once per slot count in `--slots` (its `-np`, with a context of 1024 tokens per slot); clem serve with its
-default width unless `--max-batch` is given, and its default lanes (one per thread), or once per value of `--lanes`
+The load: `--clients` concurrent clients share `--requests` streaming chat requests (each one made once from `--seed`:
+a user prompt of 20 to 400 tokens, `max_tokens` 16 to 256, temperature 0), each request's time to its first content
+chunk measured at the client, its generated tokens read from the final usage chunk. Each server is started on
+127.0.0.1 with a free port and `--threads` threads, warmed up with one request, loaded, stopped; llama.cpp's server
+once per slot count in `--slots` (its `-np`, with a context of 1024 tokens per slot); clem serve with its default
+width unless `--max-batch` is given, and its default lanes (one per thread), or once per value of `--lanes`
 (`per-thread` or a number: `--lanes per-thread,1`). Prints one line per server (generated tokens/s, requests/s,
-p50/p99 time to first token, errors), the ratios of each clem run to each llama.cpp one, and the CPU model, then
-one JSON line. Exit 1 when any request
-failed, 3 when `xllamacpp` is missing. Standard library only for the clients (asyncio, one HTTP/1.1 connection per
-request, SSE read as it arrives), so the client costs both servers the same.
+p50/p99 time to first token, errors), the ratios of each clem run to each llama.cpp one, and the CPU model, then one
+JSON line. Exit 1 when any request failed, 3 when `xllamacpp` is missing. Standard library only for the clients
+(asyncio, one HTTP/1.1 connection per request, SSE read as it arrives), so the client costs both servers the same.
 """
 
 import argparse
@@ -204,28 +203,29 @@ def main():
     print(f"workload: {a.requests} requests from {a.clients} clients, user messages of {min(len(m) for m, _ in work)}-"
           f"{max(len(m) for m, _ in work)} characters, max_tokens {min(t for _, t in work)}-"
           f"{max(t for _, t in work)} (sum {sum(t for _, t in work)}), temperature 0, {a.threads} threads; CPU: {cpu}")
-    runs = {}
+    clems, servers = {}, {}
     width = ["--max-batch", str(a.max_batch)] if a.max_batch else []
     for lanes in [["--lanes", l] for l in a.lanes.split(",") if l] or [[]]:
         cmd = [a.clem, "--threads", str(a.threads), "serve", "-m", a.model, "--port", "0"] + width + lanes
         proc, base = started(cmd)
         try:
-            runs[" ".join(["clem serve", a.model] + width + lanes)] = asyncio.run(load(base, a.model, work, a.clients))
+            clems[" ".join(["clem serve", a.model] + width + lanes)] = asyncio.run(load(base, a.model, work, a.clients))
         finally:
             stop(proc)
     for slots in [int(s) for s in a.slots.split(",") if s]:
         proc, base = started([sys.executable, "-c", LLAMA_SERVER, gguf, str(slots), str(a.threads)])
         try:
-            runs[f"llama.cpp server -np {slots}"] = asyncio.run(load(base, a.model, work, a.clients))
+            servers[f"llama.cpp server -np {slots}"] = asyncio.run(load(base, a.model, work, a.clients))
         finally:
             stop(proc)
+    runs = {**clems, **servers}
     for name, r in runs.items():
         print(f"{name:>40}: {r['tokens_per_s']:7.1f} tokens/s, {r['requests_per_s']:6.3f} requests/s, TTFT p50 "
               f"{r['ttft_p50']} s p99 {r['ttft_p99']} s, {r['tokens']} tokens in {r['seconds']} s, errors "
               f"{r['errors']} [{cpu}]")
     ratios = {}
-    for mine, clem in [(n, r) for n, r in runs.items() if n.startswith("clem serve")]:
-        for name, r in [(n, r) for n, r in runs.items() if not n.startswith("clem serve")]:
+    for mine, clem in clems.items():
+        for name, r in servers.items():
             key = f"{mine} / {name}"
             ratios[key] = {
                 "tokens_per_s": round(clem["tokens_per_s"] / r["tokens_per_s"], 3) if r["tokens_per_s"] else None,

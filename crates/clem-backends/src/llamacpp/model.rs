@@ -48,9 +48,10 @@ pub struct LlamaCppModel {
     scheduler: Scheduler,
 }
 
-/// Sequences decoded together at most, over all lanes. On CPU a decoding step costs as much per token at 32 sequences as at 8
-/// (examples/llama_steps.rs), and a request that waits for a slot waits for whole replies, so a wide batch cuts the
-/// time to first token under load; 64 cut it further but cost throughput on mixed lengths (bench/serve).
+/// Sequences decoded together at most, over all lanes. On CPU a decoding step costs as much per token at 32
+/// sequences as at 8 (examples/llama_steps.rs), and a request that waits for a slot waits for whole replies, so a
+/// wide batch cuts the time to first token under load; 64 cut it further but cost throughput on mixed lengths
+/// (bench/serve).
 const MAX_SLOTS: usize = 32;
 
 /// A batch's results and where the time went (benchmarks).
@@ -149,11 +150,11 @@ impl LlamaCppModel {
         let lanes = if gpu_layers == 0 { ctx.lanes } else { crate::Lanes::One };
         let threads = lanes.split(settings.threads);
         let width = MAX_SLOTS.div_ceil(threads.len());
-        let afford = Arc::new(afford);
+        let (afford, lanes) = (Arc::new(afford), threads.len() as u64);
         let engines = threads
             .iter()
             .map(|&t| {
-                let (afford, lanes) = (afford.clone(), threads.len() as u64);
+                let afford = afford.clone();
                 // Every lane's context as large as this one: what it may use is its share.
                 let share: super::step::Afford = Box::new(move |cells| afford(cells.saturating_mul(lanes)));
                 engine.steps(share, width, context_size as usize, t)
